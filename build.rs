@@ -1,0 +1,54 @@
+//! Links petal against the libtorch of the torch wheel so that one binary runs anywhere the
+//! same torch is installed (shared/notes/stack.md):
+//! 1. embeds an rpath to torch's `lib/` folder, so no LD_LIBRARY_PATH is needed on the build host;
+//! 2. force-links `libtorch_cuda.so` when it exists, because `--as-needed` would otherwise drop it
+//!    and `tch::Cuda::is_available()` would be false even on a GPU host (tch-rs #907, #980);
+//! 3. records the libtorch version and git commit for `petal doctor` and provenance records.
+use std::path::PathBuf;
+use std::process::Command;
+
+fn torch_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        return Some(PathBuf::from(dir));
+    }
+    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python".into());
+    let out =
+        Command::new(python).args(["-c", "import torch, os; print(os.path.dirname(torch.__file__))"]).output().ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
+    println!("cargo:rerun-if-changed=build.rs");
+
+    let dir = torch_dir().expect(
+        "cannot find libtorch: run inside `make` (scripts/env.sh), or set LIBTORCH to a libtorch 2.11.0 folder",
+    );
+    let lib = dir.join("lib");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-L{},-ltorch_cuda,--as-needed", lib.display());
+    }
+    let version = std::fs::read_to_string(dir.join("version.py"))
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=PETAL_LIBTORCH_BUILD_VERSION={version}");
+
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=PETAL_GIT_COMMIT={commit}");
+    for watched in [".git/HEAD", ".git/logs/HEAD"] {
+        if std::path::Path::new(watched).exists() {
+            println!("cargo:rerun-if-changed={watched}");
+        }
+    }
+}

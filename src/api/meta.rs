@@ -1,0 +1,37 @@
+//! Metrics and the API's own description.
+use actix_web::{get, web, HttpResponse};
+use utoipa::OpenApi;
+
+use crate::api::{ApiDoc, AppState};
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition (version 0.0.4): requests by method, route template and status, \
+                   request latency histograms, readiness and build info.",
+    responses((status = 200, description = "Metrics in Prometheus text format.", content_type = "text/plain",
+               body = String, example = "petal_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 3\n"))
+)]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "openapi",
+    summary = "This OpenAPI document",
+    description = "The OpenAPI 3.1 description of this API, the contract client SDKs are generated from. \
+                   A browsable copy is at `/docs/`.",
+    responses((status = 200, description = "The OpenAPI document.", content_type = "application/json",
+               body = Object, example = json!({"openapi": "3.1.0", "info": {"title": "petal"}})))
+)]
+#[get("/openapi.json")]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}

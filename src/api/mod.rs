@@ -1,0 +1,175 @@
+//! The HTTP API: one file per resource, no ML code here. `configure` mounts every route;
+//! `ApiDoc` is the OpenAPI contract (served at `/openapi.json`, committed as `openapi/openapi.json`).
+use std::time::Instant;
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::error::{Error, ErrorBody, ErrorCode, ErrorDetail};
+
+pub mod health;
+pub mod meta;
+pub mod observe;
+
+/// State shared by every worker.
+pub struct AppState {
+    pub config: Config,
+    pub metrics: observe::Metrics,
+    pub readiness: health::Readiness,
+    pub started: Instant,
+    routes: RouteTable,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            metrics: observe::Metrics::new(),
+            readiness: health::Readiness::starting(),
+            started: Instant::now(),
+            routes: RouteTable::from_openapi(&ApiDoc::openapi()),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "petal",
+        description = "Turns a labelled image dataset into a served image classifier by transfer learning.\n\n\
+                       Every error answers `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code`; \
+                       every response carries an `x-request-id` header.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(health::healthz, health::readyz, meta::metrics, meta::openapi),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check)),
+    tags((name = "operations", description = "Probes, metrics and the API description."))
+)]
+pub struct ApiDoc;
+
+/// Mounts every route, the Swagger UI and petal's handlers for malformed requests.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().error_handler(|err, _| {
+        let code = match &err {
+            actix_web::error::JsonPayloadError::Overflow { .. }
+            | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => ErrorCode::PayloadTooLarge,
+            actix_web::error::JsonPayloadError::ContentType => ErrorCode::UnsupportedMediaType,
+            _ => ErrorCode::InvalidJson,
+        };
+        Error::new(code, err.to_string()).into()
+    }))
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|err, _| Error::invalid_request(format!("invalid query string: {err}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| Error::invalid_request(format!("invalid path parameter: {err}")).into()),
+    )
+    .service(health::healthz)
+    .service(health::readyz)
+    .service(meta::metrics)
+    .service(meta::openapi)
+    .service(web::redirect("/docs", "/docs/"))
+    .service(SwaggerUi::new("/docs/{_:.*}").config(utoipa_swagger_ui::Config::new(["/openapi.json"])))
+    .default_service(web::to(unmatched));
+}
+
+/// 405 with `Allow` when the path exists under another method, else 404.
+async fn unmatched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let allowed = state.routes.methods_for(req.path());
+    if allowed.is_empty() {
+        Err(Error::new(ErrorCode::RouteNotFound, format!("no endpoint at {} {}", req.method(), req.path())))
+    } else {
+        let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        Err(Error::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{} is not allowed on {}; allowed: {allow}", req.method(), req.path()),
+        )
+        .with_header("allow", allow))
+    }
+}
+
+/// The documented paths and their methods, for telling 404 from 405.
+struct RouteTable {
+    routes: Vec<(Vec<Segment>, Vec<Method>)>,
+}
+
+enum Segment {
+    Literal(String),
+    Param,
+}
+
+impl RouteTable {
+    fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
+        let routes = doc
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| {
+                let segments = path
+                    .trim_start_matches('/')
+                    .split('/')
+                    .map(|s| if s.starts_with('{') { Segment::Param } else { Segment::Literal(s.to_string()) })
+                    .collect();
+                let mut methods = Vec::new();
+                for (method, op) in [
+                    (Method::GET, &item.get),
+                    (Method::PUT, &item.put),
+                    (Method::POST, &item.post),
+                    (Method::DELETE, &item.delete),
+                    (Method::PATCH, &item.patch),
+                ] {
+                    if op.is_some() {
+                        methods.push(method);
+                    }
+                }
+                (segments, methods)
+            })
+            .collect();
+        Self { routes }
+    }
+
+    fn methods_for(&self, path: &str) -> Vec<Method> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        self.routes
+            .iter()
+            .filter(|(segments, _)| {
+                segments.len() == parts.len()
+                    && segments.iter().zip(&parts).all(|(s, p)| match s {
+                        Segment::Param => !p.is_empty(),
+                        Segment::Literal(l) => l == p,
+                    })
+            })
+            .flat_map(|(_, methods)| methods.iter().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table_tells_404_from_405() {
+        let table = RouteTable::from_openapi(&ApiDoc::openapi());
+        assert_eq!(table.methods_for("/healthz"), vec![Method::GET]);
+        assert!(table.methods_for("/nope").is_empty());
+        assert!(table.methods_for("/healthz/extra").is_empty());
+    }
+
+    #[test]
+    fn every_operation_documents_every_response() {
+        let doc = ApiDoc::openapi();
+        assert!(doc.info.license.is_some());
+        for (path, item) in &doc.paths.paths {
+            for op in [&item.get, &item.put, &item.post, &item.delete, &item.patch].into_iter().flatten() {
+                assert!(op.operation_id.is_some(), "{path} lacks an operation id");
+                assert!(!op.responses.responses.is_empty(), "{path} documents no response");
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The one typed configuration of petal, layered (later layers win):
+//! built-in defaults < TOML file (`--config FILE` or `PETAL_CONFIG`) < environment
+//! (`PETAL__SECTION__KEY`, e.g. `PETAL__SERVER__PORT=9000`) < command-line flags.
+//! It is validated once at start; every message names the offending key and where it came from.
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Prefix of the environment variables that configure petal; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "PETAL__";
+/// Environment variable naming the TOML file, when `--config` is not given.
+pub const ENV_CONFIG_FILE: &str = "PETAL_CONFIG";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub registry: RegistryConfig,
+    pub onnxruntime: OnnxRuntimeConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind. The default serves loopback only.
+    pub host: String,
+    /// TCP port; 0 picks a free one (the chosen address is logged).
+    pub port: u16,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { host: "127.0.0.1".into(), port: 8080, workers: 0, shutdown_timeout_s: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `petal=debug,actix_web=info`, … (`RUST_LOG` wins when set).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info,ort=warn".into(), format: LogFormat::Auto }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Where models, datasets and jobs live: a local folder (the embedded default).
+    pub path: PathBuf,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("var/registry") }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxRuntimeConfig {
+    /// Path of `libonnxruntime.so`; when unset, `ORT_DYLIB_PATH` is used.
+    pub library: Option<PathBuf>,
+    /// Threads inside one operator; 0 lets onnxruntime decide.
+    pub intra_threads: usize,
+}
+
+impl OnnxRuntimeConfig {
+    /// The library to load: the configured path, else `ORT_DYLIB_PATH`.
+    pub fn library_path(&self) -> Option<PathBuf> {
+        self.library.clone().or_else(|| std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower layers in force.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub workers: Option<usize>,
+    pub registry_path: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl Overrides {
+    fn to_value(&self) -> serde_json::Value {
+        let mut root = serde_json::Map::new();
+        let mut set = |section: &str, key: &str, value: serde_json::Value| {
+            root.entry(section)
+                .or_insert_with(|| serde_json::Value::Object(Default::default()))
+                .as_object_mut()
+                .expect("sections are objects")
+                .insert(key.into(), value);
+        };
+        if let Some(v) = &self.host {
+            set("server", "host", v.clone().into());
+        }
+        if let Some(v) = self.port {
+            set("server", "port", v.into());
+        }
+        if let Some(v) = self.workers {
+            set("server", "workers", v.into());
+        }
+        if let Some(v) = &self.registry_path {
+            set("registry", "path", v.to_string_lossy().into_owned().into());
+        }
+        if let Some(v) = &self.log_level {
+            set("log", "level", v.clone().into());
+        }
+        if let Some(v) = self.log_format {
+            set("log", "format", serde_json::to_value(v).expect("enum serializes"));
+        }
+        serde_json::Value::Object(root)
+    }
+}
+
+impl Config {
+    /// Loads the layers in order and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+        let file = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(ENV_CONFIG_FILE).filter(|v| !v.is_empty()).map(PathBuf::from));
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &file {
+            if !file.is_file() {
+                return Err(Error::invalid_config(format!("config file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment =
+            figment.merge(Env::prefixed(ENV_PREFIX).split("__")).merge(Serialized::defaults(overrides.to_value()));
+        let config: Config = figment.extract().map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; each message names the key.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.server.host.trim().is_empty() {
+            problems.push("server.host: must not be empty".to_string());
+        } else if format!("{}:{}", self.server.host, self.server.port).parse::<std::net::SocketAddr>().is_err()
+            && !self.server.host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            problems.push(format!("server.host: {:?} is neither an IP address nor a host name", self.server.host));
+        }
+        if self.server.workers > 1024 {
+            problems.push(format!("server.workers: {} is more than 1024", self.server.workers));
+        }
+        if self.server.shutdown_timeout_s > 3600 {
+            problems.push(format!("server.shutdown_timeout_s: {} is more than 3600", self.server.shutdown_timeout_s));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!("log.level: {:?} is not a valid filter ({e})", self.log.level));
+        }
+        if self.registry.path.as_os_str().is_empty() {
+            problems.push("registry.path: must not be empty".to_string());
+        }
+        if self.onnxruntime.intra_threads > 1024 {
+            problems.push(format!("onnxruntime.intra_threads: {} is more than 1024", self.onnxruntime.intra_threads));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::invalid_config(problems.join("; ")))
+        }
+    }
+}
+
+/// Turns figment's errors into one message naming every bad key and its source.
+fn describe(errors: figment::Error) -> Error {
+    let messages: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(source) => format!(" (from {}: {source})", m.name),
+                    None if m.name.contains("environment") => {
+                        format!(" (from environment variable {ENV_PREFIX}{})", e.path.join("__").to_uppercase())
+                    }
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            format!("{key}: {}{source}", e.kind)
+        })
+        .collect();
+    Error::invalid_config(messages.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.server.port, 8080);
+    }
+
+    #[test]
+    fn validation_names_each_bad_key() {
+        let mut c = Config::default();
+        c.server.workers = 5000;
+        c.log.level = "info,=[".into();
+        let msg = c.validate().unwrap_err().message;
+        assert!(msg.contains("server.workers"), "{msg}");
+        assert!(msg.contains("log.level"), "{msg}");
+    }
+
+    #[test]
+    fn flags_override_only_what_they_set() {
+        let o = Overrides { port: Some(9), ..Default::default() };
+        assert_eq!(o.to_value(), serde_json::json!({"server": {"port": 9}}));
+    }
+}

@@ -1,0 +1,176 @@
+//! The one error type of petal, and the one table that maps each kind of error to its stable
+//! code string, HTTP status and a short description for the docs.
+//!
+//! Clients match on `error.code`; it never changes once published. Messages are for people and
+//! may improve over time. Every error body has the shape
+//! `{"error": {"code": "...", "message": "...", "request_id": "..."}}`.
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+macro_rules! error_codes {
+    ($($variant:ident => ($code:literal, $status:literal, $doc:literal),)*) => {
+        /// Stable error codes. The single table below is the only place that says which code has
+        /// which HTTP status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The stable string clients match on.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            /// The HTTP status this code is answered with.
+            pub fn status(self) -> StatusCode {
+                let status: u16 = match self { $(ErrorCode::$variant => $status,)* };
+                StatusCode::from_u16(status).expect("valid status in the error table")
+            }
+
+            /// What the code means, for documentation.
+            pub const fn description(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $doc,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidRequest        => ("invalid_request", 400, "The request is malformed: a query, path or header value could not be parsed."),
+    InvalidJson           => ("invalid_json", 400, "The JSON body could not be parsed or does not match the schema."),
+    RouteNotFound         => ("route_not_found", 404, "No endpoint exists at this path."),
+    MethodNotAllowed      => ("method_not_allowed", 405, "The endpoint exists but does not accept this HTTP method."),
+    PayloadTooLarge       => ("payload_too_large", 413, "The request body is larger than the configured limit."),
+    UnsupportedMediaType  => ("unsupported_media_type", 415, "The request's Content-Type is not accepted by this endpoint."),
+    NotReady              => ("not_ready", 503, "The service is starting or a dependency is unavailable; see GET /readyz."),
+    NativeLibraryMissing  => ("native_library_missing", 503, "A native library (libtorch, onnxruntime) could not be loaded."),
+    InvalidConfig         => ("invalid_config", 500, "The configuration is invalid (reported at start, never served)."),
+    Internal              => ("internal", 500, "An unexpected server-side failure; the request id locates it in the logs."),
+}
+
+/// petal's error: a stable code plus a human message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Extra response headers (`Allow` on 405, `Retry-After` on 429, …).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), headers: Vec::new() }
+    }
+
+    /// Adds a response header sent with this error.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidConfig, message)
+    }
+
+    pub fn native_library(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NativeLibraryMissing, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+
+    /// The JSON body for this error, tagged with the request id when one is known.
+    pub fn body(&self, request_id: Option<&str>) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+                request_id: request_id.map(str::to_owned),
+            },
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::internal(format!("I/O error: {e}"))
+    }
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "route_not_found", "message": "no endpoint at GET /nope", "request_id": "6f1c2b1e-8a0e-4c55-9d8e-2f7f0b7f5a11"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The request id (also in the `x-request-id` response header and the logs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// The request-id middleware (`api::observe`) re-renders this body with the request id.
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        for (name, value) in &self.headers {
+            response.insert_header((*name, value.as_str()));
+        }
+        response.json(self.body(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_match_serde() {
+        let mut seen = HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "duplicate code {s}");
+            assert!(s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{s}");
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(s));
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+            assert!(!code.description().is_empty());
+        }
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let e = Error::new(ErrorCode::PayloadTooLarge, "too big");
+        assert_eq!(e.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+        let v = serde_json::to_value(e.body(Some("abc"))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "payload_too_large", "message": "too big", "request_id": "abc"}})
+        );
+    }
+}

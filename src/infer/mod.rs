@@ -1,0 +1,2 @@
+//! Inference through ONNX Runtime (`ort`).
+pub mod runtime;

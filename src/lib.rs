@@ -1,0 +1,14 @@
+//! petal: turns a labelled image dataset into a served image classifier by transfer learning.
+//!
+//! Data flows one way: upload → dataset → job → trainer → checkpoint → export → registry → server.
+//! Modules are named for what they do; see README.md for the map.
+pub mod api;
+pub mod config;
+pub mod doctor;
+pub mod error;
+pub mod infer;
+pub mod server;
+pub mod telemetry;
+pub mod train;
+
+pub use error::{Error, ErrorCode, Result};

@@ -1,0 +1,97 @@
+//! `petal serve`: the actix-web server, its start-up checks and graceful shutdown.
+use std::path::Path;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::infer::runtime::OrtRuntime;
+
+/// Binds, serves until SIGTERM/SIGINT, then drains in-flight requests (up to
+/// `server.shutdown_timeout_s`) and returns. Must run inside an actix system.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let state = web::Data::new(AppState::new(config.clone()));
+    let factory_state = state.clone();
+    let mut server = HttpServer::new(move || {
+        App::new().app_data(factory_state.clone()).configure(api::configure).wrap(from_fn(api::observe::observe))
+    })
+    .shutdown_timeout(config.server.shutdown_timeout_s)
+    .disable_signals();
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    let server = server
+        .bind((config.server.host.as_str(), config.server.port))
+        .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", config.server.host, config.server.port))?;
+    for addr in server.addrs() {
+        tracing::info!(addr = %addr, "listening on http://{addr}");
+    }
+    let server = server.run();
+    let handle = server.handle();
+
+    actix_web::rt::spawn(startup_checks(state.clone()));
+    let shutdown_state = state.clone();
+    actix_web::rt::spawn(async move {
+        let signal = wait_for_signal().await;
+        tracing::info!(signal, "shutdown requested: refusing readiness, draining in-flight requests");
+        shutdown_state.readiness.set("shutdown", false, "the server is shutting down");
+        handle.stop(true).await;
+    });
+
+    server.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs each readiness check once at start; `/readyz` reports them.
+async fn startup_checks(state: web::Data<AppState>) {
+    let ort_config = state.config.onnxruntime.clone();
+    let ort = web::block(move || OrtRuntime::init(&ort_config).map(|rt| rt.version.clone())).await;
+    match ort {
+        Ok(Ok(version)) => state.readiness.set("onnxruntime", true, format!("onnxruntime {version} loaded")),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "onnxruntime unavailable");
+            state.readiness.set("onnxruntime", false, e.message)
+        }
+        Err(e) => state.readiness.set("onnxruntime", false, format!("check failed: {e}")),
+    }
+    let registry = state.config.registry.path.clone();
+    match web::block(move || check_registry_folder(&registry)).await {
+        Ok(Ok(detail)) => state.readiness.set("registry", true, detail),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "registry unavailable");
+            state.readiness.set("registry", false, e)
+        }
+        Err(e) => state.readiness.set("registry", false, format!("check failed: {e}")),
+    }
+    state.readiness.set("startup", true, "start-up checks done");
+    let report = state.readiness.report();
+    state.metrics.ready.set(i64::from(report.ready));
+    if report.ready {
+        tracing::info!("ready");
+    } else {
+        tracing::warn!(reasons = ?report.reasons, "not ready");
+    }
+}
+
+/// The local registry folder exists (it is created) and is writable.
+fn check_registry_folder(path: &Path) -> Result<String, String> {
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", shown.display()))?;
+    let probe = path.join(format!(".petal-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").map_err(|e| format!("{} is not writable: {e}", shown.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(format!("local folder {} is writable", shown.display()))
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

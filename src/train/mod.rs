@@ -1,0 +1,2 @@
+//! Training with `tch` (libtorch).
+pub mod device;

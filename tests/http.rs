@@ -1,0 +1,163 @@
+//! Every endpoint of the real server, over real HTTP on loopback.
+mod common;
+
+use common::Server;
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+
+fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn endpoints_answer_and_metrics_count_them() {
+    let server = Server::start();
+    let ready = server.wait_ready(200);
+    assert_eq!(ready["ready"], true);
+    let names: Vec<&str> = ready["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in ["startup", "onnxruntime", "registry"] {
+        assert!(names.contains(&want), "{ready}");
+    }
+    let client = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+
+    // Liveness, with a generated and with a given request id.
+    let r = client.get(server.url("/healthz")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    let r = client.get(server.url("/healthz")).header("x-request-id", "test-req-42").send().unwrap();
+    assert_eq!(r.headers()["x-request-id"], "test-req-42");
+    let r = client.get(server.url("/healthz")).header("x-request-id", "bad id with spaces").send().unwrap();
+    assert_ne!(r.headers()["x-request-id"], "bad id with spaces");
+
+    // 404 and 405 with stable codes, the request id in body and header, Allow on 405.
+    let r = client.get(server.url("/no/such/thing")).header("x-request-id", "rid-404").send().unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "route_not_found");
+    assert_eq!(body["error"]["request_id"], "rid-404");
+    assert!(body["error"]["message"].as_str().unwrap().contains("/no/such/thing"));
+    let r = client.post(server.url("/healthz")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()["allow"], "GET");
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    assert_eq!(body["error"]["request_id"], rid.as_str());
+
+    // The spec, served and valid.
+    let r = client.get(server.url("/openapi.json")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let spec = r.text().unwrap();
+    let file = server.dir.path().join("served-openapi.json");
+    std::fs::write(&file, &spec).unwrap();
+    let out = std::process::Command::new(common::python())
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator rejected the served spec:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Swagger UI, vendored, pointing at our spec.
+    let r = client.get(server.url("/docs")).send().unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert_eq!(r.headers()["location"], "/docs/");
+    let r = client.get(server.url("/docs/")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().unwrap().to_lowercase().contains("swagger"));
+    let r = client.get(server.url("/docs/swagger-initializer.js")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().unwrap().contains("/openapi.json"));
+
+    // Metrics count exactly this test's requests.
+    let text = client.get(server.url("/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(
+        metric_value(&text, r#"petal_http_requests_total{method="GET",route="/healthz",status="200"}"#),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, r#"petal_http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, r#"petal_http_requests_total{method="POST",route="/healthz",status="405"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, r#"petal_http_requests_total{method="GET",route="/openapi.json",status="200"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, r#"petal_http_request_duration_seconds_count{method="GET",route="/healthz"}"#),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(metric_value(&text, "petal_ready "), 1.0, "{text}");
+    assert!(text.contains("petal_build_info{"), "{text}");
+
+    // Access logs are structured and carry the request id.
+    let logs = server.log_text();
+    let line = logs.lines().find(|l| l.contains("test-req-42")).expect("an access log line with the request id");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["route"], "/healthz");
+}
+
+#[test]
+fn not_ready_says_which_native_library_is_missing() {
+    let server = Server::start_with(|cmd| {
+        cmd.env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1");
+    });
+    let report = server.wait_ready(503);
+    assert_eq!(report["ready"], false);
+    let reasons = report["reasons"].to_string();
+    assert!(reasons.contains("onnxruntime") && reasons.contains("/nonexistent/libonnxruntime.so.1.31.1"), "{report}");
+    let client = Client::new();
+    assert_eq!(client.get(server.url("/healthz")).send().unwrap().status(), StatusCode::OK);
+    let text = client.get(server.url("/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(metric_value(&text, "petal_ready "), 0.0, "{text}");
+    assert!(!server.log_text().contains("panicked"));
+}
+
+#[test]
+fn not_ready_when_the_registry_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let registry = blocker.join("registry");
+    let server = Server::start_with(|cmd| {
+        cmd.arg("--registry").arg(&registry);
+    });
+    let report = server.wait_ready(503);
+    let reasons = report["reasons"].to_string();
+    assert!(reasons.contains("registry") && reasons.contains("a-file"), "{report}");
+}
+
+#[test]
+fn sigterm_and_sigint_shut_down_gracefully() {
+    for signal in ["TERM", "INT"] {
+        let mut server = Server::start();
+        server.wait_ready(200);
+        let status = server.signal_and_wait(signal);
+        assert!(status.success(), "exit after SIG{signal}: {status:?}\n{}", server.log_text());
+        let logs = server.log_text();
+        assert!(logs.contains(&format!("\"signal\":\"SIG{signal}\"")), "{logs}");
+        assert!(logs.contains("\"message\":\"stopped\""), "{logs}");
+    }
+}
