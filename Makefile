@@ -13,7 +13,7 @@ run: setup
 	$(ENV) target/release/petal serve
 
 test: setup lint
-	$(ENV) cargo test --all-targets $(CARGO_TEST_FLAGS)
+	$(ENV) cargo test --all-targets --no-fail-fast $(CARGO_TEST_FLAGS)
 
 setup:
 	@bash scripts/setup.sh

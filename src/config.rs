@@ -22,6 +22,7 @@ pub struct Config {
     pub log: LogConfig,
     pub registry: RegistryConfig,
     pub onnxruntime: OnnxRuntimeConfig,
+    pub weights: WeightsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +81,22 @@ impl Default for RegistryConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeightsConfig {
+    /// Where fetched and imported pretrained weights are kept.
+    pub cache: PathBuf,
+    /// A base URL to download catalog files from instead of their canonical URLs
+    /// (`{mirror}/{file_name}`), e.g. an internal mirror.
+    pub mirror: Option<String>,
+}
+
+impl Default for WeightsConfig {
+    fn default() -> Self {
+        Self { cache: PathBuf::from("var/weights"), mirror: None }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnnxRuntimeConfig {
@@ -105,6 +122,8 @@ pub struct Overrides {
     pub registry_path: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub weights_cache: Option<PathBuf>,
+    pub weights_mirror: Option<String>,
 }
 
 impl Overrides {
@@ -134,6 +153,12 @@ impl Overrides {
         }
         if let Some(v) = self.log_format {
             set("log", "format", serde_json::to_value(v).expect("enum serializes"));
+        }
+        if let Some(v) = &self.weights_cache {
+            set("weights", "cache", v.to_string_lossy().into_owned().into());
+        }
+        if let Some(v) = &self.weights_mirror {
+            set("weights", "mirror", v.clone().into());
         }
         serde_json::Value::Object(root)
     }
@@ -180,6 +205,14 @@ impl Config {
         }
         if self.registry.path.as_os_str().is_empty() {
             problems.push("registry.path: must not be empty".to_string());
+        }
+        if self.weights.cache.as_os_str().is_empty() {
+            problems.push("weights.cache: must not be empty".to_string());
+        }
+        if let Some(m) = &self.weights.mirror {
+            if !(m.starts_with("http://") || m.starts_with("https://")) {
+                problems.push(format!("weights.mirror: {m:?} is not an http(s) URL"));
+            }
         }
         if self.onnxruntime.intra_threads > 1024 {
             problems.push(format!("onnxruntime.intra_threads: {} is more than 1024", self.onnxruntime.intra_threads));

