@@ -68,16 +68,86 @@ impl Default for LogConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryBackend {
+    /// A local folder (`registry.path`): the embedded default.
+    #[default]
+    Local,
+    /// An S3-compatible bucket (`registry.s3.*`).
+    S3,
+    /// In memory, gone at exit (tests).
+    Memory,
+}
+
+/// What this deployment uses models for; decides whether non-commercial terms block promotion.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Usage {
+    #[default]
+    Research,
+    Commercial,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// Where models, datasets and jobs live: a local folder (the embedded default).
+    pub backend: RegistryBackend,
+    /// The local registry folder (backend `local`).
     pub path: PathBuf,
+    /// A folder in the registry layout whose versions and aliases are copied in at start when
+    /// missing (the repository's `registry/`, holding the bundled model); empty to disable.
+    pub seed: PathBuf,
+    /// `research` or `commercial`: under `commercial`, promoting a model whose lineage carries
+    /// non-commercial terms needs an explicit acknowledgement.
+    pub usage: Usage,
+    pub s3: S3Config,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("var/registry") }
+        Self {
+            backend: RegistryBackend::Local,
+            path: PathBuf::from("var/registry"),
+            seed: PathBuf::from("registry"),
+            usage: Usage::Research,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// e.g. `http://127.0.0.1:9000` for MinIO or s3s-fs; unset for AWS.
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    /// Key prefix inside the bucket.
+    pub prefix: String,
+    pub region: String,
+    /// Credentials; when unset, the usual AWS_* environment variables are used.
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<String>,
+    /// Allow plain http endpoints (private networks, tests).
+    pub allow_http: bool,
+    pub max_retries: usize,
+    pub retry_timeout_s: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            bucket: None,
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            max_retries: 3,
+            retry_timeout_s: 30,
+        }
     }
 }
 
@@ -203,8 +273,18 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level: {:?} is not a valid filter ({e})", self.log.level));
         }
-        if self.registry.path.as_os_str().is_empty() {
+        if self.registry.backend == RegistryBackend::Local && self.registry.path.as_os_str().is_empty() {
             problems.push("registry.path: must not be empty".to_string());
+        }
+        if self.registry.backend == RegistryBackend::S3 && self.registry.s3.bucket.as_deref().unwrap_or("").is_empty() {
+            problems.push("registry.s3.bucket: required when registry.backend is \"s3\"".to_string());
+        }
+        if let Some(e) = &self.registry.s3.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                problems.push(format!("registry.s3.endpoint: {e:?} is not an http(s) URL"));
+            } else if e.starts_with("http://") && !self.registry.s3.allow_http {
+                problems.push(format!("registry.s3.endpoint: {e:?} is plain http; set registry.s3.allow_http = true"));
+            }
         }
         if self.weights.cache.as_os_str().is_empty() {
             problems.push("weights.cache: must not be empty".to_string());

@@ -2,7 +2,7 @@
 //! registry — with a clear message for whatever is missing.
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, RegistryBackend};
 use crate::infer::runtime::{OrtRuntime, ProviderStatus};
 use crate::train::device::{torch_info, TorchInfo};
 
@@ -86,13 +86,26 @@ pub fn run(config: &Config) -> Report {
             }
         }
     };
-    let registry = RegistryInfo {
-        backend: "local",
-        location: std::path::absolute(&config.registry.path)
-            .unwrap_or_else(|_| config.registry.path.clone())
-            .display()
-            .to_string(),
-        exists: config.registry.path.is_dir(),
+    let registry = match config.registry.backend {
+        RegistryBackend::Local => RegistryInfo {
+            backend: "local",
+            location: std::path::absolute(&config.registry.path)
+                .unwrap_or_else(|_| config.registry.path.clone())
+                .display()
+                .to_string(),
+            exists: config.registry.path.is_dir(),
+        },
+        RegistryBackend::S3 => RegistryInfo {
+            backend: "s3",
+            location: format!(
+                "s3://{}/{}{}",
+                config.registry.s3.bucket.as_deref().unwrap_or("?"),
+                config.registry.s3.prefix,
+                config.registry.s3.endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default()
+            ),
+            exists: true,
+        },
+        RegistryBackend::Memory => RegistryInfo { backend: "memory", location: "memory://".into(), exists: true },
     };
     Report { petal: PetalInfo::current(), libtorch, onnxruntime, registry, problems }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod infer;
+pub mod registry;
 pub mod server;
 pub mod telemetry;
 pub mod train;

@@ -1,12 +1,12 @@
 //! `petal serve`: the actix-web server, its start-up checks and graceful shutdown.
-use std::path::Path;
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, RegistryBackend, RegistryConfig};
 use crate::infer::runtime::OrtRuntime;
+use crate::registry::Registry;
 
 /// Binds, serves until SIGTERM/SIGINT, then drains in-flight requests (up to
 /// `server.shutdown_timeout_s`) and returns. Must run inside an actix system.
@@ -56,14 +56,12 @@ async fn startup_checks(state: web::Data<AppState>) {
         }
         Err(e) => state.readiness.set("onnxruntime", false, format!("check failed: {e}")),
     }
-    let registry = state.config.registry.path.clone();
-    match web::block(move || check_registry_folder(&registry)).await {
-        Ok(Ok(detail)) => state.readiness.set("registry", true, detail),
-        Ok(Err(e)) => {
+    match open_and_seed_registry(&state.config).await {
+        Ok(detail) => state.readiness.set("registry", true, detail),
+        Err(e) => {
             tracing::error!(error = %e, "registry unavailable");
-            state.readiness.set("registry", false, e)
+            state.readiness.set("registry", false, e.message)
         }
-        Err(e) => state.readiness.set("registry", false, format!("check failed: {e}")),
     }
     state.readiness.set("startup", true, "start-up checks done");
     let report = state.readiness.report();
@@ -75,14 +73,20 @@ async fn startup_checks(state: web::Data<AppState>) {
     }
 }
 
-/// The local registry folder exists (it is created) and is writable.
-fn check_registry_folder(path: &Path) -> Result<String, String> {
-    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", shown.display()))?;
-    let probe = path.join(format!(".petal-write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").map_err(|e| format!("{} is not writable: {e}", shown.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(format!("local folder {} is writable", shown.display()))
+/// Opens the registry, proves it writable, and seeds it from `registry.seed` when that folder
+/// holds versions the registry lacks.
+async fn open_and_seed_registry(config: &Config) -> crate::Result<String> {
+    let registry = Registry::open(&config.registry)?;
+    registry.check().await?;
+    let seed = &config.registry.seed;
+    if !seed.as_os_str().is_empty() && seed.join("models").is_dir() {
+        let seed_config = RegistryConfig { backend: RegistryBackend::Local, path: seed.clone(), ..Default::default() };
+        let copied = registry.seed_from(&Registry::open(&seed_config)?).await?;
+        for (model, version) in &copied {
+            tracing::info!(model, version, seed = %seed.display(), "seeded the registry");
+        }
+    }
+    Ok(format!("{} is writable", registry.location()))
 }
 
 /// Waits for SIGTERM or SIGINT and names it.

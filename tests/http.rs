@@ -161,3 +161,23 @@ fn sigterm_and_sigint_shut_down_gracefully() {
         assert!(logs.contains("\"message\":\"stopped\""), "{logs}");
     }
 }
+
+#[test]
+fn readiness_follows_an_s3_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = common::S3Server::start(dir.path());
+    let server = Server::start_with(|cmd| {
+        cmd.envs(s3.env("ready"));
+    });
+    let report = server.wait_ready(200);
+    assert!(report.to_string().contains(&format!("s3://petal/ready at {}", s3.endpoint())), "{report}");
+
+    // A wrong secret: the server says so instead of pretending to be ready.
+    let server = Server::start_with(|cmd| {
+        cmd.envs(s3.env("ready")).env("PETAL__REGISTRY__S3__SECRET_ACCESS_KEY", "wrong");
+        cmd.env("PETAL__REGISTRY__S3__MAX_RETRIES", "0");
+    });
+    let report = server.wait_ready(503);
+    let reasons = report["reasons"].to_string();
+    assert!(reasons.contains("registry") && reasons.contains("probe"), "{report}");
+}

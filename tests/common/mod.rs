@@ -134,3 +134,104 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A real S3-compatible server (s3s-fs, installed by set-up) on loopback, serving `root`; bucket
+/// `petal` exists.
+pub struct S3Server {
+    child: Option<Child>,
+    pub root: PathBuf,
+    pub port: u16,
+}
+
+pub const S3_ACCESS_KEY: &str = "petal-test";
+pub const S3_SECRET_KEY: &str = "petal-test-secret";
+
+impl S3Server {
+    pub fn start(root: &Path) -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::create_dir_all(root.join("petal")).unwrap();
+        let mut s = S3Server { child: None, root: root.to_path_buf(), port };
+        s.restart();
+        s
+    }
+
+    fn binary() -> PathBuf {
+        let p = std::env::var_os("PETAL_S3S_FS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bin/s3s-fs"));
+        assert!(p.exists(), "no s3s-fs at {}: run the tests with `make test`", p.display());
+        p
+    }
+
+    /// (Re)starts the server on the same port and root.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(Self::binary())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3s-fs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The registry config for this server, under `prefix`.
+    pub fn registry_config(&self, prefix: &str) -> petal::config::RegistryConfig {
+        petal::config::RegistryConfig {
+            backend: petal::config::RegistryBackend::S3,
+            s3: petal::config::S3Config {
+                endpoint: Some(self.endpoint()),
+                bucket: Some("petal".into()),
+                prefix: prefix.into(),
+                access_key_id: Some(S3_ACCESS_KEY.into()),
+                secret_access_key: Some(S3_SECRET_KEY.into()),
+                allow_http: true,
+                max_retries: 0,
+                retry_timeout_s: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Environment variables that point `petal` at this server.
+    pub fn env(&self, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("PETAL__REGISTRY__BACKEND", "s3".to_string()),
+            ("PETAL__REGISTRY__S3__ENDPOINT", self.endpoint()),
+            ("PETAL__REGISTRY__S3__BUCKET", "petal".into()),
+            ("PETAL__REGISTRY__S3__PREFIX", prefix.into()),
+            ("PETAL__REGISTRY__S3__ACCESS_KEY_ID", S3_ACCESS_KEY.into()),
+            ("PETAL__REGISTRY__S3__SECRET_ACCESS_KEY", S3_SECRET_KEY.into()),
+            ("PETAL__REGISTRY__S3__ALLOW_HTTP", "true".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,243 @@
+//! What a published version is: its artifacts (with sha256 and size) and its provenance —
+//! base weights, dataset, recipe, metrics, code, hardware, timings, licences. The manifest is the
+//! root of trust: every artifact read is checked against it.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::train::catalog::Licence;
+
+/// Current manifest format.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Manifest {
+    pub format: u32,
+    pub model: String,
+    pub version: u64,
+    pub created_at: String,
+    /// The upload this version's artifacts were written under (`models/{model}/uploads/{id}/`).
+    pub upload_id: String,
+    pub artifacts: Vec<Artifact>,
+    pub provenance: Provenance,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Artifact {
+    /// File name, e.g. `model.onnx`.
+    pub name: String,
+    /// Object path inside the registry.
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// Where a model came from and under which terms it may be used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
+pub struct Provenance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_weights: Option<BaseWeights>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetRecord>,
+    /// The recipe (phases, schedules, augmentation) as run.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub recipe: serde_json::Value,
+    /// Every hyper-parameter as run.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub hyperparameters: serde_json::Value,
+    #[serde(default)]
+    pub metrics: Metrics,
+    pub code: CodeVersion,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub hardware: serde_json::Value,
+    #[serde(default)]
+    pub timings: BTreeMap<String, f64>,
+    /// The exact command that reproduces this model, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct BaseWeights {
+    /// Catalog entry, e.g. `MobileNet_V2_Weights.IMAGENET1K_V1`.
+    pub catalog: Option<String>,
+    pub arch: String,
+    pub url: Option<String>,
+    pub sha256: String,
+    pub licences: Vec<Licence>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct DatasetRecord {
+    pub digest: String,
+    pub name: String,
+    pub class_names: Vec<String>,
+    /// Images per split (`train`, `val`).
+    pub counts: BTreeMap<String, u64>,
+    /// The terms given at upload, verbatim.
+    pub terms: Option<String>,
+    #[serde(default)]
+    pub licences: Vec<Licence>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
+pub struct Metrics {
+    /// The best values (e.g. `val_top1`).
+    #[serde(default)]
+    pub best: BTreeMap<String, f64>,
+    /// One object per epoch.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub per_epoch: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct CodeVersion {
+    pub petal_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
+}
+
+impl Default for CodeVersion {
+    fn default() -> Self {
+        Self::current()
+    }
+}
+
+impl CodeVersion {
+    pub fn current() -> Self {
+        let commit = env!("PETAL_GIT_COMMIT");
+        Self {
+            petal_version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: (!commit.is_empty()).then(|| commit.into()),
+        }
+    }
+}
+
+/// One component of a model's lineage whose terms forbid commercial use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restriction {
+    pub component: String,
+    pub terms: String,
+}
+
+impl Manifest {
+    pub fn artifact(&self, name: &str) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.name == name)
+    }
+
+    /// Every licence record of the lineage: base weights, then dataset.
+    pub fn licences(&self) -> Vec<(String, &Licence)> {
+        let p = &self.provenance;
+        let weights = p.base_weights.iter().flat_map(|b| {
+            b.licences.iter().map(move |l| {
+                (format!("base weights {} ({})", b.catalog.as_deref().unwrap_or(&b.arch), l.component), l)
+            })
+        });
+        let dataset = p
+            .dataset
+            .iter()
+            .flat_map(|d| d.licences.iter().map(move |l| (format!("dataset {} ({})", d.name, l.component), l)));
+        weights.chain(dataset).collect()
+    }
+
+    /// The components whose terms do not allow commercial use.
+    pub fn non_commercial(&self) -> Vec<Restriction> {
+        let mut out: Vec<Restriction> = self
+            .licences()
+            .into_iter()
+            .filter(|(_, l)| !l.commercial_use)
+            .map(|(component, l)| Restriction { component, terms: l.terms.clone() })
+            .collect();
+        if let Some(d) = &self.provenance.dataset {
+            // Terms given at upload without a structured licence: not known to allow commercial use.
+            if d.licences.is_empty() {
+                if let Some(terms) = &d.terms {
+                    out.push(Restriction { component: format!("dataset {}", d.name), terms: terms.clone() });
+                }
+            }
+        }
+        out
+    }
+
+    /// A model card in Markdown.
+    pub fn card(&self) -> String {
+        let p = &self.provenance;
+        let mut s = format!("# {} — version {}\n\n", self.model, self.version);
+        s += &format!("Published {} by petal {}", self.created_at, p.code.petal_version);
+        if let Some(c) = &p.code.git_commit {
+            s += &format!(" (commit {c})");
+        }
+        s += ".\n\n";
+        if let Some(b) = &p.base_weights {
+            s += &format!(
+                "## Base model\n\n`{}` from {} (sha256 `{}`){}.\n\n",
+                b.arch,
+                b.catalog.as_deref().unwrap_or("an imported file"),
+                b.sha256,
+                b.url.as_ref().map(|u| format!(", {u}")).unwrap_or_default()
+            );
+        }
+        if let Some(d) = &p.dataset {
+            s += &format!("## Dataset\n\n**{}** (digest `{}`), {} classes", d.name, d.digest, d.class_names.len());
+            let counts: Vec<String> = d.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            if !counts.is_empty() {
+                s += &format!("; {} images", counts.join(", "));
+            }
+            s += ".\n";
+            if let Some(t) = &d.terms {
+                s += &format!("\nTerms given at upload: {t}\n");
+            }
+            s += "\n";
+        }
+        if !p.metrics.best.is_empty() {
+            s += "## Metrics\n\n| metric | best |\n| --- | --- |\n";
+            for (k, v) in &p.metrics.best {
+                s += &format!("| {k} | {v:.4} |\n");
+            }
+            s += &format!("\n{} epochs recorded.\n\n", p.metrics.per_epoch.len());
+        }
+        if !p.recipe.is_null() {
+            s += &format!(
+                "## Recipe\n\n```json\n{}\n```\n\n",
+                serde_json::to_string_pretty(&p.recipe).unwrap_or_default()
+            );
+        }
+        if let Some(cmd) = &p.command {
+            s += &format!("## Reproduce\n\n```sh\n{cmd}\n```\n\n");
+        }
+        if !p.hardware.is_null() || !p.timings.is_empty() {
+            s += "## Hardware and timings\n\n";
+            if !p.hardware.is_null() {
+                s += &format!("Hardware: `{}`\n\n", p.hardware);
+            }
+            for (k, v) in &p.timings {
+                s += &format!("- {k}: {v:.1} s\n");
+            }
+            s += "\n";
+        }
+        s += "## Licences and terms\n\n";
+        let licences = self.licences();
+        if licences.is_empty() {
+            s += "No licence records.\n";
+        }
+        for (component, l) in licences {
+            s += &format!(
+                "- **{component}**: {}{} {}\n",
+                l.spdx.as_deref().map(|x| format!("{x}. ")).unwrap_or_default(),
+                if l.commercial_use { "Commercial use allowed." } else { "Non-commercial use only." },
+                l.terms
+            );
+        }
+        s += "\n## Artifacts\n\n| file | size | sha256 |\n| --- | --- | --- |\n";
+        for a in &self.artifacts {
+            s += &format!("| {} | {} | `{}` |\n", a.name, a.size, a.sha256);
+        }
+        s
+    }
+}

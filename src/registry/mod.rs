@@ -1,0 +1,511 @@
+//! The model registry on `object_store`: a local folder (the embedded default), any
+//! S3-compatible store, or memory (tests).
+//!
+//! Layout (every path below the configured root / bucket prefix):
+//! ```text
+//! models/{model}/uploads/{upload_id}/{file}        artifact bytes, written first
+//! models/{model}/versions/{version:08}.json        the manifest, written last with a conditional
+//!                                                  create: a version exists iff its manifest does
+//! models/{model}/aliases/{alias}/{seq:012}.json    alias moves, one create-only object each: the
+//!                                                  highest seq is the alias's current target; all
+//!                                                  of them are its audit history
+//! datasets/{digest}/…                              uploaded datasets (fine-tuning jobs)
+//! jobs/{id}/…                                      job records and checkpoints
+//! ```
+//! Versions are immutable and numbered per model. A crash mid-publish leaves only an unreferenced
+//! upload folder, which `gc` removes. Every artifact read is checked against the manifest's sha256
+//! and size.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjPath;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use sha2::{Digest, Sha256};
+
+use crate::config::{RegistryBackend, RegistryConfig};
+use crate::error::{Error, ErrorCode, Result};
+
+pub mod alias;
+pub mod manifest;
+
+pub use alias::{AliasEntry, Promotion};
+pub use manifest::{Artifact, Manifest, Provenance};
+
+/// A registry on one object store.
+#[derive(Clone)]
+pub struct Registry {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+}
+
+/// One artifact to publish.
+pub struct NewArtifact {
+    pub name: String,
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+}
+
+impl NewArtifact {
+    pub fn new(name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        let name = name.into();
+        let media_type = media_type_for(&name).to_string();
+        Self { name, bytes, media_type }
+    }
+}
+
+fn media_type_for(name: &str) -> &'static str {
+    match name.rsplit('.').next() {
+        Some("onnx") => "application/onnx",
+        Some("json") => "application/json",
+        Some("md") => "text/markdown",
+        Some("png") => "image/png",
+        Some("safetensors") => "application/vnd.safetensors",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Maps a storage failure to petal's errors.
+pub(crate) fn store_error(what: &str, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::new(ErrorCode::NotFound, format!("{what}: not found")),
+        other => Error::new(ErrorCode::RegistryUnavailable, format!("{what}: {other}")),
+    }
+}
+
+/// Model and alias names: 1–64 of `a-z 0-9 - _ .`, starting with a letter or digit.
+pub fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidName,
+            format!(
+                "{kind} name {name:?} is invalid: use 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    crate::train::weights::store::now_rfc3339()
+}
+
+impl Registry {
+    /// Opens the configured backend.
+    pub fn open(config: &RegistryConfig) -> Result<Registry> {
+        match config.backend {
+            RegistryBackend::Local => {
+                std::fs::create_dir_all(&config.path).map_err(|e| {
+                    Error::new(ErrorCode::RegistryUnavailable, format!("cannot create {}: {e}", config.path.display()))
+                })?;
+                let root = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
+                let store = LocalFileSystem::new_with_prefix(&root)
+                    .map_err(|e| Error::new(ErrorCode::RegistryUnavailable, format!("{}: {e}", root.display())))?;
+                Ok(Registry { store: Arc::new(store), location: format!("file://{}", root.display()) })
+            }
+            RegistryBackend::Memory => Ok(Registry { store: Arc::new(InMemory::new()), location: "memory://".into() }),
+            RegistryBackend::S3 => {
+                let s3 = &config.s3;
+                let bucket = s3.bucket.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| {
+                    Error::invalid_config("registry.s3.bucket is required when registry.backend = \"s3\"")
+                })?;
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(&s3.region)
+                    .with_virtual_hosted_style_request(false)
+                    .with_conditional_put(S3ConditionalPut::ETagMatch)
+                    .with_allow_http(s3.allow_http)
+                    .with_retry(object_store::RetryConfig {
+                        max_retries: s3.max_retries,
+                        retry_timeout: Duration::from_secs(s3.retry_timeout_s),
+                        ..Default::default()
+                    });
+                if let Some(endpoint) = &s3.endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let Some(key) = &s3.access_key_id {
+                    builder = builder.with_access_key_id(key);
+                }
+                if let Some(secret) = &s3.secret_access_key {
+                    builder = builder.with_secret_access_key(secret);
+                }
+                let store = builder.build().map_err(|e| Error::invalid_config(format!("registry.s3: {e}")))?;
+                let prefix = s3.prefix.trim_matches('/').to_string();
+                let location = format!(
+                    "s3://{bucket}/{prefix}{}",
+                    s3.endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default()
+                );
+                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    Arc::new(store)
+                } else {
+                    Arc::new(PrefixStore::new(store, prefix.as_str()))
+                };
+                Ok(Registry { store, location })
+            }
+        }
+    }
+
+    /// A registry on any object store (tests, embedding).
+    pub fn with_store(store: Arc<dyn ObjectStore>, location: impl Into<String>) -> Registry {
+        Registry { store, location: location.into() }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Where the registry is, for people (`file:///…`, `s3://bucket/prefix at endpoint`).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Proves the store is reachable and writable: writes and deletes a probe object.
+    pub async fn check(&self) -> Result<()> {
+        let probe = ObjPath::from(format!(".probe/{}", uuid::Uuid::new_v4()));
+        self.store.put(&probe, PutPayload::from_static(b"ok")).await.map_err(|e| store_error("write probe", e))?;
+        self.store.delete(&probe).await.map_err(|e| store_error("delete probe", e))?;
+        Ok(())
+    }
+
+    fn version_path(model: &str, version: u64) -> ObjPath {
+        ObjPath::from(format!("models/{model}/versions/{version:08}.json"))
+    }
+
+    /// Publishes a new version: uploads every artifact, then creates the manifest under the next
+    /// free version number. `after_artifact` runs after each upload (progress; fault injection in
+    /// tests).
+    pub async fn publish(
+        &self,
+        model: &str,
+        artifacts: Vec<NewArtifact>,
+        provenance: Provenance,
+        mut after_artifact: impl FnMut(&str),
+    ) -> Result<Manifest> {
+        check_name("model", model)?;
+        if artifacts.is_empty() {
+            return Err(Error::invalid_request("a version needs at least one artifact"));
+        }
+        let mut names = BTreeSet::new();
+        for a in &artifacts {
+            if !names.insert(a.name.as_str()) || a.name.contains('/') || a.name.starts_with('.') || a.name.is_empty() {
+                return Err(Error::invalid_request(format!("artifact name {:?} is invalid or repeated", a.name)));
+            }
+        }
+        let upload_id = uuid::Uuid::new_v4().to_string();
+        let mut records = Vec::new();
+        for a in artifacts {
+            let path = format!("models/{model}/uploads/{upload_id}/{}", a.name);
+            let record = Artifact {
+                name: a.name.clone(),
+                path: path.clone(),
+                sha256: sha256_hex(&a.bytes),
+                size: a.bytes.len() as u64,
+                media_type: a.media_type.clone(),
+            };
+            self.put_large(&ObjPath::from(path), a.bytes)
+                .await
+                .map_err(|e| store_error(&format!("uploading {}", a.name), e))?;
+            after_artifact(&a.name);
+            records.push(record);
+        }
+        let mut version = self.versions(model).await?.last().copied().unwrap_or(0) + 1;
+        loop {
+            let manifest = Manifest {
+                format: manifest::MANIFEST_FORMAT,
+                model: model.to_string(),
+                version,
+                created_at: now_rfc3339(),
+                upload_id: upload_id.clone(),
+                artifacts: records.clone(),
+                provenance: provenance.clone(),
+            };
+            let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+            let put = self
+                .store
+                .put_opts(&Self::version_path(model, version), bytes.into(), PutOptions::from(PutMode::Create))
+                .await;
+            match put {
+                Ok(_) => {
+                    // A store whose conditional create is not atomic could let two publishers
+                    // both "create" one version: read back and make sure it is ours.
+                    let stored = self.manifest(model, version).await?;
+                    if stored.upload_id == upload_id {
+                        return Ok(stored);
+                    }
+                    version += 1;
+                }
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                    version += 1
+                }
+                Err(e) => return Err(store_error("writing the manifest", e)),
+            }
+        }
+    }
+
+    /// Writes one object; large ones go up in parts.
+    async fn put_large(&self, path: &ObjPath, bytes: Vec<u8>) -> object_store::Result<()> {
+        const PART: usize = 16 << 20;
+        if bytes.len() <= PART {
+            self.store.put(path, bytes.into()).await.map(|_| ())
+        } else {
+            let mut upload = self.store.put_multipart(path).await?;
+            for chunk in bytes.chunks(PART) {
+                if let Err(e) = upload.put_part(PutPayload::from(chunk.to_vec())).await {
+                    let _ = upload.abort().await;
+                    return Err(e);
+                }
+            }
+            upload.complete().await.map(|_| ())
+        }
+    }
+
+    /// Every model with at least one version.
+    pub async fn models(&self) -> Result<Vec<String>> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&ObjPath::from("models")))
+            .await
+            .map_err(|e| store_error("listing models", e))?;
+        let mut out = Vec::new();
+        for prefix in listed.common_prefixes {
+            if let Some(name) = prefix.filename() {
+                if !self.versions(name).await?.is_empty() {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The published versions of a model, ascending.
+    pub async fn versions(&self, model: &str) -> Result<Vec<u64>> {
+        check_name("model", model)?;
+        let prefix = ObjPath::from(format!("models/{model}/versions"));
+        let metas: Vec<_> =
+            self.store.list(Some(&prefix)).try_collect().await.map_err(|e| store_error("listing versions", e))?;
+        let mut v: Vec<u64> =
+            metas.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok()).collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// The manifest of a version.
+    pub async fn manifest(&self, model: &str, version: u64) -> Result<Manifest> {
+        check_name("model", model)?;
+        let got = self.store.get(&Self::version_path(model, version)).await;
+        let bytes = match got {
+            Ok(r) => r.bytes().await.map_err(|e| store_error("reading the manifest", e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::new(ErrorCode::NotFound, format!("model {model} has no version {version}")))
+            }
+            Err(e) => return Err(store_error("reading the manifest", e)),
+        };
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorCode::IntegrityError,
+                format!("the manifest of {model} version {version} is unreadable: {e}"),
+            )
+        })?;
+        if m.model != model || m.version != version {
+            return Err(Error::new(
+                ErrorCode::IntegrityError,
+                format!("the manifest at {model} version {version} describes {} version {}", m.model, m.version),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// An artifact's bytes, verified against the manifest (size and sha256).
+    pub async fn read_artifact(&self, manifest: &Manifest, name: &str) -> Result<Vec<u8>> {
+        let a = manifest.artifact(name).ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotFound,
+                format!("{} version {} has no artifact {name}", manifest.model, manifest.version),
+            )
+        })?;
+        let what = format!("{} version {} artifact {name}", manifest.model, manifest.version);
+        let bytes = match self.store.get(&ObjPath::from(a.path.as_str())).await {
+            Ok(r) => r.bytes().await.map_err(|e| store_error(&what, e))?.to_vec(),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::new(ErrorCode::IntegrityError, format!("{what} is missing from the store")))
+            }
+            Err(e) => return Err(store_error(&what, e)),
+        };
+        if bytes.len() as u64 != a.size {
+            return Err(Error::new(
+                ErrorCode::IntegrityError,
+                format!("{what} has {} bytes, the manifest says {}: truncated or replaced", bytes.len(), a.size),
+            ));
+        }
+        let sha = sha256_hex(&bytes);
+        if sha != a.sha256 {
+            return Err(Error::new(
+                ErrorCode::IntegrityError,
+                format!("{what} has sha256 {sha}, the manifest says {}: the bytes were modified", a.sha256),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Verifies every artifact of a version; the error names the first bad one.
+    pub async fn verify(&self, model: &str, version: u64) -> Result<Manifest> {
+        let m = self.manifest(model, version).await?;
+        for a in &m.artifacts {
+            self.read_artifact(&m, &a.name).await?;
+        }
+        Ok(m)
+    }
+
+    /// Removes upload folders that no manifest references and that are older than `grace`
+    /// (younger ones may belong to a publish in progress). Returns the removed object paths.
+    pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<Vec<String>> {
+        let now = chrono_now();
+        let mut removed = Vec::new();
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&ObjPath::from("models")))
+            .await
+            .map_err(|e| store_error("listing models", e))?;
+        for prefix in listed.common_prefixes {
+            let Some(model) = prefix.filename() else { continue };
+            let mut referenced = BTreeSet::new();
+            for v in self.versions(model).await? {
+                referenced.insert(self.manifest(model, v).await?.upload_id);
+            }
+            let uploads = ObjPath::from(format!("models/{model}/uploads"));
+            let metas: Vec<_> =
+                self.store.list(Some(&uploads)).try_collect().await.map_err(|e| store_error("listing uploads", e))?;
+            let mut by_upload: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
+            for m in metas {
+                let parts: Vec<_> = m.location.parts().collect();
+                if let Some(id) = parts.get(3) {
+                    by_upload.entry(id.as_ref().to_string()).or_default().push(m);
+                }
+            }
+            for (id, objects) in by_upload {
+                let newest = objects.iter().map(|m| m.last_modified.timestamp()).max().unwrap_or(0);
+                if referenced.contains(&id) || now - newest < grace.as_secs() as i64 {
+                    continue;
+                }
+                for o in objects {
+                    if !dry_run {
+                        self.store.delete(&o.location).await.map_err(|e| store_error("deleting an orphan", e))?;
+                    }
+                    removed.push(o.location.to_string());
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Copies every version (and alias history) of `seed` that this registry lacks. Used to seed
+    /// the embedded default registry from the repository's `registry/` folder.
+    pub async fn seed_from(&self, seed: &Registry) -> Result<Vec<(String, u64)>> {
+        let mut copied = Vec::new();
+        for model in seed.models().await? {
+            let mine: BTreeSet<u64> = self.versions(&model).await?.into_iter().collect();
+            for v in seed.versions(&model).await? {
+                if mine.contains(&v) {
+                    continue;
+                }
+                let m = seed.verify(&model, v).await?;
+                for a in &m.artifacts {
+                    let bytes = seed.read_artifact(&m, &a.name).await?;
+                    self.put_large(&ObjPath::from(a.path.as_str()), bytes)
+                        .await
+                        .map_err(|e| store_error("seeding", e))?;
+                }
+                let bytes = serde_json::to_vec_pretty(&m).expect("manifest serializes");
+                match self
+                    .store
+                    .put_opts(&Self::version_path(&model, v), bytes.into(), PutOptions::from(PutMode::Create))
+                    .await
+                {
+                    Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(store_error("seeding a manifest", e)),
+                }
+                copied.push((model.clone(), v));
+            }
+            for alias in seed.aliases(&model).await? {
+                if self.history(&model, &alias).await?.is_empty() {
+                    for entry in seed.history(&model, &alias).await? {
+                        self.put_alias_entry(&entry).await?;
+                    }
+                }
+            }
+        }
+        Ok(copied)
+    }
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// `name`, `name:3` or `name@alias`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef {
+    Latest(String),
+    Version(String, u64),
+    Alias(String, String),
+}
+
+impl std::str::FromStr for ModelRef {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let r = if let Some((m, a)) = s.split_once('@') {
+            check_name("alias", a)?;
+            ModelRef::Alias(m.into(), a.into())
+        } else if let Some((m, v)) = s.split_once(':') {
+            let v = v.parse().map_err(|_| Error::invalid_request(format!("{v:?} is not a version number")))?;
+            ModelRef::Version(m.into(), v)
+        } else {
+            ModelRef::Latest(s.into())
+        };
+        check_name("model", r.model())?;
+        Ok(r)
+    }
+}
+
+impl ModelRef {
+    pub fn model(&self) -> &str {
+        match self {
+            ModelRef::Latest(m) | ModelRef::Version(m, _) | ModelRef::Alias(m, _) => m,
+        }
+    }
+}
+
+impl Registry {
+    /// The version a reference points at.
+    pub async fn resolve(&self, r: &ModelRef) -> Result<u64> {
+        match r {
+            ModelRef::Version(_, v) => Ok(*v),
+            ModelRef::Latest(m) => self
+                .versions(m)
+                .await?
+                .last()
+                .copied()
+                .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("model {m} has no versions"))),
+            ModelRef::Alias(m, a) => self
+                .current(m, a)
+                .await?
+                .map(|e| e.version)
+                .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("model {m} has no alias {a}"))),
+        }
+    }
+}
