@@ -305,3 +305,10 @@ async fn seeding_copies_missing_versions_and_aliases_once() {
     target.verify("bundled", 1).await.unwrap();
     assert!(target.seed_from(&seed).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn roundtrip_and_races_in_memory() {
+    let config = RegistryConfig { backend: RegistryBackend::Memory, ..Default::default() };
+    roundtrip(&Registry::open(&config).unwrap()).await;
+    racing_promotions(Arc::new(Registry::open(&config).unwrap())).await;
+}
