@@ -18,6 +18,10 @@ fn torch_dir() -> Option<PathBuf> {
 }
 
 fn main() {
+    println!("cargo:rerun-if-changed=proto/onnx.proto");
+    let fds = protox::compile(["proto/onnx.proto"], ["proto"]).expect("proto/onnx.proto compiles");
+    prost_build::Config::new().compile_fds(fds).expect("ONNX protobuf bindings");
+
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-changed=build.rs");

@@ -6,10 +6,12 @@ pub mod api;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod export;
 pub mod infer;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
 pub mod train;
+pub mod vision;
 
 pub use error::{Error, ErrorCode, Result};

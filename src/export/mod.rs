@@ -1,0 +1,2 @@
+//! Export of trained models to ONNX.
+pub mod onnx;
