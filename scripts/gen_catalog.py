@@ -6,6 +6,7 @@ file's sha256 (in the file name; `torch.hub` checks exactly that prefix), so `sh
 full only where the file itself was verified here, and `sha256_prefix` always.
 
 Usage: .venv/bin/python scripts/gen_catalog.py > registry/catalog/weights.json
+Also writes registry/catalog/imagenet_classes.json (torchvision's 1000 ImageNet class names).
 """
 import json
 import re
@@ -80,6 +81,11 @@ for arch in ARCHS:
             "mirrors": verified.get("mirrors", []),
             "licences": LICENCES,
         })
+
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+with open("registry/catalog/imagenet_classes.json", "w") as f:
+    json.dump(list(_IMAGENET_CATEGORIES), f, indent=0)
 
 print(json.dumps({
     "generated_from": f"torchvision {torchvision.__version__}",

@@ -23,6 +23,26 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub onnxruntime: OnnxRuntimeConfig,
     pub weights: WeightsConfig,
+    pub inference: InferenceConfig,
+}
+
+/// What `petal serve` serves, and how.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Models loaded at start (`name`, `name:version` or `name@alias`); the first is the default
+    /// of `POST /classify`. Each must load and warm up before the server is ready.
+    pub models: Vec<String>,
+    /// Provider, batching and decode limits (`inference.engine.*`).
+    pub engine: crate::infer::engine::EngineConfig,
+    /// Largest request body of `POST /classify`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { models: Vec::new(), engine: Default::default(), max_body_bytes: 20 << 20 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use petal::config::{Config, LogFormat, Overrides};
+use sha2::Digest;
 use utoipa::OpenApi;
 
 #[derive(Parser)]
@@ -61,6 +62,48 @@ enum Command {
         registry: Option<PathBuf>,
         #[command(subcommand)]
         command: RegistryCommand,
+    },
+    /// Export a backbone with its weights to ONNX, optionally publishing it into the registry.
+    Export {
+        /// Architecture (resnet50, mobilenet_v2, …).
+        #[arg(long)]
+        arch: String,
+        /// Weight file (.pth or .safetensors) with torchvision's names.
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// Class names: a JSON list or one name per line (default: ImageNet's for a 1000-class head).
+        #[arg(long, value_name = "FILE")]
+        class_names: Option<PathBuf>,
+        /// Square input size of the exported graph.
+        #[arg(long, default_value_t = 224)]
+        image_size: i64,
+        /// Write the ONNX model here.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Publish it as a new version of this model in the registry.
+        #[arg(long, value_name = "MODEL")]
+        publish: Option<String>,
+        /// Local registry folder (registry.path).
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
+    /// Classify images with a model from the registry (or an ONNX file), without the server.
+    Classify {
+        /// MODEL, MODEL:VERSION or MODEL@ALIAS.
+        #[arg(long, conflicts_with = "onnx")]
+        model: Option<String>,
+        /// An ONNX file exported by petal.
+        #[arg(long, value_name = "FILE")]
+        onnx: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Local registry folder (registry.path).
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
     },
     /// Pretrained weights: the catalog, and the local cache (weights.cache).
     Weights {
@@ -175,7 +218,9 @@ fn main() -> ExitCode {
         overrides.workers = *workers;
         overrides.registry_path = registry.clone();
     }
-    if let Command::Registry { registry, .. } = &cli.command {
+    if let Command::Registry { registry, .. } | Command::Export { registry, .. } | Command::Classify { registry, .. } =
+        &cli.command
+    {
         overrides.registry_path = registry.clone();
     }
     if let Command::Weights { cache, command } = &cli.command {
@@ -226,6 +271,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Export { arch, weights, class_names, image_size, out, publish, .. } => {
+            let result =
+                tokio::runtime::Runtime::new().map_err(|e| petal::Error::internal(e.to_string())).and_then(|rt| {
+                    rt.block_on(export_command(&config, &arch, &weights, class_names, image_size, out, publish))
+                });
+            report(result)
+        }
+        Command::Classify { model, onnx, top_k, json, images, .. } => {
+            report(classify_command(&config, model, onnx, top_k, json, &images))
         }
         Command::Weights { command, .. } => match weights_command(&config, command) {
             Ok(()) => ExitCode::SUCCESS,
@@ -460,4 +515,155 @@ async fn registry_command(config: &Config, command: RegistryCommand) -> petal::R
 
 fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
+}
+
+fn report(result: petal::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("petal: {} [{}]", e.message, e.code.as_str());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_class_names(path: &std::path::Path) -> petal::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)?;
+    if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(|e| petal::Error::invalid_request(format!("{}: {e}", path.display())))
+    } else {
+        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    }
+}
+
+async fn export_command(
+    config: &Config,
+    arch: &str,
+    weights_file: &std::path::Path,
+    class_names: Option<PathBuf>,
+    image_size: i64,
+    out: Option<PathBuf>,
+    publish: Option<String>,
+) -> petal::Result<()> {
+    use petal::export::onnx::{export, ExportOptions};
+    use petal::registry::manifest::BaseWeights;
+    use petal::registry::{NewArtifact, Provenance, Registry};
+    use petal::train::arch::Arch;
+    use petal::train::catalog::Catalog;
+    use petal::train::model::Model;
+    use petal::train::weights;
+
+    let arch: Arch = arch.parse()?;
+    let bytes = std::fs::read(weights_file)?;
+    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    let tensors = weights::read_bytes(&bytes)?;
+    let head = format!("{}.weight", arch.network(1).head_name);
+    let classes = tensors.iter().find(|(k, _)| *k == head).map(|(_, t)| t.size()[0]).unwrap_or(1000);
+    let mut model = Model::new(arch.network(classes), tch::Device::Cpu);
+    model.load_state_dict(&tensors, false)?;
+    let names = match class_names {
+        Some(p) => read_class_names(&p)?,
+        None if classes == 1000 => {
+            serde_json::from_str(include_str!("../registry/catalog/imagenet_classes.json")).expect("valid class list")
+        }
+        None => (0..classes).map(|i| format!("class_{i}")).collect(),
+    };
+    let catalog = Catalog::embedded().by_sha256(&sha256).filter(|e| e.arch == arch);
+    let transform = match catalog {
+        Some(e) => petal::vision::EvalTransform {
+            resize: e.eval_transform.resize as u32,
+            crop: e.eval_transform.crop as u32,
+            interpolation: if e.eval_transform.interpolation == "bicubic" {
+                petal::vision::Interpolation::Bicubic
+            } else {
+                petal::vision::Interpolation::Bilinear
+            },
+            mean: e.eval_transform.mean.map(|v| v as f32),
+            std: e.eval_transform.std.map(|v| v as f32),
+        },
+        None => petal::vision::EvalTransform { crop: image_size as u32, ..Default::default() },
+    };
+    let options = ExportOptions {
+        image_size,
+        class_names: names,
+        transform: serde_json::to_value(&transform).expect("serializes"),
+        provenance_digest: Some(format!("sha256:{sha256}")),
+        model_name: publish.clone(),
+    };
+    let onnx = export(&model, &options)?;
+    if let Some(out) = &out {
+        std::fs::write(out, &onnx)?;
+        println!("wrote {} ({} bytes)", out.display(), onnx.len());
+    }
+    if let Some(name) = publish {
+        let registry = Registry::open(&config.registry)?;
+        let provenance = Provenance {
+            base_weights: Some(BaseWeights {
+                catalog: catalog.map(|e| e.weights.clone()),
+                arch: arch.name().into(),
+                url: catalog.map(|e| e.url.clone()),
+                sha256,
+                licences: catalog.map(|e| e.licences.clone()).unwrap_or_default(),
+            }),
+            recipe: serde_json::json!({"kind": "export", "image_size": image_size, "classes": classes}),
+            command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
+            ..Default::default()
+        };
+        let m = registry.publish(&name, vec![NewArtifact::new("model.onnx", onnx)], provenance, |_| {}).await?;
+        println!("published {} version {}", m.model, m.version);
+    }
+    Ok(())
+}
+
+fn classify_command(
+    config: &Config,
+    model: Option<String>,
+    onnx: Option<PathBuf>,
+    top_k: usize,
+    json: bool,
+    images: &[PathBuf],
+) -> petal::Result<()> {
+    use petal::infer::engine::{EngineConfig, ModelHandle};
+    use petal::infer::runtime::OrtRuntime;
+    use petal::registry::{ModelRef, Registry};
+
+    let (bytes, name, version) = match (model, onnx) {
+        (_, Some(file)) => (std::fs::read(&file)?, file.display().to_string(), 0),
+        (Some(m), None) => {
+            let r: ModelRef = m.parse()?;
+            let rt = tokio::runtime::Runtime::new().map_err(|e| petal::Error::internal(e.to_string()))?;
+            rt.block_on(async {
+                let registry = Registry::open(&config.registry)?;
+                let v = registry.resolve(&r).await?;
+                let manifest = registry.manifest(r.model(), v).await?;
+                let bytes = registry.read_artifact(&manifest, "model.onnx").await?;
+                Ok::<_, petal::Error>((bytes, r.model().to_string(), v))
+            })?
+        }
+        (None, None) => return Err(petal::Error::invalid_request("give --model NAME[@alias|:version] or --onnx FILE")),
+    };
+    let runtime = OrtRuntime::init(&config.onnxruntime)?;
+    let handle = ModelHandle::load(&runtime, &bytes, &name, version, &EngineConfig::default())?;
+    let mut results = Vec::new();
+    for path in images {
+        let input = handle.preprocess(&std::fs::read(path)?)?;
+        let logits = handle.infer_blocking(input, 1)?.remove(0);
+        results.push((path.display().to_string(), handle.top_k(&logits, top_k)));
+    }
+    if json {
+        let v: Vec<_> =
+            results.iter().map(|(p, preds)| serde_json::json!({"image": p, "predictions": preds})).collect();
+        print_json(
+            &serde_json::json!({"model": name, "version": version, "provider": handle.info.provider, "results": v}),
+        );
+    } else {
+        println!("model {name} version {version} on {}", handle.info.provider);
+        for (p, preds) in results {
+            println!("{p}");
+            for pr in preds {
+                println!("  {:>6.2}%  {:>4}  {}", pr.probability * 100.0, pr.index, pr.name);
+            }
+        }
+    }
+    Ok(())
 }

@@ -63,6 +63,7 @@ async fn startup_checks(state: web::Data<AppState>) {
             state.readiness.set("registry", false, e.message)
         }
     }
+    load_models(&state).await;
     state.readiness.set("startup", true, "start-up checks done");
     let report = state.readiness.report();
     state.metrics.ready.set(i64::from(report.ready));
@@ -71,6 +72,47 @@ async fn startup_checks(state: web::Data<AppState>) {
     } else {
         tracing::warn!(reasons = ?report.reasons, "not ready");
     }
+}
+
+/// Loads, warms up and starts serving every configured model; each is a readiness check.
+async fn load_models(state: &web::Data<AppState>) {
+    for reference in state.config.inference.models.clone() {
+        let check = format!("model {reference}");
+        state.readiness.set(&check, false, "loading");
+        match load_model(state, &reference).await {
+            Ok(handle) => {
+                let info = &handle.info;
+                let detail = format!(
+                    "{} version {} on {}, warmed up at batch 1 and {}",
+                    info.name, info.version, info.provider, state.config.inference.engine.max_batch
+                );
+                tracing::info!(model = %info.name, version = info.version, provider = info.provider, "serving");
+                state.metrics.model_loaded(&info.name, info.version, info.provider);
+                state.serving.put(handle);
+                state.readiness.set(&check, true, detail);
+            }
+            Err(e) => {
+                tracing::error!(model = %reference, error = %e, "cannot serve model");
+                state.readiness.set(&check, false, format!("{} [{}]", e.message, e.code.as_str()));
+            }
+        }
+    }
+}
+
+async fn load_model(state: &web::Data<AppState>, reference: &str) -> crate::Result<crate::infer::engine::ModelHandle> {
+    let r: crate::registry::ModelRef = reference.parse()?;
+    let registry = Registry::open(&state.config.registry)?;
+    let version = registry.resolve(&r).await?;
+    let manifest = registry.manifest(r.model(), version).await?;
+    let onnx = registry.read_artifact(&manifest, "model.onnx").await?;
+    let config = state.config.clone();
+    let name = r.model().to_string();
+    web::block(move || {
+        let runtime = OrtRuntime::init(&config.onnxruntime)?;
+        crate::infer::engine::ModelHandle::load(&runtime, &onnx, &name, version, &config.inference.engine)
+    })
+    .await
+    .map_err(|e| crate::Error::internal(e.to_string()))?
 }
 
 /// Opens the registry, proves it writable, and seeds it from `registry.seed` when that folder

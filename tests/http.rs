@@ -181,3 +181,97 @@ fn readiness_follows_an_s3_registry() {
     let reasons = report["reasons"].to_string();
     assert!(reasons.contains("registry") && reasons.contains("probe"), "{report}");
 }
+
+fn tools() -> std::path::PathBuf {
+    std::env::var_os("PETAL_TOOLS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools"))
+}
+
+#[test]
+fn classify_over_http_with_the_real_imagenet_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry");
+    let out = common::petal()
+        .args(["export", "--arch", "mobilenet_v2", "--publish", "imagenet-mbv2", "--weights"])
+        .arg(tools().join("weights/mobilenet_v2-b0353104.pth"))
+        .arg("--registry")
+        .arg(&registry)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.path().join("petal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\npath = {:?}\n[inference]\nmodels = [\"imagenet-mbv2\"]\nmax_body_bytes = 300000\n",
+            registry.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(|cmd| {
+        cmd.env_remove("PETAL__REGISTRY__PATH").env("PETAL_CONFIG", &config);
+    });
+    let ready = server.wait_ready(200);
+    assert!(ready.to_string().contains("imagenet-mbv2 version 1 on CPUExecutionProvider"), "{ready}");
+
+    let client = Client::new();
+    let chelsea = std::fs::read(tools().join("testdata/chelsea.png")).unwrap();
+    let r = client
+        .post(server.url("/classify?top_k=3"))
+        .header("content-type", "image/png")
+        .body(chelsea.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["model"], "imagenet-mbv2");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["provider"], "CPUExecutionProvider");
+    assert_eq!(v["predictions"].as_array().unwrap().len(), 3);
+    assert!(["Egyptian cat", "tabby", "tiger cat"].contains(&v["predictions"][0]["name"].as_str().unwrap()), "{v}");
+    assert!(v["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+
+    let code = |r: reqwest::blocking::Response| -> (u16, String) {
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().unwrap();
+        (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
+    };
+    let post = |path: &str, ct: &str, body: Vec<u8>| {
+        client.post(server.url(path)).header("content-type", ct).body(body).send().unwrap()
+    };
+    assert_eq!(code(post("/classify", "text/plain", b"hi".to_vec())), (415, "unsupported_media_type".into()));
+    assert_eq!(
+        code(post("/classify", "image/jpeg", b"\xff\xd8\xff garbage".to_vec())),
+        (422, "undecodable_image".into())
+    );
+    assert_eq!(code(post("/classify?model=nope", "image/png", chelsea.clone())), (404, "not_found".into()));
+    assert_eq!(code(post("/classify?top_k=0", "image/png", chelsea.clone())), (400, "invalid_request".into()));
+    assert_eq!(code(post("/classify?top_k=x", "image/png", chelsea.clone())), (400, "invalid_request".into()));
+    let coffee = std::fs::read(tools().join("testdata/coffee.png")).unwrap();
+    assert!(coffee.len() > 300_000);
+    assert_eq!(code(post("/classify", "image/png", coffee)), (413, "payload_too_large".into()));
+
+    let text = client.get(server.url("/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(
+        metric_value(&text, r#"petal_model_loaded{model="imagenet-mbv2",provider="CPUExecutionProvider",version="1"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric_value(&text, r#"petal_http_requests_total{method="POST",route="/classify",status="200"}"#), 1.0);
+}
+
+#[test]
+fn classify_without_models_is_a_conflict() {
+    let server = Server::start();
+    server.wait_ready(200);
+    let r = Client::new()
+        .post(server.url("/classify"))
+        .header("content-type", "image/png")
+        .body(vec![1, 2, 3])
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "nothing_serving");
+}

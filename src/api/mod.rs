@@ -10,6 +10,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::config::Config;
 use crate::error::{Error, ErrorBody, ErrorCode, ErrorDetail};
 
+pub mod classify;
 pub mod health;
 pub mod meta;
 pub mod observe;
@@ -19,6 +20,7 @@ pub struct AppState {
     pub config: Config,
     pub metrics: observe::Metrics,
     pub readiness: health::Readiness,
+    pub serving: crate::infer::serving::Serving,
     pub started: Instant,
     routes: RouteTable,
 }
@@ -26,11 +28,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config) -> Self {
         Self {
-            config,
             metrics: observe::Metrics::new(),
             readiness: health::Readiness::starting(),
+            serving: crate::infer::serving::Serving::new(config.inference.models.len()),
             started: Instant::now(),
             routes: RouteTable::from_openapi(&ApiDoc::openapi()),
+            config,
         }
     }
 }
@@ -44,9 +47,15 @@ impl AppState {
                        every response carries an `x-request-id` header.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(health::healthz, health::readyz, meta::metrics, meta::openapi),
-    components(schemas(ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check)),
-    tags((name = "operations", description = "Probes, metrics and the API description."))
+    paths(classify::classify, health::healthz, health::readyz, meta::metrics, meta::openapi),
+    components(schemas(
+        ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check,
+        classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction
+    )),
+    tags(
+        (name = "inference", description = "Classifying images with the served models."),
+        (name = "operations", description = "Probes, metrics and the API description.")
+    )
 )]
 pub struct ApiDoc;
 
@@ -69,6 +78,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::PathConfig::default()
             .error_handler(|err, _| Error::invalid_request(format!("invalid path parameter: {err}")).into()),
     )
+    .service(classify::classify)
     .service(health::healthz)
     .service(health::readyz)
     .service(meta::metrics)

@@ -26,6 +26,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     pub ready: IntGauge,
+    models: prometheus::IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -50,6 +51,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let ready = IntGauge::new("petal_ready", "1 when GET /readyz answers 200").expect("valid metric");
+        let models = prometheus::IntGaugeVec::new(
+            Opts::new("petal_model_loaded", "1 for each model being served, with its version and execution provider"),
+            &["model", "version", "provider"],
+        )
+        .expect("valid metric");
         let build = IntGauge::with_opts(
             Opts::new("petal_build_info", "petal's version and commit")
                 .const_label("version", env!("CARGO_PKG_VERSION"))
@@ -61,16 +67,22 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(ready.clone()),
+            Box::new(models.clone()),
             Box::new(build),
         ] {
             registry.register(collector).expect("metric registered once");
         }
-        Self { registry, requests, latency, ready }
+        Self { registry, requests, latency, ready, models }
     }
 
     pub fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
         self.requests.with_label_values(&[method, route, &status.to_string()]).inc();
         self.latency.with_label_values(&[method, route]).observe(seconds);
+    }
+
+    /// Records that a model version is served on an execution provider.
+    pub fn model_loaded(&self, model: &str, version: u64, provider: &str) {
+        self.models.with_label_values(&[model, &version.to_string(), provider]).set(1);
     }
 
     /// The Prometheus text exposition of every metric.

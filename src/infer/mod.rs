@@ -1,2 +1,4 @@
 //! Inference through ONNX Runtime (`ort`).
+pub mod engine;
 pub mod runtime;
+pub mod serving;

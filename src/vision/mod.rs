@@ -9,6 +9,7 @@ use crate::error::{Error, ErrorCode, Result};
 
 /// Limits on what `decode` accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DecodeLimits {
     pub max_pixels: u64,
     pub max_side: u32,

@@ -1,0 +1,317 @@
+//! The inference engine: an ONNX model in an ort session on the CUDA execution provider when it
+//! loads (else CPU), fed by a dynamic batcher — requests queue in a bounded channel (full → 429
+//! with Retry-After), one thread per model gathers up to `max_batch` images or waits at most
+//! `max_delay`, runs them in one call and answers each request with its own logits.
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::ArrayView4;
+use ort::ep::{ExecutionProvider, CPU, CUDA};
+use ort::session::Session;
+use ort::value::TensorRef;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::export::onnx::{meta, INPUT_NAME, OUTPUT_NAME};
+use crate::infer::runtime::OrtRuntime;
+use crate::vision::{decode, DecodeLimits, EvalTransform};
+
+/// Which execution provider to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderMode {
+    /// CUDA when it loads, else CPU with a warning.
+    #[default]
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub provider: ProviderMode,
+    /// Images per session call; 1 turns batching off.
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for company.
+    pub max_delay_ms: u64,
+    /// Images that may wait; beyond that requests are refused with 429.
+    pub queue_capacity: usize,
+    pub decode: DecodeLimits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderMode::Auto,
+            max_batch: 16,
+            max_delay_ms: 2,
+            queue_capacity: 256,
+            decode: DecodeLimits::default(),
+        }
+    }
+}
+
+/// What a loaded model is.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: u64,
+    pub arch: String,
+    pub class_names: Vec<String>,
+    pub image_size: usize,
+    pub transform: EvalTransform,
+    /// The execution provider the session really uses.
+    pub provider: &'static str,
+}
+
+/// One class of a prediction.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct Prediction {
+    pub index: usize,
+    pub name: String,
+    pub probability: f32,
+}
+
+struct Job {
+    inputs: Vec<f32>,
+    images: usize,
+    enqueued: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<f32>>>,
+}
+
+/// A loaded model and its batcher. Cloning shares both; the batcher stops when the last clone
+/// is dropped and the queue is drained (requests in flight finish on the model they started on).
+#[derive(Clone)]
+pub struct ModelHandle {
+    pub info: Arc<ModelInfo>,
+    queue: SyncSender<Job>,
+    config: Arc<EngineConfig>,
+}
+
+fn ort_error(e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("onnxruntime: {e}"))
+}
+
+impl ModelHandle {
+    /// Creates the session (provider per `config.provider`), reads petal's metadata from the
+    /// model, warms up at batch size 1 and `max_batch`, and starts the batcher.
+    pub fn load(
+        runtime: &OrtRuntime,
+        onnx: &[u8],
+        name: &str,
+        version: u64,
+        config: &EngineConfig,
+    ) -> Result<ModelHandle> {
+        let (mut session, provider) = open_session(runtime, onnx, config.provider)?;
+        let md = session.metadata().map_err(ort_error)?;
+        let custom = |k: &str| md.custom(k);
+        let class_names: Vec<String> = custom(meta::CLASS_NAMES)
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .ok_or_else(|| Error::new(ErrorCode::ModelInvalid, "the model has no petal.class_names metadata"))?;
+        let image_size: usize = custom(meta::IMAGE_SIZE)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::new(ErrorCode::ModelInvalid, "the model has no petal.image_size metadata"))?;
+        let transform: EvalTransform =
+            custom(meta::TRANSFORM).and_then(|s| serde_json::from_str(&s).ok()).ok_or_else(|| {
+                Error::new(ErrorCode::ModelInvalid, "the model has no valid petal.eval_transform metadata")
+            })?;
+        let arch = custom(meta::ARCH).unwrap_or_default();
+        drop(md);
+        if transform.crop as usize != image_size {
+            return Err(Error::new(
+                ErrorCode::ModelInvalid,
+                "the eval transform's crop differs from the model's input size",
+            ));
+        }
+        let info =
+            Arc::new(ModelInfo { name: name.into(), version, arch, class_names, image_size, transform, provider });
+        let per_image = 3 * image_size * image_size;
+        let max_batch = config.max_batch.max(1);
+        for batch in [1, max_batch] {
+            let zeros = vec![0f32; batch * per_image];
+            run(&mut session, &zeros, batch, image_size, info.class_names.len())?;
+        }
+        let (queue, rx) = mpsc::sync_channel::<Job>(config.queue_capacity.max(1));
+        let worker_info = info.clone();
+        let delay = Duration::from_millis(config.max_delay_ms);
+        std::thread::Builder::new()
+            .name(format!("batcher-{name}-{version}"))
+            .spawn(move || batcher(session, rx, worker_info, max_batch, delay))
+            .map_err(|e| Error::internal(format!("cannot start the batcher: {e}")))?;
+        Ok(ModelHandle { info, queue, config: Arc::new(config.clone()) })
+    }
+
+    /// Decodes and transforms one image for this model.
+    pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>> {
+        let img = decode(bytes, &self.config.decode)?;
+        Ok(self.info.transform.apply(&img))
+    }
+
+    fn enqueue(&self, inputs: Vec<f32>, images: usize) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<f32>>>> {
+        let per_image = 3 * self.info.image_size * self.info.image_size;
+        if images == 0 || inputs.len() != images * per_image {
+            return Err(Error::invalid_request("inputs do not match the number of images"));
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        match self.queue.try_send(Job { inputs, images, enqueued: Instant::now(), reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(Error::new(
+                ErrorCode::QueueFull,
+                format!(
+                    "the inference queue of {} is full ({} waiting); retry shortly",
+                    self.info.name, self.config.queue_capacity
+                ),
+            )
+            .with_header("retry-after", "1")),
+            Err(TrySendError::Disconnected(_)) => Err(Error::internal("the batcher stopped")),
+        }
+    }
+
+    fn split(&self, flat: Vec<f32>) -> Vec<Vec<f32>> {
+        flat.chunks(self.info.class_names.len()).map(<[f32]>::to_vec).collect()
+    }
+
+    /// Logits for `images` preprocessed images (concatenated), one `Vec` per image.
+    pub async fn infer(&self, inputs: Vec<f32>, images: usize) -> Result<Vec<Vec<f32>>> {
+        let rx = self.enqueue(inputs, images)?;
+        let flat = rx.await.map_err(|_| Error::internal("the batcher dropped the request"))??;
+        Ok(self.split(flat))
+    }
+
+    /// `infer` for callers outside an async runtime.
+    pub fn infer_blocking(&self, inputs: Vec<f32>, images: usize) -> Result<Vec<Vec<f32>>> {
+        let rx = self.enqueue(inputs, images)?;
+        let flat = rx.blocking_recv().map_err(|_| Error::internal("the batcher dropped the request"))??;
+        Ok(self.split(flat))
+    }
+
+    /// The `k` most probable classes (softmax over the logits).
+    pub fn top_k(&self, logits: &[f32], k: usize) -> Vec<Prediction> {
+        top_k(logits, &self.info.class_names, k)
+    }
+}
+
+/// Softmax, then the `k` largest, most probable first.
+pub fn top_k(logits: &[f32], names: &[String], k: usize) -> Vec<Prediction> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Prediction { index: i, name: names.get(i).cloned().unwrap_or_default(), probability: exp[i] / sum })
+        .collect()
+}
+
+fn open_session(runtime: &OrtRuntime, onnx: &[u8], mode: ProviderMode) -> Result<(Session, &'static str)> {
+    if mode != ProviderMode::Cpu {
+        let attempt = runtime.session_builder().and_then(|b| {
+            b.with_execution_providers([CUDA::default().build().error_on_failure()])
+                .map_err(|e| ort_error(ort::Error::<()>::from(e)))?
+                .commit_from_memory(onnx)
+                .map_err(|e| Error::new(ErrorCode::ModelInvalid, format!("the ONNX model does not load: {e}")))
+        });
+        match attempt {
+            Ok(s) => return Ok((s, CUDA::NAME)),
+            Err(e) if mode == ProviderMode::Cuda => {
+                return Err(Error::new(
+                    ErrorCode::ProviderUnavailable,
+                    format!("CUDA execution provider: {}", e.message),
+                ))
+            }
+            Err(e) => tracing::warn!(error = %e.message, "CUDA execution provider unavailable; inference runs on CPU"),
+        }
+    }
+    let session = runtime
+        .cpu_session(onnx)
+        .map_err(|e| Error::new(ErrorCode::ModelInvalid, format!("the ONNX model does not load: {}", e.message)))?;
+    Ok((session, CPU::NAME))
+}
+
+fn run(session: &mut Session, inputs: &[f32], batch: usize, size: usize, classes: usize) -> Result<Vec<f32>> {
+    let view = ArrayView4::from_shape((batch, 3, size, size), inputs).map_err(|e| Error::internal(e.to_string()))?;
+    let outputs = session
+        .run(ort::inputs![INPUT_NAME => TensorRef::from_array_view(view).map_err(ort_error)?])
+        .map_err(ort_error)?;
+    let (_, data) = outputs[OUTPUT_NAME].try_extract_tensor::<f32>().map_err(ort_error)?;
+    if data.len() != batch * classes {
+        return Err(Error::internal(format!("the model returned {} values for {batch}×{classes}", data.len())));
+    }
+    Ok(data.to_vec())
+}
+
+fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_batch: usize, delay: Duration) {
+    let size = info.image_size;
+    let classes = info.class_names.len();
+    let per_image = 3 * size * size;
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return, // every handle dropped and the queue drained
+            },
+        };
+        let deadline = first.enqueued + delay;
+        let mut images = first.images;
+        let mut jobs = vec![first];
+        while images < max_batch {
+            let now = Instant::now();
+            let next = if now >= deadline {
+                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_timeout(deadline - now)
+            };
+            match next {
+                Ok(j) if images + j.images <= max_batch => {
+                    images += j.images;
+                    jobs.push(j);
+                }
+                Ok(j) => {
+                    carry = Some(j);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut inputs = Vec::with_capacity(images * per_image);
+        for j in &jobs {
+            inputs.extend_from_slice(&j.inputs);
+        }
+        match run(&mut session, &inputs, images, size, classes) {
+            Ok(out) => {
+                let mut at = 0;
+                for j in jobs {
+                    let n = j.images * classes;
+                    let _ = j.reply.send(Ok(out[at..at + n].to_vec()));
+                    at += n;
+                }
+            }
+            Err(e) => {
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_a_sorted_softmax() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let p = top_k(&[1.0, 3.0, 2.0], &names, 2);
+        assert_eq!(p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["b", "c"]);
+        let total: f32 = top_k(&[1.0, 3.0, 2.0], &names, 3).iter().map(|p| p.probability).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!((p[0].probability - 0.66524).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,179 @@
+//! The inference engine on the real MobileNetV2 ImageNet weights: export → registry → ort, the
+//! same answers from Python's onnxruntime, batching, a full queue, provider choice.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use petal::config::OnnxRuntimeConfig;
+use petal::infer::engine::{EngineConfig, ModelHandle, ProviderMode};
+use petal::infer::runtime::OrtRuntime;
+use petal::ErrorCode;
+use tch::Tensor;
+
+fn tools() -> PathBuf {
+    std::env::var_os("PETAL_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tools"))
+}
+
+/// The real ImageNet MobileNetV2 exported by `petal export` into `dir/model.onnx`.
+fn exported(dir: &Path) -> Vec<u8> {
+    let out = dir.join("model.onnx");
+    let status = common::petal()
+        .args(["export", "--arch", "mobilenet_v2", "--weights"])
+        .arg(tools().join("weights/mobilenet_v2-b0353104.pth"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn export_publish_classify_real_photos() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry");
+    let out = common::petal()
+        .args(["export", "--arch", "mobilenet_v2", "--publish", "imagenet-mbv2", "--weights"])
+        .arg(tools().join("weights/mobilenet_v2-b0353104.pth"))
+        .arg("--registry")
+        .arg(&reg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("published imagenet-mbv2 version 1"));
+
+    let out = common::petal()
+        .args(["classify", "--json", "--top-k", "3", "--model", "imagenet-mbv2:1", "--registry"])
+        .arg(&reg)
+        .arg(tools().join("testdata/chelsea.png"))
+        .arg(tools().join("testdata/coffee.png"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["provider"], "CPUExecutionProvider");
+    let cat = &v["results"][0]["predictions"][0];
+    assert!(["Egyptian cat", "tabby", "tiger cat"].contains(&cat["name"].as_str().unwrap()), "{v}");
+    assert_eq!(v["results"][1]["predictions"][0]["name"], "espresso", "{v}");
+
+    // The manifest records the base weights and their terms.
+    let out = common::petal().args(["registry", "show", "imagenet-mbv2", "--registry"]).arg(&reg).output().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["provenance"]["base_weights"]["catalog"], "MobileNet_V2_Weights.IMAGENET1K_V1");
+    assert_eq!(m["provenance"]["base_weights"]["licences"][1]["commercial_use"], false);
+}
+
+#[test]
+fn python_onnxruntime_agrees_with_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = exported(dir.path());
+    let rt = OrtRuntime::init(&OnnxRuntimeConfig::default()).unwrap();
+    let handle =
+        ModelHandle::load(&rt, &bytes, "m", 1, &EngineConfig { provider: ProviderMode::Cpu, ..Default::default() })
+            .unwrap();
+    assert_eq!(handle.info.provider, "CPUExecutionProvider");
+    assert_eq!(handle.info.class_names.len(), 1000);
+    let input = handle.preprocess(&std::fs::read(tools().join("testdata/chelsea.png")).unwrap()).unwrap();
+    let ours = handle.infer_blocking(input.clone(), 1).unwrap().remove(0);
+
+    let x = Tensor::from_slice(&input).reshape([1, 3, 224, 224]);
+    let inp = dir.path().join("in.safetensors");
+    let outp = dir.path().join("out.safetensors");
+    Tensor::write_safetensors(&[("input", &x)], &inp).unwrap();
+    common::oracle(
+        "onnx_check.py",
+        &[dir.path().join("model.onnx").to_str().unwrap(), inp.to_str().unwrap(), outp.to_str().unwrap()],
+    );
+    let theirs = petal::train::weights::read_file(&outp).unwrap().remove(0).1;
+    let diff = (Tensor::from_slice(&ours).reshape([1, 1000]) - theirs).abs().max().double_value(&[]);
+    assert!(diff <= 1e-5, "engine vs python onnxruntime: {diff}");
+}
+
+#[test]
+fn batching_gives_the_same_answers_and_a_full_queue_says_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = exported(dir.path());
+    let rt = OrtRuntime::init(&OnnxRuntimeConfig::default()).unwrap();
+    let photos: Vec<Vec<u8>> = ["chelsea.png", "coffee.png"]
+        .iter()
+        .map(|p| std::fs::read(tools().join("testdata").join(p)).unwrap())
+        .collect();
+
+    let single = ModelHandle::load(&rt, &bytes, "m", 1, &EngineConfig { max_batch: 1, ..Default::default() }).unwrap();
+    let inputs: Vec<Vec<f32>> = photos.iter().map(|p| single.preprocess(p).unwrap()).collect();
+    let alone: Vec<Vec<f32>> = inputs.iter().map(|i| single.infer_blocking(i.clone(), 1).unwrap().remove(0)).collect();
+
+    let batched = Arc::new(
+        ModelHandle::load(&rt, &bytes, "m", 1, &EngineConfig { max_batch: 8, max_delay_ms: 20, ..Default::default() })
+            .unwrap(),
+    );
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let h = batched.clone();
+            let input = inputs[i % 2].clone();
+            std::thread::spawn(move || (i % 2, h.infer_blocking(input, 1).unwrap().remove(0)))
+        })
+        .collect();
+    for t in threads {
+        let (which, logits) = t.join().unwrap();
+        let d = logits.iter().zip(&alone[which]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-4, "batched logits differ by {d}");
+    }
+    // Two images in one request come back in order.
+    let mut two = inputs[0].clone();
+    two.extend_from_slice(&inputs[1]);
+    let both = batched.infer_blocking(two, 2).unwrap();
+    assert_eq!(batched.top_k(&both[1], 1)[0].name, "espresso");
+
+    // A queue of one: a flood gets some 429s with Retry-After, and every other request an answer.
+    let tiny = Arc::new(
+        ModelHandle::load(&rt, &bytes, "m", 1, &EngineConfig { max_batch: 1, queue_capacity: 1, ..Default::default() })
+            .unwrap(),
+    );
+    let threads: Vec<_> = (0..24)
+        .map(|_| {
+            let h = tiny.clone();
+            let input = inputs[0].clone();
+            std::thread::spawn(move || h.infer_blocking(input, 1))
+        })
+        .collect();
+    let (mut ok, mut full) = (0, 0);
+    for t in threads {
+        match t.join().unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::QueueFull);
+                assert!(e.headers.iter().any(|(k, v)| *k == "retry-after" && v == "1"));
+                full += 1;
+            }
+        }
+    }
+    assert!(ok >= 1 && full >= 1, "ok {ok}, full {full}");
+}
+
+#[test]
+fn providers_and_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = exported(dir.path());
+    let rt = OrtRuntime::init(&OnnxRuntimeConfig::default()).unwrap();
+    let auto = ModelHandle::load(&rt, &bytes, "m", 1, &EngineConfig::default()).unwrap();
+    if !tch::Cuda::is_available() {
+        assert_eq!(auto.info.provider, "CPUExecutionProvider");
+        let e = ModelHandle::load(
+            &rt,
+            &bytes,
+            "m",
+            1,
+            &EngineConfig { provider: ProviderMode::Cuda, ..Default::default() },
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, ErrorCode::ProviderUnavailable);
+    }
+    assert_eq!(auto.preprocess(b"\xff\xd8\xff\xe0 truncated jpeg").unwrap_err().code, ErrorCode::UndecodableImage);
+    let e = ModelHandle::load(&rt, b"not onnx", "m", 1, &EngineConfig::default()).err().unwrap();
+    assert_eq!(e.code, ErrorCode::ModelInvalid);
+}
