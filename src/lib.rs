@@ -3,6 +3,7 @@
 //! Data flows one way: upload → dataset → job → trainer → checkpoint → export → registry → server.
 //! Modules are named for what they do; see README.md for the map.
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod doctor;
 pub mod error;

@@ -105,6 +105,11 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Benchmarks, each against its reference measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Pretrained weights: the catalog, and the local cache (weights.cache).
     Weights {
         /// Cache folder (weights.cache).
@@ -170,6 +175,33 @@ enum RegistryCommand {
         grace_s: u64,
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Python onnxruntime session.run vs petal's engine in process vs petal over HTTP.
+    Infer {
+        /// A model exported by `petal export`.
+        #[arg(long, value_name = "FILE")]
+        onnx: PathBuf,
+        /// The image every request sends.
+        #[arg(long, value_name = "FILE")]
+        image: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Concurrent clients for the throughput rows.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        clients: Vec<usize>,
+        /// Batch size with batching on.
+        #[arg(long, default_value_t = 16)]
+        max_batch: usize,
+        /// The Python with onnxruntime (the reference).
+        #[arg(long, env = "PETAL_PYTHON", default_value = ".venv/bin/python")]
+        python: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -281,6 +313,24 @@ fn main() -> ExitCode {
         }
         Command::Classify { model, onnx, top_k, json, images, .. } => {
             report(classify_command(&config, model, onnx, top_k, json, &images))
+        }
+        Command::Bench { command: BenchCommand::Infer { onnx, image, seconds, clients, max_batch, python, json } } => {
+            let b = petal::bench::InferBench {
+                onnx,
+                image,
+                python,
+                seconds,
+                clients,
+                max_batch,
+                ort: config.onnxruntime.clone(),
+            };
+            report(petal::bench::infer(&b).map(|r| {
+                if json {
+                    print_json(&r);
+                } else {
+                    print!("{}", r.to_text());
+                }
+            }))
         }
         Command::Weights { command, .. } => match weights_command(&config, command) {
             Ok(()) => ExitCode::SUCCESS,

@@ -84,7 +84,7 @@ async fn load_models(state: &web::Data<AppState>) {
                 let info = &handle.info;
                 let detail = format!(
                     "{} version {} on {}, warmed up at batch 1 and {}",
-                    info.name, info.version, info.provider, state.config.inference.engine.max_batch
+                    info.name, info.version, info.provider, info.max_batch
                 );
                 tracing::info!(model = %info.name, version = info.version, provider = info.provider, "serving");
                 state.metrics.model_loaded(&info.name, info.version, info.provider);

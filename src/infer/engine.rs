@@ -32,9 +32,12 @@ pub enum ProviderMode {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     pub provider: ProviderMode,
-    /// Images per session call; 1 turns batching off.
+    /// Images per session call; 1 turns batching off; 0 (the default) picks by provider: 32 on
+    /// CUDA, 1 on CPU, where onnxruntime is already most efficient per image at batch 1 (measured
+    /// in BENCHMARKS.md).
     pub max_batch: usize,
-    /// How long the first request of a batch waits for company.
+    /// How long the first request of a batch waits for company. 0: never wait — a batch is what
+    /// queued while the previous one ran, so an idle server answers at once and a busy one batches.
     pub max_delay_ms: u64,
     /// Images that may wait; beyond that requests are refused with 429.
     pub queue_capacity: usize,
@@ -64,6 +67,8 @@ pub struct ModelInfo {
     pub transform: EvalTransform,
     /// The execution provider the session really uses.
     pub provider: &'static str,
+    /// Images per session call, as resolved for the provider.
+    pub max_batch: usize,
 }
 
 /// One class of a prediction.
@@ -125,10 +130,22 @@ impl ModelHandle {
                 "the eval transform's crop differs from the model's input size",
             ));
         }
-        let info =
-            Arc::new(ModelInfo { name: name.into(), version, arch, class_names, image_size, transform, provider });
+        let max_batch = match config.max_batch {
+            0 if provider == CUDA::NAME => 32,
+            0 => 1,
+            n => n,
+        };
+        let info = Arc::new(ModelInfo {
+            name: name.into(),
+            version,
+            arch,
+            class_names,
+            image_size,
+            transform,
+            provider,
+            max_batch,
+        });
         let per_image = 3 * image_size * image_size;
-        let max_batch = config.max_batch.max(1);
         for batch in [1, max_batch] {
             let zeros = vec![0f32; batch * per_image];
             run(&mut session, &zeros, batch, image_size, info.class_names.len())?;
@@ -283,7 +300,10 @@ fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_ba
         for j in &jobs {
             inputs.extend_from_slice(&j.inputs);
         }
-        match run(&mut session, &inputs, images, size, classes) {
+        let started = Instant::now();
+        let result = run(&mut session, &inputs, images, size, classes);
+        tracing::trace!(images, jobs = jobs.len(), run_ms = started.elapsed().as_secs_f64() * 1000.0, "batch");
+        match result {
             Ok(out) => {
                 let mut at = 0;
                 for j in jobs {
