@@ -37,11 +37,15 @@ pub struct InferenceConfig {
     pub engine: crate::infer::engine::EngineConfig,
     /// Largest request body of `POST /classify`.
     pub max_body_bytes: usize,
+    /// How often the registry is checked for an alias (or a latest version) that moved; the new
+    /// version is loaded and warmed up, then swapped in while requests in flight finish on the
+    /// old one. 0 disables.
+    pub reload_poll_ms: u64,
 }
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), engine: Default::default(), max_body_bytes: 20 << 20 }
+        Self { models: Vec::new(), engine: Default::default(), max_body_bytes: 20 << 20, reload_poll_ms: 10_000 }
     }
 }
 

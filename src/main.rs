@@ -83,6 +83,9 @@ enum Command {
         /// Publish it as a new version of this model in the registry.
         #[arg(long, value_name = "MODEL")]
         publish: Option<String>,
+        /// Store the weights as float16 (half the size; compute stays float32).
+        #[arg(long)]
+        fp16: bool,
         /// Local registry folder (registry.path).
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
@@ -304,11 +307,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Export { arch, weights, class_names, image_size, out, publish, .. } => {
-            let result =
-                tokio::runtime::Runtime::new().map_err(|e| petal::Error::internal(e.to_string())).and_then(|rt| {
-                    rt.block_on(export_command(&config, &arch, &weights, class_names, image_size, out, publish))
-                });
+        Command::Export { arch, weights, class_names, image_size, out, publish, fp16, .. } => {
+            let args = ExportArgs { arch, weights, class_names, image_size, out, publish, fp16 };
+            let result = tokio::runtime::Runtime::new()
+                .map_err(|e| petal::Error::internal(e.to_string()))
+                .and_then(|rt| rt.block_on(export_command(&config, args)));
             report(result)
         }
         Command::Classify { model, onnx, top_k, json, images, .. } => {
@@ -586,15 +589,18 @@ fn read_class_names(path: &std::path::Path) -> petal::Result<Vec<String>> {
     }
 }
 
-async fn export_command(
-    config: &Config,
-    arch: &str,
-    weights_file: &std::path::Path,
+struct ExportArgs {
+    arch: String,
+    weights: PathBuf,
     class_names: Option<PathBuf>,
     image_size: i64,
     out: Option<PathBuf>,
     publish: Option<String>,
-) -> petal::Result<()> {
+    fp16: bool,
+}
+
+async fn export_command(config: &Config, args: ExportArgs) -> petal::Result<()> {
+    let ExportArgs { arch, weights: weights_file, class_names, image_size, out, publish, fp16 } = args;
     use petal::export::onnx::{export, ExportOptions};
     use petal::registry::manifest::BaseWeights;
     use petal::registry::{NewArtifact, Provenance, Registry};
@@ -604,7 +610,7 @@ async fn export_command(
     use petal::train::weights;
 
     let arch: Arch = arch.parse()?;
-    let bytes = std::fs::read(weights_file)?;
+    let bytes = std::fs::read(&weights_file)?;
     let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
     let tensors = weights::read_bytes(&bytes)?;
     let head = format!("{}.weight", arch.network(1).head_name);
@@ -639,6 +645,7 @@ async fn export_command(
         transform: serde_json::to_value(&transform).expect("serializes"),
         provenance_digest: Some(format!("sha256:{sha256}")),
         model_name: publish.clone(),
+        fp16_weights: fp16,
     };
     let onnx = export(&model, &options)?;
     if let Some(out) = &out {
@@ -655,7 +662,7 @@ async fn export_command(
                 sha256,
                 licences: catalog.map(|e| e.licences.clone()).unwrap_or_default(),
             }),
-            recipe: serde_json::json!({"kind": "export", "image_size": image_size, "classes": classes}),
+            recipe: serde_json::json!({"kind": "export", "image_size": image_size, "classes": classes, "fp16_weights": fp16}),
             command: Some(std::env::args().collect::<Vec<_>>().join(" ")),
             ..Default::default()
         };

@@ -64,6 +64,9 @@ async fn startup_checks(state: web::Data<AppState>) {
         }
     }
     load_models(&state).await;
+    if state.config.inference.reload_poll_ms > 0 && !state.config.inference.models.is_empty() {
+        actix_web::rt::spawn(follow_aliases(state.clone()));
+    }
     state.readiness.set("startup", true, "start-up checks done");
     let report = state.readiness.report();
     state.metrics.ready.set(i64::from(report.ready));
@@ -94,6 +97,47 @@ async fn load_models(state: &web::Data<AppState>) {
             Err(e) => {
                 tracing::error!(model = %reference, error = %e, "cannot serve model");
                 state.readiness.set(&check, false, format!("{} [{}]", e.message, e.code.as_str()));
+            }
+        }
+    }
+}
+
+/// Swaps in the version an alias (or "latest") points at when it moves. The old version keeps
+/// answering until the new one is loaded and warmed up; requests already queued on the old one
+/// finish there.
+async fn follow_aliases(state: web::Data<AppState>) {
+    let period = std::time::Duration::from_millis(state.config.inference.reload_poll_ms);
+    loop {
+        actix_web::rt::time::sleep(period).await;
+        for reference in state.config.inference.models.clone() {
+            let Ok(r) = reference.parse::<crate::registry::ModelRef>() else { continue };
+            if matches!(r, crate::registry::ModelRef::Version(..)) {
+                continue;
+            }
+            let Ok(current) = state.serving.get(Some(r.model())) else { continue };
+            let target = match Registry::open(&state.config.registry) {
+                Ok(registry) => registry.resolve(&r).await,
+                Err(e) => Err(e),
+            };
+            match target {
+                Ok(v) if v != current.info.version => match load_model(&state, &reference).await {
+                    Ok(handle) => {
+                        tracing::info!(model = %reference, from = current.info.version, to = handle.info.version, "swapping in the new version");
+                        state.metrics.model_unloaded(&current.info.name, current.info.version, current.info.provider);
+                        state.metrics.model_loaded(&handle.info.name, handle.info.version, handle.info.provider);
+                        let detail = format!(
+                            "{} version {} on {}, warmed up at batch 1 and {}",
+                            handle.info.name, handle.info.version, handle.info.provider, handle.info.max_batch
+                        );
+                        state.serving.put(handle);
+                        state.readiness.set(&format!("model {reference}"), true, detail);
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %reference, version = v, error = %e, "cannot load the new version; still serving the old one")
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => tracing::warn!(model = %reference, error = %e, "cannot check the registry for a moved alias"),
             }
         }
     }

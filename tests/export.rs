@@ -69,6 +69,7 @@ fn parity(arch: Arch) {
         transform: serde_json::json!({"resize": 256, "crop": 224}),
         provenance_digest: Some("sha256:test".into()),
         model_name: Some("parity".into()),
+        fp16_weights: false,
     };
     let bytes = export(&model, &options).unwrap();
     let rt = OrtRuntime::init(&OnnxRuntimeConfig::default()).unwrap();

@@ -275,3 +275,94 @@ fn classify_without_models_is_a_conflict() {
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(v["error"]["code"], "nothing_serving");
 }
+
+#[test]
+fn moving_the_alias_swaps_the_served_version_without_failing_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry");
+    let names = dir.path().join("names.txt");
+    std::fs::write(&names, (0..1000).map(|i| format!("renamed {i}\n")).collect::<String>()).unwrap();
+    let weights = tools().join("weights/mobilenet_v2-b0353104.pth");
+    for extra in [vec![], vec!["--class-names".to_string(), names.to_str().unwrap().to_string()]] {
+        let out = common::petal()
+            .args(["export", "--arch", "mobilenet_v2", "--publish", "m", "--weights"])
+            .arg(&weights)
+            .arg("--registry")
+            .arg(&registry)
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let promote = |v: &str| {
+        let out = common::petal()
+            .args(["registry", "--registry"])
+            .arg(&registry)
+            .args(["promote", "m", v, "--alias", "production"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    promote("1");
+    let config = dir.path().join("petal.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\npath = {:?}\n[inference]\nmodels = [\"m@production\"]\nreload_poll_ms = 200\n",
+            registry.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with(|cmd| {
+        cmd.env_remove("PETAL__REGISTRY__PATH").env("PETAL_CONFIG", &config);
+    });
+    server.wait_ready(200);
+    let chelsea = std::fs::read(tools().join("testdata/chelsea.png")).unwrap();
+    let url = server.url("/classify?top_k=1");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, chelsea, stop) = (url.clone(), chelsea.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let client = Client::new();
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client.post(&url).header("content-type", "image/png").body(chelsea.clone()).send().unwrap();
+                let status = r.status().as_u16();
+                let v: serde_json::Value = r.json().unwrap();
+                seen.push((status, v["version"].as_u64().unwrap_or(0), v["predictions"][0]["name"].to_string()));
+            }
+            seen
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    promote("2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value = Client::new()
+            .post(&url)
+            .header("content-type", "image/png")
+            .body(chelsea.clone())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if v["version"] == 2 {
+            assert!(v["predictions"][0]["name"].as_str().unwrap().starts_with("renamed "), "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the alias move was never picked up");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.join().unwrap();
+    assert!(seen.iter().all(|(status, _, _)| *status == 200), "a request failed during the swap");
+    let versions: Vec<u64> = seen.iter().map(|s| s.1).collect();
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "versions go 1 then 2, never back: {versions:?}");
+    assert_eq!(versions.first(), Some(&1));
+    assert_eq!(versions.last(), Some(&2));
+    let text = Client::new().get(server.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(text.contains(r#"petal_model_loaded{model="m",provider="CPUExecutionProvider",version="2"} 1"#), "{text}");
+    assert!(!text.contains(r#"version="1"} 1"#), "{text}");
+    assert!(server.wait_ready(200).to_string().contains("m version 2 on"));
+}

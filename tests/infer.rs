@@ -177,3 +177,35 @@ fn providers_and_bad_inputs() {
     let e = ModelHandle::load(&rt, b"not onnx", "m", 1, &EngineConfig::default()).err().unwrap();
     assert_eq!(e.code, ErrorCode::ModelInvalid);
 }
+
+#[test]
+fn fp16_weights_halve_the_file_and_keep_the_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = exported(dir.path());
+    let half_path = dir.path().join("half.onnx");
+    let status = common::petal()
+        .args(["export", "--arch", "mobilenet_v2", "--fp16", "--weights"])
+        .arg(tools().join("weights/mobilenet_v2-b0353104.pth"))
+        .arg("--out")
+        .arg(&half_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let half = std::fs::read(&half_path).unwrap();
+    assert!(half.len() * 100 < full.len() * 52, "{} vs {} bytes", half.len(), full.len());
+
+    let rt = OrtRuntime::init(&OnnxRuntimeConfig::default()).unwrap();
+    let a = ModelHandle::load(&rt, &full, "full", 1, &EngineConfig::default()).unwrap();
+    let b = ModelHandle::load(&rt, &half, "half", 1, &EngineConfig::default()).unwrap();
+    let mut worst = 0f32;
+    for photo in ["chelsea.png", "coffee.png"] {
+        let x = a.preprocess(&std::fs::read(tools().join("testdata").join(photo)).unwrap()).unwrap();
+        let la = a.infer_blocking(x.clone(), 1).unwrap().remove(0);
+        let lb = b.infer_blocking(x, 1).unwrap().remove(0);
+        worst = worst.max(la.iter().zip(&lb).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max));
+        let top = |l: &[f32]| a.top_k(l, 5).into_iter().map(|p| p.index).collect::<Vec<_>>();
+        assert_eq!(top(&la)[0], top(&lb)[0], "{photo}: fp16 weights changed the top-1");
+    }
+    eprintln!("fp16 weights: {} → {} bytes, max abs logit change {worst}", full.len(), half.len());
+    assert!(worst < 0.1, "max abs logit change {worst}");
+}

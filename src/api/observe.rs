@@ -85,6 +85,11 @@ impl Metrics {
         self.models.with_label_values(&[model, &version.to_string(), provider]).set(1);
     }
 
+    /// Records that a model version is no longer served.
+    pub fn model_unloaded(&self, model: &str, version: u64, provider: &str) {
+        let _ = self.models.remove_label_values(&[model, &version.to_string(), provider]);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -33,6 +33,9 @@ pub struct ExportOptions {
     pub transform: serde_json::Value,
     pub provenance_digest: Option<String>,
     pub model_name: Option<String>,
+    /// Store weights as float16 (half the file), cast to float32 inside the graph: compute stays
+    /// fp32, only the weights are rounded.
+    pub fp16_weights: bool,
 }
 
 /// Metadata keys written into every exported model.
@@ -47,6 +50,7 @@ pub mod meta {
 
 struct Builder<'a> {
     vars: &'a BTreeMap<String, Tensor>,
+    fp16: bool,
     nodes: Vec<pb::NodeProto>,
     initializers: Vec<pb::TensorProto>,
     counter: usize,
@@ -116,7 +120,20 @@ impl Builder<'_> {
     /// Adds a variable of the model as an initializer named as in torchvision.
     fn weight(&mut self, name: &str) -> Result<String> {
         let t = self.vars.get(name).ok_or_else(|| Error::internal(format!("the model has no variable {name}")))?;
-        self.initializers.push(float_tensor(name, t)?);
+        if self.fp16 {
+            let stored = format!("{name}.fp16");
+            self.initializers.push(half_tensor(&stored, t));
+            self.nodes.push(pb::NodeProto {
+                op_type: Some("Cast".into()),
+                name: Some(format!("Cast_{name}")),
+                input: vec![stored],
+                output: vec![name.to_string()],
+                attribute: vec![attr_int("to", pb::tensor_proto::DataType::Float as i64)],
+                ..Default::default()
+            });
+        } else {
+            self.initializers.push(float_tensor(name, t)?);
+        }
         Ok(name.to_string())
     }
 
@@ -226,6 +243,20 @@ impl Builder<'_> {
     }
 }
 
+fn half_tensor(name: &str, t: &Tensor) -> pb::TensorProto {
+    let t = t.to_kind(Kind::Half).to_device(tch::Device::Cpu).contiguous();
+    let numel = t.numel();
+    let mut raw = vec![0u8; numel * 2];
+    t.copy_data_u8(&mut raw, numel);
+    pb::TensorProto {
+        name: Some(name.into()),
+        dims: t.size(),
+        data_type: Some(pb::tensor_proto::DataType::Float16 as i32),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
 fn scalar(name: &str, v: f32) -> pb::TensorProto {
     pb::TensorProto {
         name: Some(name.into()),
@@ -274,7 +305,8 @@ pub fn export(model: &Model, options: &ExportOptions) -> Result<Vec<u8>> {
         ));
     }
     let vars: BTreeMap<String, Tensor> = model.state_dict().into_iter().collect();
-    let mut b = Builder { vars: &vars, nodes: Vec::new(), initializers: Vec::new(), counter: 0 };
+    let mut b =
+        Builder { vars: &vars, fp16: options.fp16_weights, nodes: Vec::new(), initializers: Vec::new(), counter: 0 };
     let (features, _) = b.ops(&network.body, INPUT_NAME.to_string(), options.image_size)?;
     let (logits, _) = b.op(&network.head(), features, 1)?;
     // Name the graph output.

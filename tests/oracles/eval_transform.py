@@ -2,7 +2,7 @@
 
 Usage: eval_transform.py OUTDIR IMAGE...
 For each IMAGE writes OUTDIR/<stem>.png (as given), <stem>.jpg (PIL JPEG, quality 90),
-<stem>-gray.png, <stem>-rgba.png, <stem>-cmyk.jpg; and OUTDIR/expected.safetensors with the
+<stem>-gray.png, <stem>-rgba.png, <stem>-cmyk.jpg, <stem>.webp (lossless); and OUTDIR/expected.safetensors with the
 torchvision transform (Resize(256), CenterCrop(224), ToTensor, Normalize(ImageNet)) of each file,
 keyed by file name, computed from PIL's decoding of that file converted to RGB.
 """
@@ -33,6 +33,7 @@ for path in sys.argv[2:]:
     rgba.putalpha(128)
     rgba.save(f"{out}/{stem}-rgba.png")
     img.convert("CMYK").save(f"{out}/{stem}-cmyk.jpg", quality=95)
-    files += [f"{stem}.png", f"{stem}.jpg", f"{stem}-gray.png", f"{stem}-rgba.png", f"{stem}-cmyk.jpg"]
+    img.save(f"{out}/{stem}.webp", lossless=True)
+    files += [f"{stem}.png", f"{stem}.jpg", f"{stem}-gray.png", f"{stem}-rgba.png", f"{stem}-cmyk.jpg", f"{stem}.webp"]
 save_file({f: t(Image.open(f"{out}/{f}").convert("RGB")).contiguous() for f in files}, f"{out}/expected.safetensors")
 print("\n".join(files))
