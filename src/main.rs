@@ -295,24 +295,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Registry { command, .. } => {
-            let result = tokio::runtime::Runtime::new()
-                .map_err(|e| petal::Error::internal(e.to_string()))
-                .and_then(|rt| rt.block_on(registry_command(&config, command)));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("petal: {} [{}]", e.message, e.code.as_str());
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Registry { command, .. } => report(block_on(registry_command(&config, command))),
         Command::Export { arch, weights, class_names, image_size, out, publish, fp16, .. } => {
             let args = ExportArgs { arch, weights, class_names, image_size, out, publish, fp16 };
-            let result = tokio::runtime::Runtime::new()
-                .map_err(|e| petal::Error::internal(e.to_string()))
-                .and_then(|rt| rt.block_on(export_command(&config, args)));
-            report(result)
+            report(block_on(export_command(&config, args)))
         }
         Command::Classify { model, onnx, top_k, json, images, .. } => {
             report(classify_command(&config, model, onnx, top_k, json, &images))
@@ -335,13 +321,7 @@ fn main() -> ExitCode {
                 }
             }))
         }
-        Command::Weights { command, .. } => match weights_command(&config, command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("petal: {} [{}]", e.message, e.code.as_str());
-                ExitCode::FAILURE
-            }
-        },
+        Command::Weights { command, .. } => report(weights_command(&config, command)),
         Command::Config => {
             println!("{}", serde_json::to_string_pretty(&config).expect("config serializes"));
             ExitCode::SUCCESS
@@ -407,8 +387,7 @@ fn weights_command(config: &Config, command: WeightsCommand) -> petal::Result<()
         WeightsCommand::Fetch { arch, weights, .. } => {
             let arch: Arch = arch.parse()?;
             let entry = catalog.find(arch, weights.as_deref())?;
-            let runtime = tokio::runtime::Runtime::new().map_err(|e| petal::Error::internal(e.to_string()))?;
-            let stored = runtime.block_on(store.fetch(entry, config.weights.mirror.as_deref()))?;
+            let stored = block_on(store.fetch(entry, config.weights.mirror.as_deref()))?;
             report_stored(&stored);
             Ok(())
         }
@@ -570,6 +549,11 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
 }
 
+/// Runs a future to completion on a fresh tokio runtime (the CLI's async commands).
+fn block_on<T>(f: impl std::future::Future<Output = petal::Result<T>>) -> petal::Result<T> {
+    tokio::runtime::Runtime::new().map_err(|e| petal::Error::internal(e.to_string()))?.block_on(f)
+}
+
 fn report(result: petal::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -688,8 +672,7 @@ fn classify_command(
         (_, Some(file)) => (std::fs::read(&file)?, file.display().to_string(), 0),
         (Some(m), None) => {
             let r: ModelRef = m.parse()?;
-            let rt = tokio::runtime::Runtime::new().map_err(|e| petal::Error::internal(e.to_string()))?;
-            rt.block_on(async {
+            block_on(async {
                 let registry = Registry::open(&config.registry)?;
                 let v = registry.resolve(&r).await?;
                 let manifest = registry.manifest(r.model(), v).await?;

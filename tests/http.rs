@@ -182,24 +182,16 @@ fn readiness_follows_an_s3_registry() {
     assert!(reasons.contains("registry") && reasons.contains("probe"), "{report}");
 }
 
-fn tools() -> std::path::PathBuf {
-    std::env::var_os("PETAL_TOOLS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools"))
-}
-
 #[test]
 fn classify_over_http_with_the_real_imagenet_model() {
     let dir = tempfile::tempdir().unwrap();
     let registry = dir.path().join("registry");
-    let out = common::petal()
-        .args(["export", "--arch", "mobilenet_v2", "--publish", "imagenet-mbv2", "--weights"])
-        .arg(tools().join("weights/mobilenet_v2-b0353104.pth"))
-        .arg("--registry")
-        .arg(&registry)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::export_real_mobilenet(&[
+        "--publish".as_ref(),
+        "imagenet-mbv2".as_ref(),
+        "--registry".as_ref(),
+        registry.as_os_str(),
+    ]);
     let config = dir.path().join("petal.toml");
     std::fs::write(
         &config,
@@ -216,7 +208,7 @@ fn classify_over_http_with_the_real_imagenet_model() {
     assert!(ready.to_string().contains("imagenet-mbv2 version 1 on CPUExecutionProvider"), "{ready}");
 
     let client = Client::new();
-    let chelsea = std::fs::read(tools().join("testdata/chelsea.png")).unwrap();
+    let chelsea = std::fs::read(common::tools().join("testdata/chelsea.png")).unwrap();
     let r = client
         .post(server.url("/classify?top_k=3"))
         .header("content-type", "image/png")
@@ -248,7 +240,7 @@ fn classify_over_http_with_the_real_imagenet_model() {
     assert_eq!(code(post("/classify?model=nope", "image/png", chelsea.clone())), (404, "not_found".into()));
     assert_eq!(code(post("/classify?top_k=0", "image/png", chelsea.clone())), (400, "invalid_request".into()));
     assert_eq!(code(post("/classify?top_k=x", "image/png", chelsea.clone())), (400, "invalid_request".into()));
-    let coffee = std::fs::read(tools().join("testdata/coffee.png")).unwrap();
+    let coffee = std::fs::read(common::tools().join("testdata/coffee.png")).unwrap();
     assert!(coffee.len() > 300_000);
     assert_eq!(code(post("/classify", "image/png", coffee)), (413, "payload_too_large".into()));
 
@@ -282,18 +274,9 @@ fn moving_the_alias_swaps_the_served_version_without_failing_requests() {
     let registry = dir.path().join("registry");
     let names = dir.path().join("names.txt");
     std::fs::write(&names, (0..1000).map(|i| format!("renamed {i}\n")).collect::<String>()).unwrap();
-    let weights = tools().join("weights/mobilenet_v2-b0353104.pth");
-    for extra in [vec![], vec!["--class-names".to_string(), names.to_str().unwrap().to_string()]] {
-        let out = common::petal()
-            .args(["export", "--arch", "mobilenet_v2", "--publish", "m", "--weights"])
-            .arg(&weights)
-            .arg("--registry")
-            .arg(&registry)
-            .args(&extra)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    let publish = ["--publish".as_ref(), "m".as_ref(), "--registry".as_ref(), registry.as_os_str()];
+    common::export_real_mobilenet(&publish);
+    common::export_real_mobilenet(&[&publish[..], &["--class-names".as_ref(), names.as_os_str()]].concat());
     let promote = |v: &str| {
         let out = common::petal()
             .args(["registry", "--registry"])
@@ -317,7 +300,7 @@ fn moving_the_alias_swaps_the_served_version_without_failing_requests() {
         cmd.env_remove("PETAL__REGISTRY__PATH").env("PETAL_CONFIG", &config);
     });
     server.wait_ready(200);
-    let chelsea = std::fs::read(tools().join("testdata/chelsea.png")).unwrap();
+    let chelsea = std::fs::read(common::tools().join("testdata/chelsea.png")).unwrap();
     let url = server.url("/classify?top_k=1");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {

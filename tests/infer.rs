@@ -2,7 +2,7 @@
 //! same answers from Python's onnxruntime, batching, a full queue, provider choice.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use petal::config::OnnxRuntimeConfig;
@@ -11,23 +11,10 @@ use petal::infer::runtime::OrtRuntime;
 use petal::ErrorCode;
 use tch::Tensor;
 
-fn tools() -> PathBuf {
-    std::env::var_os("PETAL_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tools"))
-}
-
 /// The real ImageNet MobileNetV2 exported by `petal export` into `dir/model.onnx`.
 fn exported(dir: &Path) -> Vec<u8> {
     let out = dir.join("model.onnx");
-    let status = common::petal()
-        .args(["export", "--arch", "mobilenet_v2", "--weights"])
-        .arg(tools().join("weights/mobilenet_v2-b0353104.pth"))
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::export_real_mobilenet(&["--out".as_ref(), out.as_os_str()]);
     std::fs::read(out).unwrap()
 }
 
@@ -35,21 +22,19 @@ fn exported(dir: &Path) -> Vec<u8> {
 fn export_publish_classify_real_photos() {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry");
-    let out = common::petal()
-        .args(["export", "--arch", "mobilenet_v2", "--publish", "imagenet-mbv2", "--weights"])
-        .arg(tools().join("weights/mobilenet_v2-b0353104.pth"))
-        .arg("--registry")
-        .arg(&reg)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("published imagenet-mbv2 version 1"));
+    common::export_real_mobilenet(&[
+        "--publish".as_ref(),
+        "imagenet-mbv2".as_ref(),
+        "--registry".as_ref(),
+        reg.as_os_str(),
+    ]);
+    assert!(reg.join("models/imagenet-mbv2/versions/00000001.json").exists());
 
     let out = common::petal()
         .args(["classify", "--json", "--top-k", "3", "--model", "imagenet-mbv2:1", "--registry"])
         .arg(&reg)
-        .arg(tools().join("testdata/chelsea.png"))
-        .arg(tools().join("testdata/coffee.png"))
+        .arg(common::tools().join("testdata/chelsea.png"))
+        .arg(common::tools().join("testdata/coffee.png"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -76,7 +61,7 @@ fn python_onnxruntime_agrees_with_the_engine() {
             .unwrap();
     assert_eq!(handle.info.provider, "CPUExecutionProvider");
     assert_eq!(handle.info.class_names.len(), 1000);
-    let input = handle.preprocess(&std::fs::read(tools().join("testdata/chelsea.png")).unwrap()).unwrap();
+    let input = handle.preprocess(&std::fs::read(common::tools().join("testdata/chelsea.png")).unwrap()).unwrap();
     let ours = handle.infer_blocking(input.clone(), 1).unwrap().remove(0);
 
     let x = Tensor::from_slice(&input).reshape([1, 3, 224, 224]);
@@ -99,7 +84,7 @@ fn batching_gives_the_same_answers_and_a_full_queue_says_429() {
     let rt = OrtRuntime::init(&OnnxRuntimeConfig::default()).unwrap();
     let photos: Vec<Vec<u8>> = ["chelsea.png", "coffee.png"]
         .iter()
-        .map(|p| std::fs::read(tools().join("testdata").join(p)).unwrap())
+        .map(|p| std::fs::read(common::tools().join("testdata").join(p)).unwrap())
         .collect();
 
     let single = ModelHandle::load(&rt, &bytes, "m", 1, &EngineConfig { max_batch: 1, ..Default::default() }).unwrap();
@@ -183,14 +168,7 @@ fn fp16_weights_halve_the_file_and_keep_the_answers() {
     let dir = tempfile::tempdir().unwrap();
     let full = exported(dir.path());
     let half_path = dir.path().join("half.onnx");
-    let status = common::petal()
-        .args(["export", "--arch", "mobilenet_v2", "--fp16", "--weights"])
-        .arg(tools().join("weights/mobilenet_v2-b0353104.pth"))
-        .arg("--out")
-        .arg(&half_path)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::export_real_mobilenet(&["--fp16".as_ref(), "--out".as_ref(), half_path.as_os_str()]);
     let half = std::fs::read(&half_path).unwrap();
     assert!(half.len() * 100 < full.len() * 52, "{} vs {} bytes", half.len(), full.len());
 
@@ -199,7 +177,7 @@ fn fp16_weights_halve_the_file_and_keep_the_answers() {
     let b = ModelHandle::load(&rt, &half, "half", 1, &EngineConfig::default()).unwrap();
     let mut worst = 0f32;
     for photo in ["chelsea.png", "coffee.png"] {
-        let x = a.preprocess(&std::fs::read(tools().join("testdata").join(photo)).unwrap()).unwrap();
+        let x = a.preprocess(&std::fs::read(common::tools().join("testdata").join(photo)).unwrap()).unwrap();
         let la = a.infer_blocking(x.clone(), 1).unwrap().remove(0);
         let lb = b.infer_blocking(x, 1).unwrap().remove(0);
         worst = worst.max(la.iter().zip(&lb).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max));

@@ -7,10 +7,7 @@ use petal::vision::{decode, DecodeLimits, EvalTransform};
 use tch::Tensor;
 
 fn photos() -> PathBuf {
-    std::env::var_os("PETAL_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools"))
-        .join("testdata")
+    common::tools().join("testdata")
 }
 
 #[test]

@@ -2,16 +2,11 @@
 //! when a check fails.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn real_mobilenet() -> PathBuf {
-    std::env::var_os("PETAL_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tools"))
-        .join("weights/mobilenet_v2-b0353104.pth")
-}
+use common::real_mobilenet;
 
 fn weights(cache: &Path, args: &[&str]) -> std::process::Output {
     common::petal().args(["weights", "--cache"]).arg(cache).args(args).output().unwrap()

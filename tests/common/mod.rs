@@ -23,6 +23,29 @@ pub fn petal() -> Command {
     cmd
 }
 
+/// The files set-up fetched from registry packages (`tools/`): real weights and photos.
+pub fn tools() -> PathBuf {
+    std::env::var_os("PETAL_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tools"))
+}
+
+/// torchvision's real MobileNetV2 ImageNet weights (legacy `.pth`).
+pub fn real_mobilenet() -> PathBuf {
+    tools().join("weights/mobilenet_v2-b0353104.pth")
+}
+
+/// `petal export` of the real MobileNetV2 with extra arguments; panics with stderr on failure.
+pub fn export_real_mobilenet(args: &[&std::ffi::OsStr]) {
+    let out = petal()
+        .args(["export", "--arch", "mobilenet_v2", "--weights"])
+        .arg(real_mobilenet())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "petal export failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The venv's Python (set by scripts/env.sh), the test oracle.
 pub fn python() -> PathBuf {
     let p = std::env::var_os("PETAL_PYTHON")
