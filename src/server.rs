@@ -83,23 +83,36 @@ async fn load_models(state: &web::Data<AppState>) {
         let check = format!("model {reference}");
         state.readiness.set(&check, false, "loading");
         match load_model(state, &reference).await {
-            Ok(handle) => {
-                let info = &handle.info;
-                let detail = format!(
-                    "{} version {} on {}, warmed up at batch 1 and {}",
-                    info.name, info.version, info.provider, info.max_batch
-                );
-                tracing::info!(model = %info.name, version = info.version, provider = info.provider, "serving");
-                state.metrics.model_loaded(&info.name, info.version, info.provider);
-                state.serving.put(handle);
-                state.readiness.set(&check, true, detail);
-            }
+            Ok(handle) => serve_handle(state, &reference, handle, None),
             Err(e) => {
                 tracing::error!(model = %reference, error = %e, "cannot serve model");
                 state.readiness.set(&check, false, format!("{} [{}]", e.message, e.code.as_str()));
             }
         }
     }
+}
+
+/// Starts serving `handle` for `reference` (replacing `previous`): serving set, metrics, readiness.
+fn serve_handle(
+    state: &web::Data<AppState>,
+    reference: &str,
+    handle: crate::infer::engine::ModelHandle,
+    previous: Option<&crate::infer::engine::ModelHandle>,
+) {
+    let info = handle.info.clone();
+    if let Some(old) = previous {
+        tracing::info!(model = %reference, from = old.info.version, to = info.version, "swapping in the new version");
+        state.metrics.model_unloaded(&old.info.name, old.info.version, old.info.provider);
+    } else {
+        tracing::info!(model = %info.name, version = info.version, provider = info.provider, "serving");
+    }
+    state.metrics.model_loaded(&info.name, info.version, info.provider);
+    state.serving.put(handle);
+    let detail = format!(
+        "{} version {} on {}, warmed up at batch 1 and {}",
+        info.name, info.version, info.provider, info.max_batch
+    );
+    state.readiness.set(&format!("model {reference}"), true, detail);
 }
 
 /// Swaps in the version an alias (or "latest") points at when it moves. The old version keeps
@@ -121,17 +134,7 @@ async fn follow_aliases(state: web::Data<AppState>) {
             };
             match target {
                 Ok(v) if v != current.info.version => match load_model(&state, &reference).await {
-                    Ok(handle) => {
-                        tracing::info!(model = %reference, from = current.info.version, to = handle.info.version, "swapping in the new version");
-                        state.metrics.model_unloaded(&current.info.name, current.info.version, current.info.provider);
-                        state.metrics.model_loaded(&handle.info.name, handle.info.version, handle.info.provider);
-                        let detail = format!(
-                            "{} version {} on {}, warmed up at batch 1 and {}",
-                            handle.info.name, handle.info.version, handle.info.provider, handle.info.max_batch
-                        );
-                        state.serving.put(handle);
-                        state.readiness.set(&format!("model {reference}"), true, detail);
-                    }
+                    Ok(handle) => serve_handle(&state, &reference, handle, Some(&current)),
                     Err(e) => {
                         tracing::error!(model = %reference, version = v, error = %e, "cannot load the new version; still serving the old one")
                     }
