@@ -296,12 +296,21 @@ fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_ba
                 Err(_) => break,
             }
         }
-        let mut inputs = Vec::with_capacity(images * per_image);
-        for j in &jobs {
-            inputs.extend_from_slice(&j.inputs);
-        }
+        // A lone request runs on its own buffer; a batch is gathered into one.
+        let gathered: Vec<f32>;
+        let inputs: &[f32] = if jobs.len() == 1 {
+            &jobs[0].inputs
+        } else {
+            let mut all = Vec::with_capacity(images * per_image);
+            for j in &jobs {
+                all.extend_from_slice(&j.inputs);
+            }
+            gathered = all;
+            &gathered
+        };
+        debug_assert_eq!(inputs.len(), images * per_image);
         let started = Instant::now();
-        let result = run(&mut session, &inputs, images, size, classes);
+        let result = run(&mut session, inputs, images, size, classes);
         tracing::trace!(images, jobs = jobs.len(), run_ms = started.elapsed().as_secs_f64() * 1000.0, "batch");
         match result {
             Ok(out) => {
