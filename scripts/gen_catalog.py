@@ -74,7 +74,6 @@ for arch in ARCHS:
                 "resize": t.resize_size[0],
                 "crop": t.crop_size[0],
                 "interpolation": t.interpolation.value,
-                "antialias": True,
                 "mean": list(t.mean),
                 "std": list(t.std),
             },

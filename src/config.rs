@@ -140,6 +140,25 @@ impl Default for RegistryConfig {
     }
 }
 
+impl RegistryConfig {
+    /// Where the registry is, for people: `file:///abs/path`, `memory://`, or
+    /// `s3://bucket/prefix at endpoint`.
+    pub fn location(&self) -> String {
+        match self.backend {
+            RegistryBackend::Local => {
+                format!("file://{}", std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone()).display())
+            }
+            RegistryBackend::Memory => "memory://".into(),
+            RegistryBackend::S3 => format!(
+                "s3://{}/{}{}",
+                self.s3.bucket.as_deref().unwrap_or("?"),
+                self.s3.prefix.trim_matches('/'),
+                self.s3.endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default()
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {

@@ -86,26 +86,14 @@ pub fn run(config: &Config) -> Report {
             }
         }
     };
-    let registry = match config.registry.backend {
-        RegistryBackend::Local => RegistryInfo {
-            backend: "local",
-            location: std::path::absolute(&config.registry.path)
-                .unwrap_or_else(|_| config.registry.path.clone())
-                .display()
-                .to_string(),
-            exists: config.registry.path.is_dir(),
+    let registry = RegistryInfo {
+        backend: match config.registry.backend {
+            RegistryBackend::Local => "local",
+            RegistryBackend::S3 => "s3",
+            RegistryBackend::Memory => "memory",
         },
-        RegistryBackend::S3 => RegistryInfo {
-            backend: "s3",
-            location: format!(
-                "s3://{}/{}{}",
-                config.registry.s3.bucket.as_deref().unwrap_or("?"),
-                config.registry.s3.prefix,
-                config.registry.s3.endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default()
-            ),
-            exists: true,
-        },
-        RegistryBackend::Memory => RegistryInfo { backend: "memory", location: "memory://".into(), exists: true },
+        location: config.registry.location(),
+        exists: config.registry.backend != RegistryBackend::Local || config.registry.path.is_dir(),
     };
     Report { petal: PetalInfo::current(), libtorch, onnxruntime, registry, problems }
 }

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use petal::config::{Config, LogFormat, Overrides};
-use sha2::Digest;
 use utoipa::OpenApi;
 
 #[derive(Parser)]
@@ -595,10 +594,9 @@ async fn export_command(config: &Config, args: ExportArgs) -> petal::Result<()> 
 
     let arch: Arch = arch.parse()?;
     let bytes = std::fs::read(&weights_file)?;
-    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    let sha256 = petal::registry::sha256_hex(&bytes);
     let tensors = weights::read_bytes(&bytes)?;
-    let head = format!("{}.weight", arch.network(1).head_name);
-    let classes = tensors.iter().find(|(k, _)| *k == head).map(|(_, t)| t.size()[0]).unwrap_or(1000);
+    let classes = weights::head_classes(arch, &tensors).unwrap_or(1000);
     let mut model = Model::new(arch.network(classes), tch::Device::Cpu);
     model.load_state_dict(&tensors, false)?;
     let names = match class_names {
@@ -610,17 +608,7 @@ async fn export_command(config: &Config, args: ExportArgs) -> petal::Result<()> 
     };
     let catalog = Catalog::embedded().by_sha256(&sha256).filter(|e| e.arch == arch);
     let transform = match catalog {
-        Some(e) => petal::vision::EvalTransform {
-            resize: e.eval_transform.resize as u32,
-            crop: e.eval_transform.crop as u32,
-            interpolation: if e.eval_transform.interpolation == "bicubic" {
-                petal::vision::Interpolation::Bicubic
-            } else {
-                petal::vision::Interpolation::Bilinear
-            },
-            mean: e.eval_transform.mean.map(|v| v as f32),
-            std: e.eval_transform.std.map(|v| v as f32),
-        },
+        Some(e) => e.eval_transform.clone(),
         None => petal::vision::EvalTransform { crop: image_size as u32, ..Default::default() },
     };
     let options = ExportOptions {

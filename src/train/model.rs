@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use tch::nn::{self, Init};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::train::arch::{Activation, Network, Op};
@@ -259,21 +259,13 @@ impl Model {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
-
-    pub fn device(&self) -> Device {
-        self.vs.device()
-    }
-
-    /// Casts floating-point variables (e.g. to `Kind::Half`).
-    pub fn set_kind(&mut self, kind: Kind) {
-        self.vs.set_kind(kind);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::train::arch::Arch;
+    use tch::Kind;
 
     #[test]
     fn variables_follow_the_description() {

@@ -43,6 +43,12 @@ pub fn detect(head: &[u8]) -> Result<Format> {
     }
 }
 
+/// The number of classes of `arch`'s head in a state dict, when the head is there.
+pub fn head_classes(arch: crate::train::arch::Arch, tensors: &[(String, Tensor)]) -> Option<i64> {
+    let key = format!("{}.weight", arch.network(1).head_name);
+    tensors.iter().find(|(k, _)| *k == key).map(|(_, t)| t.size()[0])
+}
+
 /// Reads a state dict from a file, in file order.
 pub fn read_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).map_err(|e| corrupt(format!("cannot read {}: {e}", path.display())))?;

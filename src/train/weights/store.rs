@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tch::Device;
 
 use crate::error::{Error, ErrorCode, Result};
@@ -34,10 +33,6 @@ pub struct CachedWeights {
 
 pub struct WeightStore {
     dir: PathBuf,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 impl WeightStore {
@@ -103,7 +98,7 @@ impl WeightStore {
         expected: Option<&CatalogEntry>,
         source: &str,
     ) -> Result<CachedWeights> {
-        let sha256 = sha256_hex(bytes);
+        let sha256 = crate::registry::sha256_hex(bytes);
         let catalog = Catalog::embedded();
         let entry = expected.or_else(|| catalog.by_file_name(name)).or_else(|| catalog.by_sha256(&sha256));
         let verification = match entry {
@@ -122,7 +117,8 @@ impl WeightStore {
         let tensors = weights::read_bytes(bytes).map_err(|e| Error::new(e.code, format!("{name}: {}", e.message)))?;
         if let Some(arch) = arch {
             // Classes from the file's own head, so any head size is accepted as long as the rest fits.
-            let mut model = Model::new(arch.network(head_classes(arch, &tensors).unwrap_or(1000)), Device::Cpu);
+            let mut model =
+                Model::new(arch.network(weights::head_classes(arch, &tensors).unwrap_or(1000)), Device::Cpu);
             model.load_state_dict(&tensors, false)?;
         }
         let file_name = entry.map(|e| e.file_name.clone()).unwrap_or_else(|| sanitize(name));
@@ -140,7 +136,7 @@ impl WeightStore {
             source: source.to_string(),
             tensors: tensors.len(),
             licences: entry.map(|e| e.licences.clone()).unwrap_or_default(),
-            stored_at: now_rfc3339(),
+            stored_at: crate::clock::now_rfc3339(),
         };
         write_atomically(
             &self.dir.join(format!("{file_name}.json")),
@@ -148,12 +144,6 @@ impl WeightStore {
         )?;
         Ok(record)
     }
-}
-
-/// The number of classes of the head stored in a state dict.
-fn head_classes(arch: Arch, tensors: &[(String, tch::Tensor)]) -> Option<i64> {
-    let key = format!("{}.weight", arch.network(1).head_name);
-    tensors.iter().find(|(k, _)| *k == key).map(|(_, t)| t.size()[0])
 }
 
 fn sanitize(name: &str) -> String {
@@ -169,23 +159,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     })?;
     Ok(())
-}
-
-pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// GETs a URL through object_store's HTTP client (TLS with the system's roots; plain http allowed
@@ -212,10 +185,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timestamps_and_names() {
-        let t = now_rfc3339();
-        assert_eq!(t.len(), 20, "{t}");
-        assert!(t.starts_with("20"), "{t}");
+    fn names_are_sanitized() {
         assert_eq!(sanitize("../a b.pth"), "_a_b.pth");
     }
 }
