@@ -6,6 +6,7 @@ pub mod api;
 pub mod bench;
 pub mod clock;
 pub mod config;
+pub mod dataset;
 pub mod doctor;
 pub mod error;
 pub mod export;

@@ -1,4 +1,5 @@
 //! The `petal` command line.
+mod finetune_cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -107,6 +108,8 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Fine-tune backbones on a dataset with the two-phase recipe (no server needed).
+    Finetune(finetune_cli::FinetuneArgs),
     /// Benchmarks, each against its reference measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -295,6 +298,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Registry { command, .. } => report(block_on(registry_command(&config, command))),
+        Command::Finetune(args) => report(finetune_cli::run(&config, args)),
         Command::Export { arch, weights, class_names, image_size, out, publish, fp16, .. } => {
             let args = ExportArgs { arch, weights, class_names, image_size, out, publish, fp16 };
             report(block_on(export_command(&config, args)))

@@ -1,6 +1,12 @@
 //! Training with `tch` (libtorch): backbone descriptions, models, weight import, devices.
 pub mod arch;
+pub mod augment;
 pub mod catalog;
 pub mod device;
+pub mod finetune;
 pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod recipe;
+pub mod trainer;
 pub mod weights;

@@ -215,7 +215,7 @@ pub fn resize(img: &RgbImage, w: u32, h: u32, filter: Interpolation) -> RgbImage
 }
 
 /// Python's `round()`: halves go to the even neighbour.
-fn round_half_even(x: f64) -> i64 {
+pub fn round_half_even(x: f64) -> i64 {
     let floor = x.floor();
     let diff = x - floor;
     let f = floor as i64;

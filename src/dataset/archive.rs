@@ -1,0 +1,306 @@
+//! Reading a dataset's files from a folder, a `.zip` or a `.tar` / `.tar.gz`, with limits and
+//! without path escapes: every entry becomes a relative path made of plain components and its
+//! bytes. Links (symbolic or hard), absolute paths and `..` are refused; sizes are checked as
+//! bytes arrive, never trusted from headers (zip bombs stop at the limit, not after).
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// Limits on what an upload may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveLimits {
+    /// Size of the archive file itself.
+    pub max_archive_bytes: u64,
+    /// Number of regular files.
+    pub max_files: usize,
+    /// Uncompressed bytes of all files together.
+    pub max_total_bytes: u64,
+    /// Uncompressed bytes of one file.
+    pub max_file_bytes: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> Self {
+        Self { max_archive_bytes: 4 << 30, max_files: 250_000, max_total_bytes: 16 << 30, max_file_bytes: 64 << 20 }
+    }
+}
+
+/// The files of a dataset: relative `/`-separated path → bytes, sorted by path.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+fn too_large(msg: String) -> Error {
+    Error::new(ErrorCode::DatasetTooLarge, msg)
+}
+
+fn unsafe_path(msg: String) -> Error {
+    Error::new(ErrorCode::DatasetUnsafePath, msg)
+}
+
+fn bad_archive(msg: String) -> Error {
+    Error::new(ErrorCode::DatasetArchiveInvalid, msg)
+}
+
+/// Reads a folder, a zip or a tar(.gz) file.
+pub fn read_path(path: &Path, limits: &ArchiveLimits) -> Result<Files> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| Error::new(ErrorCode::DatasetArchiveInvalid, format!("cannot read {}: {e}", path.display())))?;
+    if meta.is_dir() {
+        let mut budget = Budget { limits, files: Files::new(), total: 0 };
+        walk(path, "", &mut budget)?;
+        return finish(budget.files);
+    }
+    if meta.len() > limits.max_archive_bytes {
+        return Err(too_large(format!(
+            "the archive is {} bytes; the limit is {} (dataset.limits.max_archive_bytes)",
+            meta.len(),
+            limits.max_archive_bytes
+        )));
+    }
+    let file = std::fs::File::open(path)?;
+    read_archive(file, limits)
+}
+
+/// Reads a zip or tar(.gz) from a seekable source, recognised by its first bytes.
+pub fn read_archive<R: Read + std::io::Seek>(mut src: R, limits: &ArchiveLimits) -> Result<Files> {
+    let mut magic = [0u8; 4];
+    let n = read_up_to(&mut src, &mut magic)?;
+    src.seek(std::io::SeekFrom::Start(0))?;
+    if n == 0 {
+        return Err(bad_archive("the archive is empty".into()));
+    }
+    if magic.starts_with(b"PK") {
+        read_zip(src, limits)
+    } else if magic.starts_with(&[0x1f, 0x8b]) {
+        read_tar(flate2::read::GzDecoder::new(src), limits)
+    } else {
+        read_tar(src, limits)
+    }
+}
+
+fn read_up_to(src: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Checks one entry name and returns its normalised relative path (`None` for entries to ignore:
+/// macOS resource forks and hidden files).
+pub fn clean_path(name: &str) -> Result<Option<String>> {
+    if name.contains('\0') || name.contains('\\') {
+        return Err(unsafe_path(format!("entry {name:?}: backslashes and NUL are not allowed in paths")));
+    }
+    let mut parts = Vec::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(unsafe_path(format!("entry {name:?} climbs out with '..'"))),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(unsafe_path(format!("entry {name:?} is an absolute path")))
+            }
+        }
+    }
+    if parts.is_empty() || parts.iter().any(|p| p.starts_with('.') || p == "__MACOSX") {
+        return Ok(None);
+    }
+    Ok(Some(parts.join("/")))
+}
+
+struct Budget<'a> {
+    limits: &'a ArchiveLimits,
+    files: Files,
+    total: u64,
+}
+
+impl Budget<'_> {
+    /// Reads one entry's bytes, stopping at the limits.
+    fn add(&mut self, path: String, reader: &mut dyn Read) -> Result<()> {
+        if self.files.len() >= self.limits.max_files {
+            return Err(too_large(format!("more than {} files (dataset.limits.max_files)", self.limits.max_files)));
+        }
+        let cap = self.limits.max_file_bytes.min(self.limits.max_total_bytes - self.total);
+        let mut bytes = Vec::new();
+        reader
+            .take(cap + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad_archive(format!("entry {path}: cannot read: {e}")))?;
+        if bytes.len() as u64 > cap {
+            return Err(if cap == self.limits.max_file_bytes {
+                too_large(format!("{path} is larger than {} bytes (dataset.limits.max_file_bytes)", cap))
+            } else {
+                too_large(format!(
+                    "the files add up to more than {} bytes uncompressed (dataset.limits.max_total_bytes)",
+                    self.limits.max_total_bytes
+                ))
+            });
+        }
+        self.total += bytes.len() as u64;
+        if self.files.insert(path.clone(), bytes).is_some() {
+            return Err(bad_archive(format!("entry {path} appears twice")));
+        }
+        Ok(())
+    }
+}
+
+fn read_zip<R: Read + std::io::Seek>(src: R, limits: &ArchiveLimits) -> Result<Files> {
+    let mut zip = zip::ZipArchive::new(src).map_err(|e| bad_archive(format!("not a readable zip file: {e}")))?;
+    let mut budget = Budget { limits, files: Files::new(), total: 0 };
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).map_err(|e| bad_archive(format!("zip entry {i}: {e}")))?;
+        let name = entry.name().map_err(|e| bad_archive(format!("zip entry {i}: {e}")))?.to_string();
+        // A symlink's mode carries S_IFLNK; its "content" is the target path.
+        if entry.unix_mode().is_some_and(|m| m & 0o170000 == 0o120000) {
+            return Err(unsafe_path(format!("entry {name:?} is a symbolic link; links are not allowed")));
+        }
+        let Some(path) = clean_path(&name)? else { continue };
+        if entry.is_dir() {
+            continue;
+        }
+        budget.add(path, &mut entry)?;
+    }
+    finish(budget.files)
+}
+
+fn read_tar<R: Read>(src: R, limits: &ArchiveLimits) -> Result<Files> {
+    let mut archive = tar::Archive::new(src);
+    let mut budget = Budget { limits, files: Files::new(), total: 0 };
+    let entries = archive.entries().map_err(|e| bad_archive(format!("not a readable tar file: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad_archive(format!("not a readable tar file: {e}")))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            return Err(unsafe_path(format!("entry {name:?} is a link; links are not allowed")));
+        }
+        let Some(path) = clean_path(&name)? else { continue };
+        if kind.is_dir() || kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
+            continue;
+        }
+        if !(kind.is_file() || kind.is_contiguous()) {
+            return Err(unsafe_path(format!("entry {name:?} is not a regular file ({kind:?})")));
+        }
+        budget.add(path, &mut entry)?;
+    }
+    finish(budget.files)
+}
+
+fn walk(dir: &Path, prefix: &str, budget: &mut Budget) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        if clean_path(&rel)?.is_none() {
+            continue;
+        }
+        let ft = e.file_type()?;
+        if ft.is_symlink() {
+            return Err(unsafe_path(format!("{rel} is a symbolic link; links are not allowed")));
+        }
+        if ft.is_dir() {
+            walk(&e.path(), &rel, budget)?;
+        } else if ft.is_file() {
+            budget.add(rel, &mut std::fs::File::open(e.path())?)?;
+        }
+    }
+    Ok(())
+}
+
+fn finish(files: Files) -> Result<Files> {
+    if files.is_empty() {
+        return Err(bad_archive("the dataset contains no files".into()));
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Cursor, Write};
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, bytes) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+            w.write_all(bytes).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn paths_are_cleaned_or_refused() {
+        assert_eq!(clean_path("a/./b.jpg").unwrap().as_deref(), Some("a/b.jpg"));
+        assert_eq!(clean_path("__MACOSX/a/._b.jpg").unwrap(), None);
+        assert_eq!(clean_path("a/.DS_Store").unwrap(), None);
+        for bad in ["../x.jpg", "a/../../x", "/etc/passwd", "a\\..\\b"] {
+            assert_eq!(clean_path(bad).unwrap_err().code, ErrorCode::DatasetUnsafePath, "{bad}");
+        }
+    }
+
+    #[test]
+    fn zip_round_trip_and_limits() {
+        let bytes = zip_of(&[("d/a/1.jpg", b"one"), ("d/b/2.jpg", b"two")]);
+        let files = read_archive(Cursor::new(bytes.clone()), &ArchiveLimits::default()).unwrap();
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["d/a/1.jpg", "d/b/2.jpg"]);
+        let limits = ArchiveLimits { max_files: 1, ..Default::default() };
+        assert_eq!(read_archive(Cursor::new(bytes.clone()), &limits).unwrap_err().code, ErrorCode::DatasetTooLarge);
+        let limits = ArchiveLimits { max_total_bytes: 5, ..Default::default() };
+        let err = read_archive(Cursor::new(bytes), &limits).unwrap_err();
+        assert!(err.message.contains("max_total_bytes"), "{}", err.message);
+        let evil = zip_of(&[("../evil.jpg", b"x")]);
+        assert_eq!(
+            read_archive(Cursor::new(evil), &ArchiveLimits::default()).unwrap_err().code,
+            ErrorCode::DatasetUnsafePath
+        );
+    }
+
+    #[test]
+    fn zip_bomb_stops_at_the_limit() {
+        let zeros = vec![0u8; 50 << 20];
+        let bytes = zip_of(&[("a/bomb.jpg", &zeros)]);
+        assert!(bytes.len() < 1 << 20, "compresses well: {}", bytes.len());
+        let limits = ArchiveLimits { max_file_bytes: 1 << 20, ..Default::default() };
+        let err = read_archive(Cursor::new(bytes), &limits).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatasetTooLarge);
+        assert!(err.message.contains("max_file_bytes"), "{}", err.message);
+    }
+
+    #[test]
+    fn tar_links_and_gzip() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "x/a/1.png", &b"abc"[..]).unwrap();
+        let plain = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        for bytes in [plain, gz] {
+            let files = read_archive(Cursor::new(bytes), &ArchiveLimits::default()).unwrap();
+            assert_eq!(files["x/a/1.png"], b"abc");
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "x/a/link.png", "/etc/passwd").unwrap();
+        let bytes = b.into_inner().unwrap();
+        let err = read_archive(Cursor::new(bytes), &ArchiveLimits::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatasetUnsafePath);
+        let err = read_archive(Cursor::new(Vec::new()), &ArchiveLimits::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatasetArchiveInvalid);
+        let err = read_archive(Cursor::new(b"PK\x03\x04garbage".to_vec()), &ArchiveLimits::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatasetArchiveInvalid);
+    }
+}

@@ -1,0 +1,656 @@
+//! Datasets: a folder, `.zip` or `.tar(.gz)` turned into labelled, decoded, split images — or a
+//! list of every problem found.
+//!
+//! Layouts, recognised in this order (below one optional common top-level folder):
+//! 1. Oxford Flowers 102: `imagelabels.mat` + `jpg/image_NNNNN.jpg` (+ `setid.mat`). Classes `1`…`K`,
+//!    named from `class_names.txt` (line k) or `cat_to_name.json`. Split: the reference's
+//!    (train `tstid`, validate `trnid`+`valid`) or the papers' (train `trnid`+`valid`, validate
+//!    `tstid`); without `setid.mat`, a seeded stratified split.
+//! 2. ImageFolder with `train/` and `val/` (or `valid/`, `validation/`): `train/<class>/…`.
+//! 3. ImageFolder: `<class>/…` (files in nested folders belong to the top one, as in torchvision),
+//!    split by a seeded stratified split.
+//!
+//! Classes are sorted by folder name (torchvision's order); `cat_to_name.json` at the top maps
+//! folder names to display names. Images are decoded once, at ingest, and kept in memory with the
+//! shorter side reduced to the eval transform's resize (so evaluation sees exactly the pixels it
+//! would from the original), or kept encoded beyond the memory budget.
+//!
+//! The digest — sha256 over the sorted `path \t class \t sha256(bytes)` lines of the images used —
+//! and the class list identify the dataset.
+pub mod archive;
+pub mod mat;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use image::RgbImage;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::vision::{self, DecodeLimits, EvalTransform};
+pub use archive::{ArchiveLimits, Files};
+
+/// What to do with files that are not decodable images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadImage {
+    /// Refuse the dataset, listing every bad file.
+    #[default]
+    Fail,
+    /// Leave them out, with a warning each.
+    Skip,
+}
+
+/// Which official split of Oxford Flowers 102 to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OxfordSplit {
+    /// The reference experiment's: train on `tstid` (6,149), validate on `trnid` + `valid` (2,040).
+    #[default]
+    Reference,
+    /// The papers': train on `trnid` + `valid`, validate on `tstid`.
+    Papers,
+}
+
+/// How a dataset is read and checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestOptions {
+    pub limits: ArchiveLimits,
+    #[schema(value_type = Object)]
+    pub decode: DecodeLimits,
+    pub on_bad_image: OnBadImage,
+    /// Share of each class held out for validation when the dataset brings no split.
+    pub val_fraction: f64,
+    /// Seed of the stratified split.
+    pub seed: u64,
+    pub oxford_split: OxfordSplit,
+    /// Decoded images are kept in memory up to this many bytes; the rest stay encoded and are
+    /// decoded at each use.
+    pub memory_budget_bytes: u64,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self {
+            limits: ArchiveLimits::default(),
+            decode: DecodeLimits::default(),
+            on_bad_image: OnBadImage::Fail,
+            val_fraction: 0.2,
+            seed: 0,
+            oxford_split: OxfordSplit::Reference,
+            memory_budget_bytes: 8 << 30,
+        }
+    }
+}
+
+/// Which layout a dataset was read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    Oxford102,
+    ImageFolderSplit,
+    ImageFolder,
+}
+
+/// An image's pixels: decoded (shorter side at most the eval resize) or still encoded.
+pub enum Pixels {
+    Decoded(RgbImage),
+    Encoded(Vec<u8>),
+}
+
+/// One labelled image.
+pub struct Sample {
+    pub path: String,
+    pub label: usize,
+    pub pixels: Pixels,
+}
+
+impl Sample {
+    /// The image, ready for the eval transform or augmentation (shorter side ≤ its resize).
+    pub fn rgb(&self, eval: &EvalTransform, limits: &DecodeLimits) -> Result<Cow<'_, RgbImage>> {
+        match &self.pixels {
+            Pixels::Decoded(img) => Ok(Cow::Borrowed(img)),
+            Pixels::Encoded(bytes) => Ok(Cow::Owned(shrink(vision::decode(bytes, limits)?, eval))),
+        }
+    }
+}
+
+/// A checked dataset.
+pub struct Dataset {
+    /// Class ids (folder names, or `1`…`K`), in label order.
+    pub classes: Vec<String>,
+    /// Display names, in label order.
+    pub class_names: Vec<String>,
+    pub train: Vec<Sample>,
+    pub val: Vec<Sample>,
+    pub layout: Layout,
+    /// How the split was made, in words.
+    pub split: String,
+    pub digest: String,
+    /// Files left out, with the reason (bad images under `skip`, files outside the layout).
+    pub warnings: Vec<String>,
+}
+
+/// A summary for logs, job records and provenance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatasetSummary {
+    pub digest: String,
+    pub layout: Layout,
+    pub split: String,
+    pub classes: Vec<String>,
+    pub class_names: Vec<String>,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub warnings: usize,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.summary().fmt(f)
+    }
+}
+
+impl Dataset {
+    pub fn summary(&self) -> DatasetSummary {
+        DatasetSummary {
+            digest: self.digest.clone(),
+            layout: self.layout,
+            split: self.split.clone(),
+            classes: self.classes.clone(),
+            class_names: self.class_names.clone(),
+            train_images: self.train.len(),
+            val_images: self.val.len(),
+            warnings: self.warnings.len(),
+        }
+    }
+}
+
+/// Reads, decodes and checks a dataset at `path` (folder, zip, tar or tar.gz).
+pub fn load(path: &Path, opts: &IngestOptions, eval: &EvalTransform) -> Result<Dataset> {
+    from_files(archive::read_path(path, &opts.limits)?, opts, eval)
+}
+
+const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+fn is_image_name(path: &str) -> bool {
+    path.rsplit_once('.').is_some_and(|(_, ext)| IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+/// Where an image goes before the split is decided.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Part {
+    Train,
+    Val,
+    Unsplit,
+}
+
+struct Plan {
+    layout: Layout,
+    classes: Vec<String>,
+    class_names: Vec<String>,
+    /// (path, label, part)
+    items: Vec<(String, usize, Part)>,
+    split: Option<String>,
+    warnings: Vec<String>,
+    problems: Vec<String>,
+}
+
+fn invalid(problems: &[String]) -> Error {
+    const SHOWN: usize = 25;
+    let mut msg = format!("the dataset has {} problem(s): ", problems.len());
+    msg.push_str(&problems.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; "));
+    if problems.len() > SHOWN {
+        msg.push_str(&format!("; … and {} more", problems.len() - SHOWN));
+    }
+    Error::new(ErrorCode::DatasetInvalid, msg)
+}
+
+/// Checks, decodes and splits files already read.
+pub fn from_files(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> Result<Dataset> {
+    let files = strip_common_folder(files);
+    let mut plan =
+        if files.contains_key("imagelabels.mat") { plan_oxford(&files, opts)? } else { plan_image_folder(&files)? };
+    if !plan.problems.is_empty() {
+        return Err(invalid(&plan.problems));
+    }
+    // Decode every image once (all cores), checking it.
+    let decoded = decode_all(&files, &plan.items, opts, eval);
+    let mut bad = Vec::new();
+    let mut kept = Vec::new();
+    for ((path, label, part), result) in plan.items.iter().cloned().zip(decoded) {
+        match result {
+            Ok(pixels) => kept.push((Sample { path, label, pixels }, part)),
+            Err(e) => bad.push(format!("{path}: {}", e.message)),
+        }
+    }
+    match opts.on_bad_image {
+        OnBadImage::Fail if !bad.is_empty() => return Err(invalid(&bad)),
+        _ => plan.warnings.extend(bad.into_iter().map(|b| format!("skipped {b}"))),
+    }
+    let mut digest = Sha256::new();
+    for (s, _) in &kept {
+        let bytes = &files[&s.path];
+        digest.update(format!("{}\t{}\t{}\n", s.path, plan.classes[s.label], hex::encode(Sha256::digest(bytes))));
+    }
+    let digest = hex::encode(digest.finalize());
+
+    let split_desc = match plan.split.take() {
+        Some(s) => s,
+        None => {
+            stratify(&mut kept, plan.classes.len(), opts)?;
+            format!("stratified, {:.0} % of each class for validation, seed {}", opts.val_fraction * 100.0, opts.seed)
+        }
+    };
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (s, part) in kept {
+        match part {
+            Part::Train => train.push(s),
+            Part::Val => val.push(s),
+            Part::Unsplit => unreachable!("stratify assigns every sample"),
+        }
+    }
+    check_classes(&plan.classes, &train, &val)?;
+    Ok(Dataset {
+        classes: plan.classes,
+        class_names: plan.class_names,
+        train,
+        val,
+        layout: plan.layout,
+        split: split_desc,
+        digest,
+        warnings: plan.warnings,
+    })
+}
+
+/// Drops one top-level folder that everything sits in (`flowers/…` → `…`) when folders remain.
+fn strip_common_folder(files: Files) -> Files {
+    let mut files = files;
+    loop {
+        let first = |p: &str| p.split_once('/').map(|(a, _)| a.to_string());
+        let Some(Some(top)) = files.keys().next().map(|k| first(k)) else { return files };
+        let all_under = files.keys().all(|k| first(k).as_deref() == Some(top.as_str()));
+        let deeper = files.keys().any(|k| k.matches('/').count() >= 2);
+        if !(all_under && deeper) {
+            return files;
+        }
+        files = files.into_iter().map(|(k, v)| (k[top.len() + 1..].to_string(), v)).collect();
+    }
+}
+
+fn stratify(kept: &mut [(Sample, Part)], classes: usize, opts: &IngestOptions) -> Result<()> {
+    if !(opts.val_fraction > 0.0 && opts.val_fraction < 1.0) {
+        return Err(Error::invalid_request(format!("val_fraction must be in (0, 1), not {}", opts.val_fraction)));
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, (s, _)) in kept.iter().enumerate() {
+        by_class[s.label].push(i);
+    }
+    for idx in &mut by_class {
+        idx.shuffle(&mut rng);
+        // At least one of each side when the class has two images (checked afterwards otherwise).
+        let n = idx.len();
+        let n_val = ((n as f64 * opts.val_fraction).round() as usize).clamp(usize::from(n >= 2), n.saturating_sub(1));
+        for (k, &i) in idx.iter().enumerate() {
+            kept[i].1 = if k < n_val { Part::Val } else { Part::Train };
+        }
+    }
+    Ok(())
+}
+
+fn check_classes(classes: &[String], train: &[Sample], val: &[Sample]) -> Result<()> {
+    let mut problems = Vec::new();
+    if classes.len() < 2 {
+        problems.push(format!("a classifier needs at least 2 classes; found {}", classes.len()));
+    }
+    let count = |set: &[Sample]| {
+        let mut c = vec![0usize; classes.len()];
+        set.iter().for_each(|s| c[s.label] += 1);
+        c
+    };
+    let (tc, vc) = (count(train), count(val));
+    for (i, name) in classes.iter().enumerate() {
+        match (tc[i], vc[i]) {
+            (0, 0) => problems.push(format!("class {name:?} has no usable image")),
+            (0, _) => problems.push(format!("class {name:?} has no training image")),
+            (_, 0) => problems.push(format!("class {name:?} has no validation image")),
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(&problems))
+    }
+}
+
+fn decode_all(
+    files: &Files,
+    items: &[(String, usize, Part)],
+    opts: &IngestOptions,
+    eval: &EvalTransform,
+) -> Vec<Result<Pixels>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
+    let chunk = items.len().div_ceil(threads).max(1);
+    let used = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| {
+                let used = &used;
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(path, _, _)| {
+                            let bytes = &files[path];
+                            let img = shrink(vision::decode(bytes, &opts.decode)?, eval);
+                            let size = img.as_raw().len() as u64;
+                            let before = used.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                            Ok(if before + size <= opts.memory_budget_bytes {
+                                Pixels::Decoded(img)
+                            } else {
+                                Pixels::Encoded(bytes.clone())
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
+    })
+}
+
+/// Reduces an image so its shorter side is the eval transform's resize (never enlarges).
+fn shrink(img: RgbImage, eval: &EvalTransform) -> RgbImage {
+    if img.width().min(img.height()) > eval.resize {
+        eval.resize_shorter(&img)
+    } else {
+        img
+    }
+}
+
+/// `cat_to_name.json` at the top: folder name → display name.
+fn name_map(files: &Files, problems: &mut Vec<String>) -> BTreeMap<String, String> {
+    let Some(bytes) = files.get("cat_to_name.json") else { return BTreeMap::new() };
+    match serde_json::from_slice::<BTreeMap<String, String>>(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(format!("cat_to_name.json is not an object of strings: {e}"));
+            BTreeMap::new()
+        }
+    }
+}
+
+fn plan_image_folder(files: &Files) -> Result<Plan> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let tops: BTreeSet<&str> = files.keys().filter_map(|k| k.split_once('/').map(|(a, _)| a)).collect();
+    let val_dir = ["val", "valid", "validation"].into_iter().find(|d| tops.contains(d));
+    let split = tops.contains("train") && val_dir.is_some();
+    let (layout, class_depth) = if split { (Layout::ImageFolderSplit, 1) } else { (Layout::ImageFolder, 0) };
+    let mut entries = Vec::new();
+    for path in files.keys() {
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() == 1 {
+            if is_image_name(path) {
+                problems.push(format!("{path}: images must be inside a class folder"));
+            }
+            continue; // metadata at the top (class-name files, README, licence)
+        }
+        let part = if split {
+            match parts[0] {
+                "train" => Part::Train,
+                d if Some(d) == val_dir => Part::Val,
+                other => {
+                    warnings
+                        .push(format!("ignored {path}: {other}/ is neither train/ nor {}/", val_dir.unwrap_or("val")));
+                    continue;
+                }
+            }
+        } else {
+            Part::Unsplit
+        };
+        if parts.len() < class_depth + 2 {
+            problems.push(format!("{path}: images must be inside a class folder"));
+            continue;
+        }
+        if !is_image_name(path) {
+            problems.push(format!("{path}: not an image (JPEG, PNG or WebP by extension)"));
+            continue;
+        }
+        entries.push((path.clone(), parts[class_depth].to_string(), part));
+    }
+    let classes: Vec<String> =
+        entries.iter().filter(|e| e.2 != Part::Val).map(|e| e.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    if classes.is_empty() && problems.is_empty() {
+        return Err(Error::new(
+            ErrorCode::DatasetLayout,
+            "no class folders with images found: expected <class>/<image>, train/<class>/…, or the Oxford Flowers \
+             102 files (imagelabels.mat, jpg/)",
+        ));
+    }
+    let index: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+    let mut items = Vec::new();
+    for (path, class, part) in entries {
+        match index.get(class.as_str()) {
+            Some(&label) => items.push((path, label, part)),
+            None => problems.push(format!("{path}: class {class:?} exists only in the validation folder")),
+        }
+    }
+    let names = name_map(files, &mut problems);
+    let class_names = classes.iter().map(|c| names.get(c).cloned().unwrap_or_else(|| c.clone())).collect();
+    let split = split.then(|| format!("given: train/ and {}/", val_dir.unwrap_or("val")));
+    Ok(Plan { layout, classes, class_names, items, split, warnings, problems })
+}
+
+fn plan_oxford(files: &Files, opts: &IngestOptions) -> Result<Plan> {
+    let layout_err = |m: String| Error::new(ErrorCode::DatasetLayout, m);
+    let max = opts.limits.max_file_bytes as usize;
+    let read = |name: &str| -> Result<BTreeMap<String, mat::Matrix>> {
+        mat::parse(&files[name], max).map_err(|e| layout_err(format!("{name}: {e}")))
+    };
+    let ids = |vars: &BTreeMap<String, mat::Matrix>, file: &str, var: &str| -> Result<Vec<usize>> {
+        let m = vars.get(var).ok_or_else(|| layout_err(format!("{file} has no variable {var:?}")))?;
+        let v = m.as_vector().ok_or_else(|| layout_err(format!("{file}: {var} is not a vector")))?;
+        v.iter()
+            .map(|&x| {
+                if x >= 1.0 && x.fract() == 0.0 && x < 1e9 {
+                    Ok(x as usize)
+                } else {
+                    Err(layout_err(format!("{file}: {var} holds {x}, not a positive whole number")))
+                }
+            })
+            .collect()
+    };
+    let labels = ids(&read("imagelabels.mat")?, "imagelabels.mat", "labels")?;
+    let k = labels.iter().copied().max().unwrap_or(0);
+    let classes: Vec<String> = (1..=k).map(|c| c.to_string()).collect();
+    let mut problems = Vec::new();
+    let mut class_names = classes.clone();
+    if let Some(txt) = files.get("class_names.txt") {
+        let lines: Vec<&str> = std::str::from_utf8(txt).unwrap_or("").lines().collect();
+        if lines.len() == k {
+            class_names = lines.iter().map(|l| l.trim().to_string()).collect();
+        } else {
+            problems.push(format!("class_names.txt has {} lines for {k} classes", lines.len()));
+        }
+    } else {
+        let names = name_map(files, &mut problems);
+        class_names = classes.iter().map(|c| names.get(c).cloned().unwrap_or_else(|| c.clone())).collect();
+    }
+    let image = |i: usize| format!("jpg/image_{i:05}.jpg");
+    let mut part = vec![Part::Unsplit; labels.len()];
+    let split = if files.contains_key("setid.mat") {
+        let vars = read("setid.mat")?;
+        let (tst, trn, val) =
+            (ids(&vars, "setid.mat", "tstid")?, ids(&vars, "setid.mat", "trnid")?, ids(&vars, "setid.mat", "valid")?);
+        let (train_ids, val_ids, desc) = match opts.oxford_split {
+            OxfordSplit::Reference => {
+                ([tst].concat(), [trn, val].concat(), "the reference's: train tstid, validate trnid+valid")
+            }
+            OxfordSplit::Papers => ([trn, val].concat(), tst, "the papers': train trnid+valid, validate tstid"),
+        };
+        for (ids, p) in [(train_ids, Part::Train), (val_ids, Part::Val)] {
+            for i in ids {
+                match part.get_mut(i - 1) {
+                    Some(slot) if *slot == Part::Unsplit => *slot = p,
+                    Some(_) => problems.push(format!("setid.mat: image {i} is in more than one split")),
+                    None => problems.push(format!("setid.mat: image {i} has no label in imagelabels.mat")),
+                }
+            }
+        }
+        Some(format!("Oxford Flowers 102 setid.mat, {desc}"))
+    } else {
+        None
+    };
+    let mut items = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, &label) in labels.iter().enumerate() {
+        let path = image(i + 1);
+        if split.is_some() && part[i] == Part::Unsplit {
+            warnings.push(format!("ignored {path}: in no split of setid.mat"));
+            continue;
+        }
+        if !files.contains_key(&path) {
+            problems.push(format!("{path} is labelled in imagelabels.mat but missing"));
+            continue;
+        }
+        items.push((path, label - 1, if split.is_some() { part[i] } else { Part::Unsplit }));
+    }
+    Ok(Plan { layout: Layout::Oxford102, classes, class_names, items, split, warnings, problems })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(rgb: [u8; 3]) -> Vec<u8> {
+        let img = RgbImage::from_pixel(8, 6, image::Rgb(rgb));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn folder(classes: &[(&str, usize)]) -> Files {
+        let mut f = Files::new();
+        for (k, (c, n)) in classes.iter().enumerate() {
+            for i in 0..*n {
+                f.insert(format!("data/{c}/{i}.png"), png([k as u8 * 60, i as u8, 0]));
+            }
+        }
+        f
+    }
+
+    fn load(files: Files) -> Result<Dataset> {
+        from_files(files, &IngestOptions::default(), &EvalTransform::default())
+    }
+
+    #[test]
+    fn image_folder_is_split_stratified_and_identified() {
+        let d = load(folder(&[("cat", 10), ("dog", 5)])).unwrap();
+        assert_eq!(d.layout, Layout::ImageFolder);
+        assert_eq!(d.classes, ["cat", "dog"]);
+        assert_eq!((d.train.len(), d.val.len()), (12, 3)); // 20 %: 2 + 1 per class
+        let again = load(folder(&[("cat", 10), ("dog", 5)])).unwrap();
+        assert_eq!(d.digest, again.digest);
+        let val: Vec<_> = d.val.iter().map(|s| s.path.clone()).collect();
+        assert_eq!(val, again.val.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), "seeded split");
+        let other = from_files(
+            folder(&[("cat", 10), ("dog", 5)]),
+            &IngestOptions { seed: 7, ..Default::default() },
+            &EvalTransform::default(),
+        )
+        .unwrap();
+        assert_eq!(d.digest, other.digest, "the digest is the files, not the split");
+        let mut changed = folder(&[("cat", 10), ("dog", 5)]);
+        changed.insert("data/dog/0.png".into(), png([1, 2, 3]));
+        assert_ne!(load(changed).unwrap().digest, d.digest);
+    }
+
+    #[test]
+    fn given_split_and_class_names() {
+        let mut f = Files::new();
+        for (part, n) in [("train", 3), ("val", 1)] {
+            for c in ["a", "b"] {
+                for i in 0..n {
+                    f.insert(format!("{part}/{c}/{i}.png"), png([0, 0, i as u8]));
+                }
+            }
+        }
+        f.insert("cat_to_name.json".into(), br#"{"a": "alpha", "b": "beta"}"#.to_vec());
+        let d = load(f.clone()).unwrap();
+        assert_eq!(d.layout, Layout::ImageFolderSplit);
+        assert_eq!(d.class_names, ["alpha", "beta"]);
+        assert_eq!((d.train.len(), d.val.len()), (6, 2));
+        f.insert("val/c/0.png".into(), png([1, 1, 1]));
+        let err = load(f).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatasetInvalid);
+        assert!(err.message.contains("exists only in the validation folder"), "{}", err.message);
+    }
+
+    #[test]
+    fn each_bad_dataset_has_its_own_error() {
+        let err = load(folder(&[("only", 6)])).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatasetInvalid);
+        assert!(err.message.contains("at least 2 classes"), "{}", err.message);
+
+        let err = load(folder(&[("a", 4), ("b", 1)])).unwrap_err();
+        assert!(err.message.contains("class \"b\" has no"), "{}", err.message);
+
+        let mut f = folder(&[("a", 4), ("b", 4)]);
+        f.insert("data/a/broken.jpg".into(), b"\xff\xd8\xff\xe0 not really".to_vec());
+        f.insert("data/b/notes.txt".into(), b"hello".to_vec());
+        let err = load(f.clone()).unwrap_err();
+        assert!(err.message.contains("notes.txt: not an image"), "{}", err.message);
+        f.remove("data/b/notes.txt");
+        let err = load(f.clone()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::DatasetInvalid);
+        assert!(err.message.contains("a/broken.jpg"), "{}", err.message);
+        let skip = IngestOptions { on_bad_image: OnBadImage::Skip, ..Default::default() };
+        let d = from_files(f, &skip, &EvalTransform::default()).unwrap();
+        assert_eq!(d.train.len() + d.val.len(), 8);
+        assert!(d.warnings.iter().any(|w| w.contains("broken.jpg")), "{:?}", d.warnings);
+
+        let mut f = Files::new();
+        f.insert("x.png".into(), png([0, 0, 0]));
+        let err = load(f).unwrap_err();
+        assert!(err.message.contains("inside a class folder"), "{}", err.message);
+
+        let mut f = Files::new();
+        f.insert("README.md".into(), b"# nothing".to_vec());
+        assert_eq!(load(f).unwrap_err().code, ErrorCode::DatasetLayout);
+
+        let mut f = folder(&[("a", 2), ("b", 2)]);
+        f.insert("data/imagelabels.mat".into(), b"MATLAB garbage".to_vec());
+        assert_eq!(load(f).unwrap_err().code, ErrorCode::DatasetLayout);
+
+        let mut big = folder(&[("a", 2), ("b", 2)]);
+        let huge = {
+            // A PNG header declaring 100000×100000 pixels.
+            let mut p = png([0, 0, 0]);
+            p[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+            p[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+            p
+        };
+        big.insert("data/a/huge.png".into(), huge);
+        let err = load(big).unwrap_err();
+        assert!(err.message.contains("huge.png"), "{}", err.message);
+    }
+
+    #[test]
+    fn oversized_images_are_kept_at_the_eval_size() {
+        let mut f = folder(&[("a", 2), ("b", 2)]);
+        let img = RgbImage::from_pixel(600, 400, image::Rgb([9, 9, 9]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        f.insert("data/a/big.png".into(), out.into_inner());
+        let d = load(f).unwrap();
+        let s = d.train.iter().chain(&d.val).find(|s| s.path.ends_with("big.png")).unwrap();
+        let rgb = s.rgb(&EvalTransform::default(), &DecodeLimits::default()).unwrap();
+        assert_eq!(rgb.dimensions(), (384, 256));
+    }
+}

@@ -1,0 +1,237 @@
+//! `petal finetune`: the recipe on a dataset, without the server, with a progress bar.
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use petal::dataset::{self, IngestOptions, OnBadImage, OxfordSplit};
+use petal::error::{Error, ErrorCode, Result};
+use petal::train::arch::Arch;
+use petal::train::finetune;
+use petal::train::recipe::Recipe;
+use petal::train::trainer::Event;
+use petal::train::weights::store::WeightStore;
+
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    /// Dataset: a folder, .zip or .tar(.gz) (ImageFolder, train/ + val/, or Oxford Flowers 102).
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    /// Backbones; each runs the recipe and the best validation accuracy wins.
+    #[arg(long, value_delimiter = ',', default_value = "mobilenet_v2")]
+    pub backbone: Vec<String>,
+    /// Starting weights: FILE, a catalog name (IMAGENET1K_V1), or `scratch`; `ARCH=…` for one
+    /// backbone among several. Default: the cached catalog default of each backbone.
+    #[arg(long, value_name = "SPEC")]
+    pub weights: Vec<String>,
+    /// Output folder (checkpoint, metrics, curves per backbone; summary.json).
+    #[arg(long, value_name = "DIR", default_value = "runs/latest")]
+    pub out: PathBuf,
+    /// The whole recipe as JSON (see `Recipe`); the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub recipe: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs1: Option<usize>,
+    #[arg(long)]
+    pub epochs2: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Phase 1 on features computed once (CPU shortcut: no augmentation in phase 1).
+    #[arg(long)]
+    pub cached_features: bool,
+    /// Also evaluate the whole train set after every epoch, as the reference does.
+    #[arg(long)]
+    pub eval_train: bool,
+    /// Eval transform sizes (default 256 / 224).
+    #[arg(long)]
+    pub resize: Option<u32>,
+    #[arg(long)]
+    pub crop: Option<u32>,
+    /// auto (CUDA when present), cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// libtorch CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Share of each class held out when the dataset brings no split.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Oxford Flowers 102 split: reference (train tstid) or papers (train trnid+valid).
+    #[arg(long, default_value = "reference")]
+    pub oxford_split: String,
+    /// Leave out undecodable files with a warning instead of refusing the dataset.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn device(pref: &str) -> Result<tch::Device> {
+    match pref {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+        "cuda" => Err(Error::new(ErrorCode::DeviceUnavailable, "--device cuda: no CUDA device is usable here")),
+        "auto" => Ok(if tch::Cuda::is_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
+        other => Err(Error::invalid_request(format!("--device must be auto, cpu or cuda, not {other:?}"))),
+    }
+}
+
+pub fn recipe_from(args: &FinetuneArgs) -> Result<Recipe> {
+    let mut recipe: Recipe = match &args.recipe {
+        Some(p) => serde_json::from_slice(&std::fs::read(p)?)
+            .map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{}: {e}", p.display())))?,
+        None => Recipe::default(),
+    };
+    if let Some(e) = args.epochs1 {
+        recipe.phase1.epochs = e;
+    }
+    if let Some(e) = args.epochs2 {
+        recipe.phase2.epochs = e;
+    }
+    if let Some(b) = args.batch_size {
+        recipe.batch_size = b;
+    }
+    if let Some(s) = args.seed {
+        recipe.seed = s;
+    }
+    if let Some(r) = args.resize {
+        recipe.eval_transform.resize = r;
+    }
+    if let Some(c) = args.crop {
+        recipe.eval_transform.crop = c;
+    }
+    recipe.phase1.cached_features |= args.cached_features;
+    recipe.eval_train |= args.eval_train;
+    Ok(recipe)
+}
+
+pub fn run(config: &petal::config::Config, args: FinetuneArgs) -> Result<()> {
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let device = device(&args.device)?;
+    let recipe = recipe_from(&args)?;
+    let opts = IngestOptions {
+        on_bad_image: if args.skip_bad_images { OnBadImage::Skip } else { OnBadImage::Fail },
+        val_fraction: args.val_fraction,
+        seed: recipe.seed,
+        oxford_split: match args.oxford_split.as_str() {
+            "reference" => OxfordSplit::Reference,
+            "papers" => OxfordSplit::Papers,
+            other => return Err(Error::invalid_request(format!("--oxford-split: reference or papers, not {other:?}"))),
+        },
+        ..Default::default()
+    };
+    let archs: Vec<Arch> = args.backbone.iter().map(|b| b.parse()).collect::<Result<_>>()?;
+    let store = WeightStore::new(&config.weights.cache);
+    let mut backbones = Vec::new();
+    for &arch in &archs {
+        let spec = weights_spec(&args.weights, arch, archs.len())?;
+        backbones.push((arch, finetune::resolve_weights(arch, spec.as_deref(), &store)?));
+    }
+    let t0 = std::time::Instant::now();
+    let data = dataset::load(&args.data, &opts, &recipe.eval_transform)?;
+    eprintln!(
+        "dataset {}: {} classes, {} train / {} validation images ({:?}, split {}), read in {:.1} s, digest {}",
+        args.data.display(),
+        data.classes.len(),
+        data.train.len(),
+        data.val.len(),
+        data.layout,
+        data.split,
+        t0.elapsed().as_secs_f64(),
+        &data.digest[..16]
+    );
+    for w in data.warnings.iter().take(20) {
+        eprintln!("warning: {w}");
+    }
+    let cancel = AtomicBool::new(false);
+    let bar = progress_bar();
+    let mut on_event = |e: &Event| match e {
+        Event::Step { backbone, phase, epoch, epochs, step, steps, loss, images_per_s, progress, eta_s } => {
+            if let Some(bar) = &bar {
+                bar.set_position((progress * 1000.0) as u64);
+                bar.set_message(format!(
+                    "{backbone} phase {phase} epoch {epoch}/{epochs} step {step}/{steps} loss {loss:.4} {images_per_s:.1} img/s ETA {}",
+                    eta(*eta_s)
+                ));
+            }
+        }
+        Event::Epoch(m) => {
+            let line = format!(
+                "{} phase {} epoch {:>2}: lr {:.2e} train loss {:.4} acc {:.2} % | val loss {:.4} acc {:.2} %{} | {:.1} img/s, {:.0} s",
+                m.backbone,
+                m.phase,
+                m.epoch,
+                m.lr,
+                m.train_loss,
+                m.train_accuracy * 100.0,
+                m.val_loss,
+                m.val_accuracy * 100.0,
+                if m.best { " (best)" } else { "" },
+                m.images_per_s,
+                m.seconds
+            );
+            match &bar {
+                Some(bar) => bar.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+    };
+    let summary = finetune::finetune(&data, &backbones, &recipe, device, &args.out, &cancel, &mut on_event)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("serializes"));
+    } else {
+        for r in &summary.results {
+            println!(
+                "{:<16} best validation accuracy {:.2} % (phase {} epoch {}), {:.0} s",
+                r.backbone.name(),
+                r.best_val_accuracy * 100.0,
+                r.best_phase,
+                r.best_epoch,
+                r.seconds
+            );
+        }
+        println!("winner: {} — outputs in {}", summary.winner, args.out.display());
+    }
+    Ok(())
+}
+
+/// The `--weights` entry for `arch`: `ARCH=SPEC`, or a bare SPEC when there is one backbone.
+fn weights_spec(specs: &[String], arch: Arch, backbones: usize) -> Result<Option<String>> {
+    for s in specs {
+        match s.split_once('=') {
+            Some((a, spec)) if a.parse::<Arch>().ok() == Some(arch) => return Ok(Some(spec.to_string())),
+            Some(_) => {}
+            None if backbones == 1 => return Ok(Some(s.clone())),
+            None => {
+                return Err(Error::invalid_request(format!(
+                    "with several backbones, write --weights ARCH=SPEC (got {s:?})"
+                )))
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn eta(s: f64) -> String {
+    if !s.is_finite() {
+        return "?".into();
+    }
+    let s = s as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {percent:>3}% {msg}").expect("valid template"));
+    Some(bar)
+}

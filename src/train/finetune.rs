@@ -1,0 +1,255 @@
+//! A fine-tuning job without the server: resolve each backbone's starting weights, run the recipe
+//! for each, pick the best validation accuracy, and write what a run produces — per backbone a
+//! checkpoint (safetensors, with the class list and eval transform in its metadata), the
+//! per-epoch metrics (JSON) and the loss/accuracy curves (PNG); and a summary naming the winner.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::dataset::{Dataset, DatasetSummary};
+use crate::error::{Error, ErrorCode, Result};
+use crate::registry::sha256_hex;
+use crate::train::arch::Arch;
+use crate::train::catalog::{Catalog, Licence};
+use crate::train::plot;
+use crate::train::recipe::Recipe;
+use crate::train::trainer::{self, Context, EpochMetrics, Event, Trained};
+use crate::train::weights::{self, store::write_atomically, store::WeightStore};
+
+/// Where a backbone's starting weights come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BaseWeightsInfo {
+    pub file_name: String,
+    pub sha256: String,
+    /// The catalog entry, when the file is a known one.
+    pub catalog: Option<String>,
+    pub licences: Vec<Licence>,
+}
+
+/// Resolves `spec` for `arch`: `scratch` (random init), a file path, a catalog name
+/// (`IMAGENET1K_V1`, `MobileNet_V2_Weights.IMAGENET1K_V1`) looked up in the cache, or — when
+/// `None` — the catalog default if cached, else any cached file for the architecture.
+pub fn resolve_weights(
+    arch: Arch,
+    spec: Option<&str>,
+    store: &WeightStore,
+) -> Result<Option<(PathBuf, BaseWeightsInfo)>> {
+    let catalog = Catalog::embedded();
+    let path = match spec {
+        Some("scratch") => return Ok(None),
+        Some(s) if Path::new(s).is_file() => PathBuf::from(s),
+        Some(name) => {
+            let entry = catalog.find(arch, Some(name))?;
+            store.cached(&entry.file_name).map(|c| c.path).ok_or_else(|| not_cached(arch, &entry.weights))?
+        }
+        None => {
+            let default = catalog.find(arch, None).ok().and_then(|e| store.cached(&e.file_name));
+            let any = || store.list().into_iter().find(|c| c.arch == Some(arch));
+            default.or_else(any).map(|c| c.path).ok_or_else(|| not_cached(arch, "the default"))?
+        }
+    };
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Error::new(ErrorCode::UnknownWeights, format!("cannot read {}: {e}", path.display())))?;
+    let sha256 = sha256_hex(&bytes);
+    let entry = catalog.by_sha256(&sha256).or_else(|| {
+        path.file_name().and_then(|f| catalog.by_file_name(&f.to_string_lossy())).filter(|e| e.arch == arch)
+    });
+    let info = BaseWeightsInfo {
+        file_name: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        sha256,
+        catalog: entry.map(|e| e.weights.clone()),
+        licences: entry.map(|e| e.licences.clone()).unwrap_or_default(),
+    };
+    Ok(Some((path, info)))
+}
+
+fn not_cached(arch: Arch, which: &str) -> Error {
+    Error::new(
+        ErrorCode::UnknownWeights,
+        format!(
+            "{which} weights for {arch} are not in the weights cache: `petal weights fetch {arch}` (or `petal weights \
+             import FILE`), pass --weights FILE, or train from scratch with --weights scratch"
+        ),
+    )
+}
+
+/// One backbone's result as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackboneResult {
+    pub backbone: Arch,
+    pub base_weights: Option<BaseWeightsInfo>,
+    pub best_val_accuracy: f64,
+    pub best_phase: u8,
+    pub best_epoch: usize,
+    pub seconds: f64,
+    pub epochs: Vec<EpochMetrics>,
+    /// Files written for it, relative to the output folder.
+    pub checkpoint: String,
+    pub metrics: String,
+    pub curves: String,
+}
+
+/// The whole job's summary (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Summary {
+    pub winner: Arch,
+    pub best_val_accuracy: f64,
+    pub results: Vec<BackboneResult>,
+    pub dataset: DatasetSummary,
+    pub recipe: Recipe,
+    pub device: String,
+    pub seconds: f64,
+    pub petal_version: String,
+}
+
+/// Runs the recipe for each backbone and writes the outputs under `out`.
+pub fn finetune(
+    dataset: &Dataset,
+    backbones: &[(Arch, Option<(PathBuf, BaseWeightsInfo)>)],
+    recipe: &Recipe,
+    device: Device,
+    out: &Path,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Summary> {
+    if backbones.is_empty() {
+        return Err(Error::invalid_request("name at least one backbone"));
+    }
+    std::fs::create_dir_all(out)?;
+    let started = std::time::Instant::now();
+    let mut ctx = Context::new(device, cancel, on_event);
+    ctx.total_images = trainer::planned_images(dataset, recipe) * backbones.len() as f64;
+    let mut results = Vec::new();
+    for (arch, base) in backbones {
+        let tensors = match base {
+            Some((path, _)) => Some(weights::read_file(path)?),
+            None => None,
+        };
+        let trained = trainer::train(*arch, tensors.as_deref(), dataset, recipe, &mut ctx)?;
+        results.push(write_backbone(out, &trained, base.as_ref().map(|b| b.1.clone()), dataset, recipe)?);
+    }
+    let best = results
+        .iter()
+        .max_by(|a, b| a.best_val_accuracy.total_cmp(&b.best_val_accuracy))
+        .expect("at least one backbone");
+    let summary = Summary {
+        winner: best.backbone,
+        best_val_accuracy: best.best_val_accuracy,
+        dataset: dataset.summary(),
+        recipe: recipe.clone(),
+        device: format!("{device:?}"),
+        seconds: started.elapsed().as_secs_f64(),
+        petal_version: env!("CARGO_PKG_VERSION").to_string(),
+        results,
+    };
+    write_atomically(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("serializes"))?;
+    Ok(summary)
+}
+
+/// Metadata keys of a petal checkpoint.
+pub const META_ARCH: &str = "petal.arch";
+pub const META_CLASS_NAMES: &str = "petal.class_names";
+pub const META_EVAL_TRANSFORM: &str = "petal.eval_transform";
+pub const META_DATASET_DIGEST: &str = "petal.dataset_digest";
+
+fn write_backbone(
+    out: &Path,
+    t: &Trained,
+    base_weights: Option<BaseWeightsInfo>,
+    dataset: &Dataset,
+    recipe: &Recipe,
+) -> Result<BackboneResult> {
+    let name = t.backbone.name();
+    let dir = out.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let meta = HashMap::from([
+        (META_ARCH.to_string(), name.to_string()),
+        (META_CLASS_NAMES.to_string(), serde_json::to_string(&dataset.class_names).expect("serializes")),
+        (META_EVAL_TRANSFORM.to_string(), serde_json::to_string(&recipe.eval_transform).expect("serializes")),
+        (META_DATASET_DIGEST.to_string(), dataset.digest.clone()),
+        ("petal.best_val_accuracy".to_string(), t.best_val_accuracy.to_string()),
+    ]);
+    write_atomically(&dir.join("checkpoint.safetensors"), &checkpoint_bytes(&t.model.state_dict(), meta)?)?;
+    write_atomically(&dir.join("class_names.json"), &serde_json::to_vec(&dataset.class_names).expect("serializes"))?;
+    let result = BackboneResult {
+        backbone: t.backbone,
+        base_weights,
+        best_val_accuracy: t.best_val_accuracy,
+        best_phase: t.best_epoch.0,
+        best_epoch: t.best_epoch.1,
+        seconds: t.seconds,
+        epochs: t.epochs.clone(),
+        checkpoint: format!("{name}/checkpoint.safetensors"),
+        metrics: format!("{name}/metrics.json"),
+        curves: format!("{name}/curves.png"),
+    };
+    write_atomically(&dir.join("metrics.json"), &serde_json::to_vec_pretty(&result).expect("serializes"))?;
+    write_atomically(&dir.join("curves.png"), &curves_png(name, &t.epochs))?;
+    Ok(result)
+}
+
+/// The reference notebook's figure: loss and accuracy per epoch, train and validation.
+pub fn curves_png(title: &str, epochs: &[EpochMetrics]) -> Vec<u8> {
+    let col = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| epochs.iter().map(f).collect::<Vec<_>>();
+    let train_loss = col(&|e| Some(e.train_loss));
+    let val_loss = col(&|e| Some(e.val_loss));
+    let eval_train_loss = col(&|e| e.eval_train_loss);
+    let train_acc = col(&|e| Some(e.train_accuracy));
+    let val_acc = col(&|e| Some(e.val_accuracy));
+    let eval_train_acc = col(&|e| e.eval_train_accuracy);
+    let has_eval_train = eval_train_acc.iter().any(Option::is_some);
+    let mut loss = vec![plot::Series { label: "train (augmented)", values: &train_loss }];
+    let mut accuracy = vec![plot::Series { label: "train (augmented)", values: &train_acc }];
+    if has_eval_train {
+        loss.push(plot::Series { label: "train (eval)", values: &eval_train_loss });
+        accuracy.push(plot::Series { label: "train (eval)", values: &eval_train_acc });
+    }
+    loss.push(plot::Series { label: "validation", values: &val_loss });
+    accuracy.push(plot::Series { label: "validation", values: &val_acc });
+    let curves = plot::Curves { title, phase2_start: epochs.iter().position(|e| e.phase == 2), loss, accuracy };
+    plot::png(&curves, 1200, 480)
+}
+
+/// A state dict as safetensors bytes (float32 and int64 tensors, as stored), with metadata.
+pub fn checkpoint_bytes(state: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let mut data: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in state {
+        let t = t.detach().to_device(Device::Cpu).contiguous();
+        let (dtype, bytes) = match t.kind() {
+            tch::Kind::Float => (safetensors::Dtype::F32, bytes_of::<f32>(&t)),
+            tch::Kind::Int64 => (safetensors::Dtype::I64, bytes_of::<i64>(&t)),
+            other => {
+                let f = t.to_kind(tch::Kind::Float);
+                let _ = other;
+                (safetensors::Dtype::F32, bytes_of::<f32>(&f))
+            }
+        };
+        data.push((name.clone(), dtype, t.size().iter().map(|&d| d as usize).collect(), bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, d, s, b)| {
+            let v =
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| Error::internal(format!("{e}")))?;
+            Ok((n.clone(), v))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| Error::internal(format!("safetensors: {e}")))
+}
+
+fn bytes_of<T: tch::kind::Element + Copy>(t: &Tensor) -> Vec<u8> {
+    let n = t.numel();
+    let mut v = vec![0u8; n * std::mem::size_of::<T>()];
+    t.copy_data_u8(&mut v, n);
+    v
+}
+
+/// Reads a checkpoint's metadata (arch, class names, eval transform, dataset digest).
+pub fn checkpoint_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::new(ErrorCode::WeightsCorrupt, format!("safetensors: {e}")))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}

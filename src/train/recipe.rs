@@ -1,0 +1,301 @@
+//! The fine-tuning recipe as data: the reference experiment's numbers are the defaults, every one
+//! configurable. Also the per-layer learning rates of phase 2, computed from a network's layer
+//! groups.
+//!
+//! Phase 2 learning rates (reference.md):
+//! - VGG: `classifier` at `top_lr`; module `features.i` of the `n` modules of `features` at
+//!   `top_lr + (bottom_lr - top_lr) / n * (n - i)` (linear decay towards the input; n = 44 for
+//!   vgg16_bn, 31 for vgg16).
+//! - ResNet: `fc`, `layer4`, `layer3`, `layer2`, `layer1`, `bn1`, `conv1`: the first at `top_lr`,
+//!   each next one `factor` (3) times smaller.
+//! - MobileNetV2 and EfficientNet-B0, by analogy with VGG (their `features` is a sequence of
+//!   blocks, as VGG's is of layers): `classifier` at `top_lr`, block `features.i` of `n` (19 and 9)
+//!   on the same linear decay towards `bottom_lr`.
+//! - Any parameter outside these groups: `rest_lr` (1e-8).
+use serde::{Deserialize, Serialize};
+
+use crate::train::arch::{Arch, Network};
+use crate::vision::EvalTransform;
+
+/// Phase 1: only the new head trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Phase1 {
+    pub epochs: usize,
+    pub lr: f64,
+    /// StepLR: the learning rate is multiplied by `gamma` every `step_size` epochs.
+    pub step_size: usize,
+    pub gamma: f64,
+    /// CPU shortcut: compute the backbone's features once (eval transform, no augmentation) and
+    /// train the head on them. Not the reference (which augments and runs batch norm in training
+    /// mode); recorded in the provenance when used.
+    pub cached_features: bool,
+}
+
+impl Default for Phase1 {
+    fn default() -> Self {
+        Self { epochs: 16, lr: 1e-3, step_size: 6, gamma: 0.3, cached_features: false }
+    }
+}
+
+/// How phase 2's learning rates decay from the head towards the input.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Decay {
+    /// Over the modules of `features`: `top + (bottom - top) / n * (n - i)`.
+    Linear { bottom_lr: f64 },
+    /// Over the top-level groups, output to input: each `factor` times smaller than the previous.
+    Geometric { factor: f64 },
+}
+
+/// Phase 2: every layer trains, with per-layer learning rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Phase2 {
+    pub epochs: usize,
+    pub top_lr: f64,
+    /// `None`: the architecture's default (linear to 1e-7 for VGG, MobileNetV2, EfficientNet;
+    /// geometric ÷3 for ResNets).
+    pub decay: Option<Decay>,
+    pub rest_lr: f64,
+    pub step_size: usize,
+    pub gamma: f64,
+}
+
+impl Default for Phase2 {
+    fn default() -> Self {
+        Self { epochs: 8, top_lr: 1e-4, decay: None, rest_lr: 1e-8, step_size: 2, gamma: 0.7 }
+    }
+}
+
+/// Train-time augmentation, torchvision's semantics (`train::augment`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Probability of a horizontal flip.
+    pub hflip: f64,
+    /// ColorJitter: factors drawn from `[1 - x, 1 + x]`.
+    pub brightness: f64,
+    pub contrast: f64,
+    /// RandomAffine: rotation in `[-degrees, degrees]`, x-shear in `[-shear, shear]` (degrees).
+    pub degrees: f64,
+    pub shear: f64,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Self { hflip: 0.5, brightness: 0.3, contrast: 0.3, degrees: 30.0, shear: 20.0 }
+    }
+}
+
+impl Augment {
+    /// No augmentation at all.
+    pub fn none() -> Self {
+        Self { hflip: 0.0, brightness: 0.0, contrast: 0.0, degrees: 0.0, shear: 0.0 }
+    }
+}
+
+/// Adam's constants (PyTorch's defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamSpec {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamSpec {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+/// The whole recipe for one backbone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recipe {
+    pub batch_size: usize,
+    pub phase1: Phase1,
+    pub phase2: Phase2,
+    pub augment: Augment,
+    pub adam: AdamSpec,
+    #[schema(value_type = Object)]
+    pub eval_transform: EvalTransform,
+    /// Also measure loss and accuracy on the whole train set (eval transform) after each epoch,
+    /// as the reference does.
+    pub eval_train: bool,
+    /// Seeds weight init of the head, shuffling and augmentation.
+    pub seed: u64,
+    /// Mixed precision (fp16 autocast with dynamic loss scaling) on CUDA; `None` = on when CUDA.
+    pub mixed_precision: Option<bool>,
+    /// channels_last memory format on CUDA; `None` = on when CUDA.
+    pub channels_last: Option<bool>,
+    /// Threads preparing batches (decode when not cached, augment, normalise); 0 = all cores.
+    pub loader_threads: usize,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            batch_size: 16,
+            phase1: Phase1::default(),
+            phase2: Phase2::default(),
+            augment: Augment::default(),
+            adam: AdamSpec::default(),
+            eval_transform: EvalTransform::default(),
+            eval_train: false,
+            seed: 0,
+            mixed_precision: None,
+            channels_last: None,
+            loader_threads: 0,
+        }
+    }
+}
+
+/// One learning-rate group of phase 2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrGroup {
+    pub name: String,
+    pub lr: f64,
+    pub params: Vec<String>,
+}
+
+/// Number of modules in `features` (parameterless ones included, as `nn.Sequential` counts them).
+fn feature_modules(arch: Arch) -> Option<usize> {
+    match arch {
+        Arch::Vgg16Bn => Some(44),
+        Arch::Vgg16 => Some(31),
+        Arch::MobilenetV2 => Some(19),
+        Arch::EfficientnetB0 => Some(9),
+        _ => None,
+    }
+}
+
+/// The architecture's default decay.
+pub fn default_decay(arch: Arch) -> Decay {
+    match feature_modules(arch) {
+        Some(_) => Decay::Linear { bottom_lr: 1e-7 },
+        None => Decay::Geometric { factor: 3.0 },
+    }
+}
+
+/// Phase 2's per-layer learning rates, input to output (every trainable parameter in exactly one group).
+pub fn lr_groups(network: &Network, phase2: &Phase2) -> Vec<LrGroup> {
+    let decay = phase2.decay.unwrap_or_else(|| default_decay(network.arch));
+    let top = phase2.top_lr;
+    let groups = network.groups();
+    let mut out = Vec::new();
+    match decay {
+        Decay::Linear { bottom_lr } => {
+            // Any other network: its top-level groups count as the modules.
+            let n = feature_modules(network.arch).unwrap_or(groups.len()) as f64;
+            for (k, g) in groups.into_iter().enumerate() {
+                let lr = match g.name.strip_prefix("features.").and_then(|i| i.parse::<f64>().ok()) {
+                    Some(i) => top + (bottom_lr - top) / n * (n - i),
+                    None if g.name == "classifier" => top,
+                    None if feature_modules(network.arch).is_none() => top + (bottom_lr - top) / n * (n - k as f64),
+                    None => phase2.rest_lr,
+                };
+                out.push(LrGroup { name: g.name, lr, params: g.params });
+            }
+        }
+        Decay::Geometric { factor } => {
+            // Output to input: the head's group first.
+            let order = ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"];
+            for g in groups {
+                let lr = match order.iter().position(|n| *n == g.name) {
+                    Some(depth) => top / factor.powi(depth as i32),
+                    None => phase2.rest_lr,
+                };
+                out.push(LrGroup { name: g.name, lr, params: g.params });
+            }
+        }
+    }
+    out
+}
+
+/// StepLR: `lr × gamma^(epoch / step_size)` for 0-based `epoch`.
+pub fn step_lr(base: f64, epoch: usize, step_size: usize, gamma: f64) -> f64 {
+    base * gamma.powi((epoch / step_size.max(1)) as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lrs(arch: Arch) -> Vec<(String, f64)> {
+        lr_groups(&arch.network(102), &Phase2::default()).into_iter().map(|g| (g.name, g.lr)).collect()
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-15 * b.abs().max(1e-12)
+    }
+
+    #[test]
+    fn vgg16_bn_follows_the_reference_formula() {
+        let groups = lrs(Arch::Vgg16Bn);
+        // The 26 modules with parameters (13 convolutions, 13 batch norms), then the classifier.
+        assert_eq!(groups.len(), 27);
+        for (name, lr) in &groups {
+            let want = match name.strip_prefix("features.") {
+                // The notebook: 1e-4 + (1e-7 - 1e-4) / 44 * (44 - i).
+                Some(i) => 1e-4 + (1e-7 - 1e-4) / 44.0 * (44.0 - i.parse::<f64>().unwrap()),
+                None => {
+                    assert_eq!(name, "classifier");
+                    1e-4
+                }
+            };
+            assert!(close(*lr, want), "{name}: {lr} vs {want}");
+        }
+        assert!((groups[0].1 - 1e-7).abs() < 1e-15, "the first convolution is at ~1e-7");
+    }
+
+    #[test]
+    fn resnets_divide_by_three_per_stage() {
+        for arch in [Arch::Resnet50, Arch::Resnet152, Arch::Resnet18] {
+            let groups = lrs(arch);
+            let want = [
+                ("conv1", 1e-4 / 729.0),
+                ("bn1", 1e-4 / 243.0),
+                ("layer1", 1e-4 / 81.0),
+                ("layer2", 1e-4 / 27.0),
+                ("layer3", 1e-4 / 9.0),
+                ("layer4", 1e-4 / 3.0),
+                ("fc", 1e-4),
+            ];
+            assert_eq!(groups.len(), want.len());
+            for ((name, lr), (wn, wl)) in groups.iter().zip(want) {
+                assert_eq!(name, wn);
+                assert!(close(*lr, wl), "{arch} {name}: {lr} vs {wl}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_parameter_is_in_exactly_one_group() {
+        for arch in Arch::ALL {
+            let network = arch.network(10);
+            let mut grouped: Vec<String> =
+                lr_groups(&network, &Phase2::default()).into_iter().flat_map(|g| g.params).collect();
+            grouped.sort();
+            let mut all: Vec<String> = network.params().into_iter().filter(|p| p.trainable).map(|p| p.name).collect();
+            all.sort();
+            assert_eq!(grouped, all, "{arch}");
+            for g in lr_groups(&network, &Phase2::default()) {
+                assert!(g.lr > 0.0 && g.lr <= 1e-4, "{arch} {}: {}", g.name, g.lr);
+            }
+        }
+        let m = lrs(Arch::MobilenetV2);
+        assert_eq!(m.len(), 20);
+        assert!(close(m[18].1, 1e-4 + (1e-7 - 1e-4) / 19.0), "features.18");
+        assert_eq!(m[19], ("classifier".to_string(), 1e-4));
+    }
+
+    #[test]
+    fn step_lr() {
+        assert_eq!(super::step_lr(1e-3, 5, 6, 0.3), 1e-3);
+        assert!(close(super::step_lr(1e-3, 6, 6, 0.3), 3e-4));
+        assert!(close(super::step_lr(1e-3, 15, 6, 0.3), 1e-3 * 0.09));
+    }
+}

@@ -1,0 +1,669 @@
+//! The two-phase fine-tuning recipe (reference.md) for one backbone, and for several (the best
+//! validation accuracy wins).
+//!
+//! Phase 1 trains the new head only (every other parameter frozen; batch norm still in training
+//! mode, as in the reference). Phase 2 starts from the best checkpoint so far and trains every
+//! layer with per-layer learning rates (`recipe::lr_groups`). After every epoch the validation
+//! set is evaluated (eval transform, eval mode); the best checkpoint by validation accuracy is kept
+//! across both phases. Batches are prepared by worker threads (decode when not cached, augment,
+//! normalise), each batch from its own seeded generator, so a run is repeatable whatever the
+//! thread timing. Cancellation is checked between steps.
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::dataset::{Dataset, Sample};
+use crate::error::{Error, ErrorCode, Result};
+use crate::train::arch::{Arch, Op};
+use crate::train::augment::{self, Params};
+use crate::train::model::Model;
+use crate::train::optim::Adam;
+use crate::train::recipe::{self, Recipe};
+use crate::vision::DecodeLimits;
+
+/// Progress, as it happens.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// One optimiser step done.
+    Step {
+        backbone: Arch,
+        phase: u8,
+        /// Epoch within the phase, 1-based.
+        epoch: usize,
+        epochs: usize,
+        step: usize,
+        steps: usize,
+        loss: f64,
+        images_per_s: f64,
+        /// Whole run (every backbone), 0..1.
+        progress: f64,
+        eta_s: f64,
+    },
+    /// An epoch and its evaluation done.
+    Epoch(EpochMetrics),
+}
+
+/// What one epoch measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EpochMetrics {
+    pub backbone: Arch,
+    pub phase: u8,
+    /// Epoch within the phase, 1-based.
+    pub epoch: usize,
+    /// The head's (phase 1) or the top group's (phase 2) learning rate during the epoch.
+    pub lr: f64,
+    /// Mean loss and accuracy over the epoch's training batches (augmented, training mode).
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    /// On the whole train set with the eval transform, when `eval_train` is on.
+    pub eval_train_loss: Option<f64>,
+    pub eval_train_accuracy: Option<f64>,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    /// Training images per second (the epoch's training part).
+    pub images_per_s: f64,
+    /// Seconds for the epoch, evaluation included.
+    pub seconds: f64,
+    /// This epoch gave the best validation accuracy so far.
+    pub best: bool,
+}
+
+/// One backbone's result.
+pub struct Trained {
+    pub backbone: Arch,
+    pub model: Model,
+    pub best_val_accuracy: f64,
+    /// (phase, epoch) of the best checkpoint.
+    pub best_epoch: (u8, usize),
+    pub epochs: Vec<EpochMetrics>,
+    pub seconds: f64,
+}
+
+/// Where a run is: the device, cancellation, progress reporting.
+pub struct Context<'a> {
+    pub device: Device,
+    pub cancel: &'a AtomicBool,
+    pub on_event: &'a mut dyn FnMut(&Event),
+    /// Steps of the whole run, for progress and ETA (set by `finetune`).
+    pub total_images: f64,
+    pub done_images: f64,
+    pub started: Instant,
+}
+
+impl Context<'_> {
+    pub fn new<'a>(device: Device, cancel: &'a AtomicBool, on_event: &'a mut dyn FnMut(&Event)) -> Context<'a> {
+        Context { device, cancel, on_event, total_images: 0.0, done_images: 0.0, started: Instant::now() }
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(Error::new(ErrorCode::TrainingCanceled, "training was canceled"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Images (training + evaluation) one backbone's recipe processes, for progress and ETA.
+pub fn planned_images(dataset: &Dataset, recipe: &Recipe) -> f64 {
+    let (t, v) = (dataset.train.len() as f64, dataset.val.len() as f64);
+    let per_epoch_eval = v + if recipe.eval_train { t } else { 0.0 };
+    // Cached features: one forward pass over both sets; the epochs on features are negligible.
+    let p1 = if recipe.phase1.cached_features { t + v } else { recipe.phase1.epochs as f64 * (t + per_epoch_eval) };
+    p1 + recipe.phase2.epochs as f64 * (t + per_epoch_eval)
+}
+
+/// Runs the recipe for one backbone, from `weights` (torchvision names; the head is replaced) or
+/// from scratch when `None`.
+pub fn train(
+    arch: Arch,
+    weights: Option<&[(String, Tensor)]>,
+    dataset: &Dataset,
+    recipe: &Recipe,
+    ctx: &mut Context,
+) -> Result<Trained> {
+    if recipe.batch_size == 0 {
+        return Err(Error::invalid_request("batch_size must be at least 1"));
+    }
+    let started = Instant::now();
+    let device = ctx.device;
+    let cuda = device.is_cuda();
+    if cuda {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    tch::manual_seed(recipe.seed as i64);
+    let num_classes = dataset.classes.len() as i64;
+    let mut model = Model::new(arch.network(num_classes), device);
+    if let Some(w) = weights {
+        model.load_state_dict(w, true)?;
+    }
+    let channels_last = recipe.channels_last.unwrap_or(cuda);
+    if channels_last {
+        to_channels_last(&model);
+    }
+    let mut run = Run {
+        recipe,
+        dataset,
+        mixed: recipe.mixed_precision.unwrap_or(cuda) && cuda,
+        channels_last,
+        scaler: LossScaler::new(),
+        epochs: Vec::new(),
+        best: None,
+    };
+    run.phase1(&mut model, ctx)?;
+    if recipe.phase2.epochs > 0 {
+        if let Some((_, _, state)) = &run.best {
+            load_state(&model, state);
+        }
+        run.phase2(&mut model, ctx)?;
+    }
+    let (acc, at, state) = run.best.take().ok_or_else(|| Error::invalid_request("the recipe has no epoch to run"))?;
+    load_state(&model, &state);
+    Ok(Trained {
+        backbone: arch,
+        model,
+        best_val_accuracy: acc,
+        best_epoch: at,
+        epochs: run.epochs,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The best checkpoint so far: validation accuracy, (phase, epoch), the state on the CPU.
+type Best = (f64, (u8, usize), Vec<(String, Tensor)>);
+
+struct Run<'a> {
+    recipe: &'a Recipe,
+    dataset: &'a Dataset,
+    mixed: bool,
+    channels_last: bool,
+    scaler: LossScaler,
+    epochs: Vec<EpochMetrics>,
+    best: Option<Best>,
+}
+
+impl Run<'_> {
+    fn phase1(&mut self, model: &mut Model, ctx: &mut Context) -> Result<()> {
+        let spec = &self.recipe.phase1;
+        let head = format!("{}.", model.network.head_name);
+        let mut head_params = Vec::new();
+        let vars = model.vs.variables();
+        for spec in model.network.params().into_iter().filter(|p| p.trainable) {
+            let t = vars[&spec.name].shallow_clone();
+            let is_head = spec.name.starts_with(&head);
+            let _ = t.set_requires_grad(is_head);
+            if is_head {
+                head_params.push(t);
+            }
+        }
+        let mut adam = Adam::new(self.recipe.adam.clone(), vec![("head".into(), spec.lr, head_params)]);
+        let cached = if spec.cached_features { Some(self.cache_features(model, ctx)?) } else { None };
+        for epoch in 0..spec.epochs {
+            adam.scale_lr(recipe::step_lr(1.0, epoch, spec.step_size, spec.gamma));
+            let t0 = Instant::now();
+            let (loss, acc, ips) = match &cached {
+                Some(c) => self.train_epoch_cached(model, c, &mut adam, (1, epoch, spec.epochs), ctx)?,
+                None => self.train_epoch(model, &mut adam, (1, epoch, spec.epochs), ctx)?,
+            };
+            let lr = adam.groups[0].lr;
+            let (vl, va) = match &cached {
+                Some(c) => head_eval(model, &c.val, &c.val_labels, self.recipe.batch_size),
+                None => self.evaluate(model, &self.dataset.val, ctx)?,
+            };
+            let train_eval = match (&cached, self.recipe.eval_train) {
+                (Some(c), true) => Some(head_eval(model, &c.train, &c.train_labels, self.recipe.batch_size)),
+                (None, true) => Some(self.evaluate(model, &self.dataset.train, ctx)?),
+                _ => None,
+            };
+            self.finish_epoch(model, ctx, (1, epoch + 1, lr), (loss, acc, ips), train_eval, (vl, va), t0);
+        }
+        Ok(())
+    }
+
+    fn phase2(&mut self, model: &mut Model, ctx: &mut Context) -> Result<()> {
+        let spec = &self.recipe.phase2;
+        let vars = model.vs.variables();
+        let groups: Vec<(String, f64, Vec<Tensor>)> = recipe::lr_groups(&model.network, spec)
+            .into_iter()
+            .map(|g| {
+                let params = g
+                    .params
+                    .iter()
+                    .map(|p| {
+                        let t = vars[p].shallow_clone();
+                        let _ = t.set_requires_grad(true);
+                        t
+                    })
+                    .collect();
+                (g.name, g.lr, params)
+            })
+            .collect();
+        let top = groups.iter().map(|g| g.1).fold(0.0, f64::max);
+        let mut adam = Adam::new(self.recipe.adam.clone(), groups);
+        for epoch in 0..spec.epochs {
+            let factor = recipe::step_lr(1.0, epoch, spec.step_size, spec.gamma);
+            adam.scale_lr(factor);
+            let t0 = Instant::now();
+            let (loss, acc, ips) = self.train_epoch(model, &mut adam, (2, epoch, spec.epochs), ctx)?;
+            let (vl, va) = self.evaluate(model, &self.dataset.val, ctx)?;
+            let train_eval =
+                if self.recipe.eval_train { Some(self.evaluate(model, &self.dataset.train, ctx)?) } else { None };
+            self.finish_epoch(model, ctx, (2, epoch + 1, top * factor), (loss, acc, ips), train_eval, (vl, va), t0);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_epoch(
+        &mut self,
+        model: &Model,
+        ctx: &mut Context,
+        (phase, epoch, lr): (u8, usize, f64),
+        (train_loss, train_accuracy, images_per_s): (f64, f64, f64),
+        train_eval: Option<(f64, f64)>,
+        (val_loss, val_accuracy): (f64, f64),
+        t0: Instant,
+    ) {
+        let best = self.best.as_ref().is_none_or(|b| val_accuracy > b.0);
+        if best {
+            self.best = Some((val_accuracy, (phase, epoch), snapshot(model)));
+        }
+        let m = EpochMetrics {
+            backbone: model.network.arch,
+            phase,
+            epoch,
+            lr,
+            train_loss,
+            train_accuracy,
+            eval_train_loss: train_eval.map(|t| t.0),
+            eval_train_accuracy: train_eval.map(|t| t.1),
+            val_loss,
+            val_accuracy,
+            images_per_s,
+            seconds: t0.elapsed().as_secs_f64(),
+            best,
+        };
+        (ctx.on_event)(&Event::Epoch(m.clone()));
+        self.epochs.push(m);
+    }
+
+    /// One epoch over shuffled, augmented training batches.
+    fn train_epoch(
+        &mut self,
+        model: &mut Model,
+        adam: &mut Adam,
+        (phase, epoch, epochs): (u8, usize, usize),
+        ctx: &mut Context,
+    ) -> Result<(f64, f64, f64)> {
+        let samples = &self.dataset.train;
+        let mut order: Vec<usize> = (0..samples.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.recipe.seed, phase, epoch, u64::MAX)));
+        let bs = self.recipe.batch_size;
+        let steps = order.len().div_ceil(bs);
+        let seeds = (self.recipe.seed, phase, epoch);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        let t0 = Instant::now();
+        let (mixed, channels_last) = (self.mixed, self.channels_last);
+        let scaler = &mut self.scaler;
+        load_batches(self.recipe, samples, &order, Some(seeds), ctx.device, |step, x, y| {
+            ctx.check_cancel()?;
+            let x = if channels_last { nhwc(&x) } else { x };
+            adam.zero_grad();
+            let logits = tch::autocast(mixed, || model.forward(&x, true));
+            let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&y);
+            let loss_value = if mixed {
+                scaler.backward_and_step(&loss, adam)?
+            } else {
+                loss.backward();
+                adam.step();
+                loss.double_value(&[])
+            };
+            if !loss_value.is_finite() && !mixed {
+                return Err(Error::new(ErrorCode::TrainingFailed, format!("the loss became {loss_value}")));
+            }
+            let n = y.size()[0] as usize;
+            loss_sum += loss_value * n as f64;
+            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            seen += n;
+            ctx.done_images += n as f64;
+            let ips = seen as f64 / t0.elapsed().as_secs_f64();
+            emit_step(ctx, model.network.arch, (phase, epoch + 1, epochs), (step + 1, steps), loss_value, ips);
+            Ok(())
+        })?;
+        Ok((loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / t0.elapsed().as_secs_f64()))
+    }
+
+    /// Phase 1 on cached features: the head alone, on shuffled batches of features (with the
+    /// body's final dropout, if any, applied in training mode as the full model would).
+    fn train_epoch_cached(
+        &mut self,
+        model: &mut Model,
+        c: &Cached,
+        adam: &mut Adam,
+        (phase, epoch, epochs): (u8, usize, usize),
+        ctx: &mut Context,
+    ) -> Result<(f64, f64, f64)> {
+        let n = c.train.size()[0];
+        let mut order: Vec<i64> = (0..n).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.recipe.seed, phase, epoch, u64::MAX)));
+        let order = Tensor::from_slice(&order).to_device(c.train.device());
+        let bs = self.recipe.batch_size as i64;
+        let steps = (n + bs - 1) / bs;
+        let dropout = trailing_dropout(&model.network.body);
+        let (mut loss_sum, mut correct) = (0.0, 0i64);
+        let t0 = Instant::now();
+        for s in 0..steps {
+            ctx.check_cancel()?;
+            let idx = order.narrow(0, s * bs, bs.min(n - s * bs));
+            let (x, y) = (c.train.index_select(0, &idx), c.train_labels.index_select(0, &idx));
+            adam.zero_grad();
+            let x = if dropout > 0.0 { x.dropout(dropout, true) } else { x };
+            let logits = model.classify(&x, true);
+            let loss = logits.cross_entropy_for_logits(&y);
+            loss.backward();
+            adam.step();
+            let lv = loss.double_value(&[]);
+            let k = y.size()[0];
+            loss_sum += lv * k as f64;
+            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            let ips = ((s + 1) * bs).min(n) as f64 / t0.elapsed().as_secs_f64();
+            emit_step(ctx, model.network.arch, (phase, epoch + 1, epochs), (s as usize + 1, steps as usize), lv, ips);
+        }
+        Ok((loss_sum / n as f64, correct as f64 / n as f64, n as f64 / t0.elapsed().as_secs_f64()))
+    }
+
+    /// Mean loss and accuracy in eval mode with the eval transform.
+    fn evaluate(&self, model: &Model, samples: &[Sample], ctx: &mut Context) -> Result<(f64, f64)> {
+        let order: Vec<usize> = (0..samples.len()).collect();
+        let (mut loss_sum, mut correct) = (0.0, 0i64);
+        let (mixed, channels_last) = (self.mixed, self.channels_last);
+        tch::no_grad(|| {
+            load_batches(self.recipe, samples, &order, None, ctx.device, |_, x, y| {
+                ctx.check_cancel()?;
+                let x = if channels_last { nhwc(&x) } else { x };
+                let logits = tch::autocast(mixed, || model.forward(&x, false)).to_kind(Kind::Float);
+                loss_sum +=
+                    logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
+                correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+                ctx.done_images += y.size()[0] as f64;
+                Ok(())
+            })
+        })?;
+        let n = samples.len().max(1) as f64;
+        Ok((loss_sum / n, correct as f64 / n))
+    }
+
+    /// The body's output for every train and validation image (eval transform, eval mode).
+    fn cache_features(&self, model: &Model, ctx: &mut Context) -> Result<Cached> {
+        let mut run = |samples: &[Sample]| -> Result<(Tensor, Tensor)> {
+            let order: Vec<usize> = (0..samples.len()).collect();
+            let (mut feats, mut labels) = (Vec::new(), Vec::new());
+            tch::no_grad(|| {
+                load_batches(self.recipe, samples, &order, None, ctx.device, |s, x, y| {
+                    ctx.check_cancel()?;
+                    let x = if self.channels_last { nhwc(&x) } else { x };
+                    feats.push(tch::autocast(self.mixed, || model.features(&x, false)).to_kind(Kind::Float));
+                    labels.push(y);
+                    ctx.done_images += x.size()[0] as f64;
+                    emit_step(
+                        ctx,
+                        model.network.arch,
+                        (1, 0, 0),
+                        (s + 1, order.len().div_ceil(self.recipe.batch_size)),
+                        0.0,
+                        0.0,
+                    );
+                    Ok(())
+                })
+            })?;
+            Ok((Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)))
+        };
+        let (train, train_labels) = run(&self.dataset.train)?;
+        let (val, val_labels) = run(&self.dataset.val)?;
+        Ok(Cached { train, train_labels, val, val_labels })
+    }
+}
+
+struct Cached {
+    train: Tensor,
+    train_labels: Tensor,
+    val: Tensor,
+    val_labels: Tensor,
+}
+
+fn head_eval(model: &Model, x: &Tensor, y: &Tensor, bs: usize) -> (f64, f64) {
+    tch::no_grad(|| {
+        let n = x.size()[0];
+        let (mut loss, mut correct) = (0.0, 0i64);
+        let bs = bs.max(1) as i64 * 16;
+        let mut s = 0;
+        while s < n {
+            let k = bs.min(n - s);
+            let logits = model.classify(&x.narrow(0, s, k), false);
+            let yy = y.narrow(0, s, k);
+            loss += logits.cross_entropy_loss::<Tensor>(&yy, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
+            correct += logits.argmax(-1, false).eq_tensor(&yy).sum(Kind::Int64).int64_value(&[]);
+            s += k;
+        }
+        (loss / n.max(1) as f64, correct as f64 / n.max(1) as f64)
+    })
+}
+
+fn trailing_dropout(body: &[Op]) -> f64 {
+    match body.last() {
+        Some(Op::Dropout { p }) => *p,
+        _ => 0.0,
+    }
+}
+
+fn emit_step(
+    ctx: &mut Context,
+    backbone: Arch,
+    (phase, epoch, epochs): (u8, usize, usize),
+    (step, steps): (usize, usize),
+    loss: f64,
+    ips: f64,
+) {
+    let elapsed = ctx.started.elapsed().as_secs_f64();
+    let progress = if ctx.total_images > 0.0 { (ctx.done_images / ctx.total_images).min(1.0) } else { 0.0 };
+    let eta_s = if progress > 0.0 { elapsed / progress * (1.0 - progress) } else { f64::NAN };
+    (ctx.on_event)(&Event::Step {
+        backbone,
+        phase,
+        epoch,
+        epochs,
+        step,
+        steps,
+        loss,
+        images_per_s: ips,
+        progress,
+        eta_s,
+    });
+}
+
+/// A seed for (run seed, phase, epoch, batch).
+fn mix(seed: u64, phase: u8, epoch: usize, batch: u64) -> u64 {
+    let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for v in [u64::from(phase), epoch as u64, batch] {
+        h = (h ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h ^= h >> 31;
+    }
+    h
+}
+
+/// Prepares batches of `samples` in `order` on worker threads and hands them, in order, to
+/// `consume(step, images, labels)`. With `augment_seeds`, training augmentation is applied, each
+/// batch drawing from its own generator.
+fn load_batches(
+    recipe: &Recipe,
+    samples: &[Sample],
+    order: &[usize],
+    augment_seeds: Option<(u64, u8, usize)>,
+    device: Device,
+    mut consume: impl FnMut(usize, Tensor, Tensor) -> Result<()>,
+) -> Result<()> {
+    let bs = recipe.batch_size;
+    let batches: Vec<&[usize]> = order.chunks(bs).collect();
+    let threads = match recipe.loader_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .min(batches.len().max(1));
+    let eval = &recipe.eval_transform;
+    let limits = DecodeLimits::default();
+    let prepare = |b: usize| -> Result<(Vec<f32>, Vec<i64>)> {
+        let idx = batches[b];
+        let per = (3 * eval.crop * eval.crop) as usize;
+        let mut x = Vec::with_capacity(per * idx.len());
+        let mut y = Vec::with_capacity(idx.len());
+        let mut rng = augment_seeds.map(|(s, p, e)| rand_chacha::ChaCha8Rng::seed_from_u64(mix(s, p, e, b as u64)));
+        for &i in idx {
+            let s = &samples[i];
+            let img = s.rgb(eval, &limits)?;
+            match rng.as_mut() {
+                Some(r) => augment::train_input(&img, &Params::draw(&recipe.augment, r), eval, &mut x),
+                None => eval.normalize_into(&eval.center_crop(&eval.resize_shorter(&img)), &mut x),
+            }
+            y.push(s.label as i64);
+        }
+        Ok((x, y))
+    };
+    let to_tensors = |(x, y): (Vec<f32>, Vec<i64>)| {
+        let n = y.len() as i64;
+        let c = i64::from(eval.crop);
+        let x = Tensor::from_slice(&x).view([n, 3, c, c]).to_device(device);
+        (x, Tensor::from_slice(&y).to_device(device))
+    };
+    if threads <= 1 {
+        for b in 0..batches.len() {
+            let (x, y) = to_tensors(prepare(b)?);
+            consume(b, x, y)?;
+        }
+        return Ok(());
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<(Vec<f32>, Vec<i64>)>)>(threads * 2);
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, stop, prepare, batches) = (&next, &stop, &prepare, &batches);
+            scope.spawn(move || loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if tx.send((b, prepare(b))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = BTreeMap::new();
+        let mut want = 0;
+        let result = (|| {
+            while want < batches.len() {
+                while let Some(batch) = pending.remove(&want) {
+                    let (x, y) = to_tensors(batch?);
+                    consume(want, x, y)?;
+                    want += 1;
+                }
+                if want >= batches.len() {
+                    break;
+                }
+                let (b, batch) = rx.recv().map_err(|_| Error::internal("a batch loader thread stopped"))?;
+                pending.insert(b, batch);
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        drop(rx); // unblocks senders
+        result
+    })
+}
+
+/// A deep copy of every variable, on the CPU.
+fn snapshot(model: &Model) -> Vec<(String, Tensor)> {
+    model.state_dict().into_iter().map(|(k, t)| (k, t.detach().to_device(Device::Cpu).copy())).collect()
+}
+
+fn load_state(model: &Model, state: &[(String, Tensor)]) {
+    let vars = model.vs.variables();
+    tch::no_grad(|| {
+        for (k, t) in state {
+            if let Some(v) = vars.get(k) {
+                let mut v = v.shallow_clone();
+                v.copy_(t);
+            }
+        }
+    });
+}
+
+/// NCHW tensor with NHWC strides (channels_last).
+fn nhwc(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Converts every 4-d variable (convolution weights) to channels_last strides.
+fn to_channels_last(model: &Model) {
+    tch::no_grad(|| {
+        for (_, mut v) in model.vs.variables() {
+            if v.dim() == 4 {
+                let d = nhwc(&v);
+                v.set_data(&d);
+            }
+        }
+    });
+}
+
+/// Dynamic loss scaling for fp16 (as `torch.amp.GradScaler`: ×2 after 2000 good steps, ÷2 and skip
+/// on overflow).
+struct LossScaler {
+    scale: f64,
+    good: u32,
+}
+
+impl LossScaler {
+    fn new() -> Self {
+        LossScaler { scale: 65536.0, good: 0 }
+    }
+
+    /// Backward on the scaled loss, unscale, step unless a gradient overflowed. Returns the loss.
+    fn backward_and_step(&mut self, loss: &Tensor, adam: &mut Adam) -> Result<f64> {
+        (loss * self.scale).backward();
+        let grads: Vec<Tensor> = adam.params().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let finite = tch::no_grad(|| {
+            let flags: Vec<Tensor> = grads.iter().map(|g| g.isfinite().all()).collect();
+            Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
+        });
+        let value = loss.double_value(&[]);
+        if finite {
+            tch::no_grad(|| {
+                for g in &grads {
+                    let mut g = g.shallow_clone();
+                    let _ = g.g_mul_scalar_(1.0 / self.scale);
+                }
+            });
+            adam.step();
+            self.good += 1;
+            if self.good >= 2000 {
+                self.scale *= 2.0;
+                self.good = 0;
+            }
+        } else {
+            self.scale /= 2.0;
+            self.good = 0;
+            if self.scale < 1.0 {
+                return Err(Error::new(ErrorCode::TrainingFailed, "gradients overflow even without loss scaling"));
+            }
+        }
+        Ok(value)
+    }
+}

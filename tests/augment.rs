@@ -1,0 +1,54 @@
+//! petal's train augmentation against torchvision's, pixel for pixel, on real photos and noise.
+mod common;
+
+use petal::train::augment::{apply, Params};
+use petal::train::recipe::Augment;
+use petal::vision::{decode, DecodeLimits, EvalTransform};
+use rand::{Rng, SeedableRng};
+
+#[test]
+fn augmentation_matches_torchvision_pixel_for_pixel() {
+    let dir = tempfile::tempdir().unwrap();
+    let eval = EvalTransform::default();
+    let photos = common::tools().join("testdata");
+    let mut images = Vec::new();
+    for name in ["chelsea.png", "coffee.png"] {
+        let img = decode(&std::fs::read(photos.join(name)).unwrap(), &DecodeLimits::default()).unwrap();
+        // As training keeps them: shorter side at the eval resize.
+        images.push((name.to_string(), eval.resize_shorter(&img)));
+        images.push((format!("full_{name}"), img));
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let noise = image::RgbImage::from_fn(97, 61, |_, _| image::Rgb([rng.gen(), rng.gen(), rng.gen()]));
+    images.push(("noise.png".into(), noise));
+    for (name, img) in &images {
+        img.save(dir.path().join(name)).unwrap();
+    }
+    let mut cases = Vec::new();
+    let mut expected = Vec::new();
+    let spec = Augment::default();
+    for i in 0..40 {
+        let (name, img) = &images[i % images.len()];
+        let mut p = Params::draw(&spec, &mut rng);
+        if i % 7 == 0 {
+            p.brightness = Some(1.3); // clipping
+        }
+        if i % 11 == 0 {
+            p.angle = 0.0;
+            p.shear_x = 0.0;
+        }
+        cases.push(serde_json::json!({
+            "image": name, "flip": p.flip, "brightness": p.brightness, "contrast": p.contrast,
+            "contrast_first": p.contrast_first, "angle": p.angle, "shear_x": p.shear_x,
+        }));
+        expected.push(apply(img, &p));
+    }
+    std::fs::write(dir.path().join("cases.json"), serde_json::to_vec(&cases).unwrap()).unwrap();
+    let n: usize = common::oracle("augment.py", &[dir.path().to_str().unwrap()]).trim().parse().unwrap();
+    assert_eq!(n, cases.len());
+    for (i, ours) in expected.iter().enumerate() {
+        let theirs = image::open(dir.path().join(format!("out_{i}.png"))).unwrap().to_rgb8();
+        let differ = ours.pixels().zip(theirs.pixels()).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "case {i} {}: {differ} of {} pixels differ", cases[i], ours.len() / 3);
+    }
+}

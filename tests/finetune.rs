@@ -1,0 +1,298 @@
+//! The fine-tuning engine on generated data (CPU, no ../shared): it learns, phase 1 freezes what it
+//! should, runs repeat, checkpoints round-trip, cancellation stops it, the CLI writes its outputs,
+//! and the Oxford Flowers 102 layout is read from .mat files written by scipy.
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use image::{Rgb, RgbImage};
+use petal::dataset::{self, Dataset, IngestOptions};
+use petal::train::arch::Arch;
+use petal::train::recipe::Recipe;
+use petal::train::trainer::{self, Context, Event};
+use petal::vision::EvalTransform;
+use rand::{Rng, SeedableRng};
+use tch::{Device, Tensor};
+
+/// Three classes of drawn shapes on noisy backgrounds: a red disc, a green square, a blue bar.
+fn shapes_dataset(dir: &Path, per_class: usize, size: u32, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (k, class) in ["disc", "square", "bar"].iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..per_class {
+            let (cx, cy) = (rng.gen_range(size / 3..2 * size / 3) as i32, rng.gen_range(size / 3..2 * size / 3) as i32);
+            let r = rng.gen_range(size / 6..size / 4) as i32;
+            let mut img = RgbImage::from_fn(size, size, |_, _| {
+                let g = rng.gen_range(90..150u8);
+                Rgb([g, g, g])
+            });
+            for (x, y, p) in img.enumerate_pixels_mut() {
+                let (dx, dy) = (x as i32 - cx, y as i32 - cy);
+                let inside = match k {
+                    0 => dx * dx + dy * dy <= r * r,
+                    1 => dx.abs() <= r && dy.abs() <= r,
+                    _ => dx.abs() <= r / 3 && dy.abs() <= r + r / 2,
+                };
+                if inside {
+                    *p = [Rgb([220, 30, 30]), Rgb([30, 200, 40]), Rgb([40, 60, 230])][k];
+                }
+            }
+            img.save(dir.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+fn small_recipe() -> Recipe {
+    let mut r = Recipe {
+        eval_transform: EvalTransform { resize: 72, crop: 64, ..Default::default() },
+        batch_size: 8,
+        loader_threads: 2,
+        ..Default::default()
+    };
+    r.phase1.epochs = 4;
+    r.phase2.epochs = 1;
+    r
+}
+
+fn load(dir: &Path, recipe: &Recipe) -> Dataset {
+    dataset::load(dir, &IngestOptions::default(), &recipe.eval_transform).unwrap()
+}
+
+fn mobilenet() -> Vec<(String, Tensor)> {
+    petal::train::weights::read_file(&common::real_mobilenet()).unwrap()
+}
+
+fn params_of(model: &petal::train::model::Model) -> Vec<(String, Tensor)> {
+    let vars = model.vs.variables();
+    model.network.params().into_iter().filter(|p| p.trainable).map(|p| (p.name.clone(), vars[&p.name].copy())).collect()
+}
+
+#[test]
+fn phase_one_freezes_everything_but_the_head_and_runs_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    shapes_dataset(dir.path(), 6, 40, 1);
+    let mut recipe = small_recipe();
+    recipe.eval_transform = EvalTransform { resize: 40, crop: 32, ..Default::default() };
+    recipe.phase1.epochs = 2;
+    recipe.phase2.epochs = 0;
+    let data = load(dir.path(), &recipe);
+    let weights = mobilenet();
+    let before = {
+        let mut m = petal::train::model::Model::new(Arch::MobilenetV2.network(3), Device::Cpu);
+        m.load_state_dict(&weights, true).unwrap();
+        params_of(&m)
+    };
+    let cancel = AtomicBool::new(false);
+    let run = |recipe: &Recipe| {
+        let mut events = 0;
+        let mut on_event = |_: &Event| events += 1;
+        let mut ctx = Context::new(Device::Cpu, &cancel, &mut on_event);
+        let t = trainer::train(Arch::MobilenetV2, Some(&weights), &data, recipe, &mut ctx).unwrap();
+        (t, events)
+    };
+    let (a, events) = run(&recipe);
+    assert!(events > 2, "progress events were sent");
+    let after = params_of(&a.model);
+    let mut head_changed = false;
+    for ((name, b), (_, x)) in before.iter().zip(&after) {
+        let same = b.equal(x);
+        if name.starts_with("classifier.1.") {
+            head_changed |= !same;
+        } else {
+            assert!(same, "{name} changed in phase 1");
+        }
+    }
+    assert!(head_changed, "the head trained");
+    let (b, _) = run(&recipe);
+    assert_eq!(a.epochs.len(), 2);
+    for (x, y) in a.epochs.iter().zip(&b.epochs) {
+        assert_eq!((x.train_loss, x.val_loss, x.val_accuracy), (y.train_loss, y.val_loss, y.val_accuracy));
+    }
+    for ((n, x), (_, y)) in after.iter().zip(&params_of(&b.model)) {
+        assert!(x.equal(y), "{n} differs between two runs with the same seed");
+    }
+}
+
+#[test]
+fn cancellation_stops_between_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    shapes_dataset(dir.path(), 6, 40, 2);
+    let mut recipe = small_recipe();
+    recipe.eval_transform = EvalTransform { resize: 40, crop: 32, ..Default::default() };
+    let data = load(dir.path(), &recipe);
+    let cancel = AtomicBool::new(false);
+    let mut steps = 0;
+    let mut on_event = |e: &Event| {
+        if let Event::Step { .. } = e {
+            steps += 1;
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    let mut ctx = Context::new(Device::Cpu, &cancel, &mut on_event);
+    let err = trainer::train(Arch::MobilenetV2, None, &data, &recipe, &mut ctx).err().expect("canceled");
+    assert_eq!(err.code, petal::ErrorCode::TrainingCanceled);
+    assert_eq!(steps, 1, "stopped right after the first step");
+}
+
+/// The CLI on a zip of generated shapes: ≥ 90 % validation accuracy in seconds, and every output.
+#[test]
+fn finetune_cli_learns_generated_shapes_and_writes_its_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    shapes_dataset(&data, 16, 72, 3);
+    // As an upload would arrive: a zip with a top-level folder.
+    let zip_path = dir.path().join("shapes.zip");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    for class in ["disc", "square", "bar"] {
+        for e in std::fs::read_dir(data.join(class)).unwrap() {
+            let e = e.unwrap();
+            zip.start_file(
+                format!("shapes/{class}/{}", e.file_name().to_string_lossy()),
+                zip::write::SimpleFileOptions::default(),
+            )
+            .unwrap();
+            zip.write_all(&std::fs::read(e.path()).unwrap()).unwrap();
+        }
+    }
+    zip.finish().unwrap();
+    let out = dir.path().join("run");
+    let started = std::time::Instant::now();
+    let output = common::petal()
+        .args(["finetune", "--data", zip_path.to_str().unwrap(), "--backbone", "mobilenet_v2"])
+        .args(["--weights", common::real_mobilenet().to_str().unwrap()])
+        .args(["--resize", "72", "--crop", "64", "--epochs1", "5", "--epochs2", "1", "--batch-size", "8"])
+        .args(["--out", out.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    eprintln!("{stderr}\nfine-tuning took {:.1} s", started.elapsed().as_secs_f64());
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let acc = summary["best_val_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.9, "validation accuracy {acc}");
+    assert_eq!(summary["winner"], "mobilenet_v2");
+    assert_eq!(summary["dataset"]["classes"], serde_json::json!(["bar", "disc", "square"]));
+    let epochs = summary["results"][0]["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 6);
+    assert_eq!(epochs.iter().filter(|e| e["phase"] == 2).count(), 1);
+    for f in ["summary.json", "mobilenet_v2/metrics.json", "mobilenet_v2/curves.png", "mobilenet_v2/class_names.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let png = image::open(out.join("mobilenet_v2/curves.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1200, 480));
+
+    // The checkpoint round-trips: loaded into a fresh model it gives the same logits, and carries
+    // what export needs in its metadata.
+    let ckpt = std::fs::read(out.join("mobilenet_v2/checkpoint.safetensors")).unwrap();
+    let meta = petal::train::finetune::checkpoint_metadata(&ckpt).unwrap();
+    assert_eq!(meta["petal.arch"], "mobilenet_v2");
+    assert_eq!(meta["petal.class_names"], r#"["bar","disc","square"]"#);
+    let tensors = petal::train::weights::read_bytes(&ckpt).unwrap();
+    let mut model = petal::train::model::Model::new(Arch::MobilenetV2.network(3), Device::Cpu);
+    model.load_state_dict(&tensors, false).unwrap();
+    let again = petal::train::finetune::checkpoint_bytes(&model.state_dict(), meta.clone()).unwrap();
+    let back = petal::train::weights::read_bytes(&again).unwrap();
+    assert_eq!(back.len(), tensors.len());
+    for ((n, a), (_, b)) in tensors.iter().zip(&back) {
+        assert!(a.equal(b), "{n}");
+    }
+    // And it classifies the validation images as well as training measured.
+    let recipe = small_recipe();
+    let ds = load(&data, &recipe);
+    let correct = ds
+        .val
+        .iter()
+        .filter(|s| {
+            let img = s.rgb(&recipe.eval_transform, &Default::default()).unwrap();
+            let x = Tensor::from_slice(&recipe.eval_transform.apply(&img)).view([1, 3, 64, 64]);
+            let y = tch::no_grad(|| model.forward(&x, false)).argmax(-1, false).int64_value(&[0]);
+            y == s.label as i64
+        })
+        .count();
+    assert!(correct as f64 / ds.val.len() as f64 >= 0.9, "{correct} of {}", ds.val.len());
+}
+
+#[test]
+fn finetune_cli_reports_bad_datasets_with_their_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one");
+    shapes_dataset(&one, 4, 32, 4);
+    std::fs::remove_dir_all(one.join("disc")).unwrap();
+    std::fs::remove_dir_all(one.join("square")).unwrap();
+    let evil = dir.path().join("evil.zip");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&evil).unwrap());
+    zip.start_file("../../escape.png", zip::write::SimpleFileOptions::default()).unwrap();
+    zip.write_all(b"x").unwrap();
+    zip.finish().unwrap();
+    let empty = dir.path().join("empty.tar");
+    std::fs::write(&empty, b"").unwrap();
+    for (data, code) in [(&one, "dataset_invalid"), (&evil, "dataset_unsafe_path"), (&empty, "dataset_archive_invalid")]
+    {
+        let output = common::petal()
+            .args(["finetune", "--data", data.to_str().unwrap(), "--weights", "scratch", "--out"])
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains(&format!("[{code}]")), "{}: {stderr}", data.display());
+    }
+    assert!(!dir.path().join("out").exists(), "nothing written for a refused dataset");
+}
+
+/// The official layout, with .mat files written by scipy (compressed and not).
+#[test]
+fn oxford_flowers_layout_from_scipy_mat_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flowers102");
+    std::fs::create_dir_all(root.join("jpg")).unwrap();
+    // 12 images, 3 classes; setid: trnid, valid, tstid.
+    let labels = [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3];
+    for (i, l) in labels.iter().enumerate() {
+        let img = RgbImage::from_pixel(30, 20, Rgb([(*l * 70) as u8, 10, i as u8]));
+        img.save(root.join(format!("jpg/image_{:05}.jpg", i + 1))).unwrap();
+    }
+    std::fs::write(root.join("class_names.txt"), "pink primrose\nhard-leaved pocket orchid\ncanterbury bells\n")
+        .unwrap();
+    let script = format!(
+        "import scipy.io, numpy as np\n\
+         scipy.io.savemat('{r}/imagelabels.mat', {{'labels': np.array([{l}], dtype=np.uint8).astype(float)[None, :]}}, do_compression=True)\n\
+         scipy.io.savemat('{r}/setid.mat', {{'trnid': np.array([[1, 2, 3]], float), 'valid': np.array([[4, 5, 6]], float), 'tstid': np.array([[7, 8, 9, 10, 11, 12]], float)}})\n",
+        r = root.display(),
+        l = labels.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    );
+    let status = std::process::Command::new(common::python()).args(["-c", &script]).status().unwrap();
+    assert!(status.success());
+    let eval = EvalTransform::default();
+    let d = dataset::load(dir.path(), &IngestOptions::default(), &eval).unwrap();
+    assert_eq!(d.layout, dataset::Layout::Oxford102);
+    assert_eq!(d.classes, ["1", "2", "3"]);
+    assert_eq!(d.class_names[1], "hard-leaved pocket orchid");
+    let ids = |s: &[dataset::Sample]| s.iter().map(|s| s.path.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&d.train), (7..=12).map(|i| format!("jpg/image_{i:05}.jpg")).collect::<Vec<_>>());
+    assert_eq!(ids(&d.val), (1..=6).map(|i| format!("jpg/image_{i:05}.jpg")).collect::<Vec<_>>());
+    assert!(d.train.iter().all(|s| s.label == (labels[s.path[10..15].parse::<usize>().unwrap() - 1] - 1) as usize));
+    let papers = IngestOptions { oxford_split: dataset::OxfordSplit::Papers, ..Default::default() };
+    let p = dataset::load(&root, &papers, &eval).unwrap();
+    assert_eq!((p.train.len(), p.val.len()), (6, 6));
+    assert_eq!(ids(&p.train)[0], "jpg/image_00001.jpg");
+    // A labelled image that is missing is reported.
+    std::fs::remove_file(root.join("jpg/image_00003.jpg")).unwrap();
+    let err = dataset::load(&root, &IngestOptions::default(), &eval).unwrap_err();
+    assert!(err.message.contains("image_00003.jpg is labelled in imagelabels.mat but missing"), "{}", err.message);
+}
+
+/// The real dataset, when this machine has it (benchmarks and the bundled model use it; CI does not).
+#[test]
+fn real_oxford_flowers_when_present() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/flowers102");
+    if !root.join("setid.mat").is_file() {
+        eprintln!("skipped: no {}", root.display());
+        return;
+    }
+    let d = dataset::load(&root, &IngestOptions::default(), &EvalTransform::default()).unwrap();
+    assert_eq!((d.classes.len(), d.train.len(), d.val.len()), (102, 6149, 2040));
+    assert_eq!(d.class_names[0], "pink primrose");
+}
