@@ -185,6 +185,43 @@ enum RegistryCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// The reference training stack (torchvision + DataLoader) and petal on the same images.
+    Train {
+        /// Dataset folder (ImageFolder or Oxford Flowers 102).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, default_value = "mobilenet_v2")]
+        backbone: String,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Training images end to end (two epochs; the second is reported).
+        #[arg(long, default_value_t = 256)]
+        images: usize,
+        /// Images for the input-pipeline measurements.
+        #[arg(long, default_value_t = 300)]
+        pipeline_images: usize,
+        /// Bare-step measurement: steps after warm-up.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// DataLoader workers and petal loader threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// auto, cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// fp16 autocast + loss scaling, channels_last (default: on with CUDA).
+        #[arg(long)]
+        mixed: Option<bool>,
+        #[arg(long)]
+        channels_last: Option<bool>,
+        /// The Python with torch and torchvision.
+        #[arg(long, env = "PETAL_PYTHON", default_value = "python3")]
+        python: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Python onnxruntime session.run vs petal's engine in process vs petal over HTTP.
     Infer {
         /// A model exported by `petal export`.
@@ -324,6 +361,47 @@ fn main() -> ExitCode {
                 }
             }))
         }
+        Command::Bench {
+            command:
+                BenchCommand::Train {
+                    data,
+                    backbone,
+                    batch,
+                    images,
+                    pipeline_images,
+                    steps,
+                    warmup,
+                    workers,
+                    device,
+                    mixed,
+                    channels_last,
+                    python,
+                    json,
+                },
+        } => report((|| {
+            let device = finetune_cli::device(&device)?;
+            let b = petal::bench::train::TrainBench {
+                data,
+                arch: backbone.parse()?,
+                batch,
+                images,
+                pipeline_images,
+                python,
+                device,
+                workers,
+                steps,
+                warmup,
+                mixed: mixed.unwrap_or(device.is_cuda()),
+                channels_last: channels_last.unwrap_or(device.is_cuda()),
+            };
+            let r = petal::bench::train::train(&b)?;
+            if json {
+                print_json(&r);
+            } else {
+                print!("{}", r.to_text());
+            }
+            Ok(())
+        })()),
         Command::Weights { command, .. } => report(weights_command(&config, command)),
         Command::Config => {
             println!("{}", serde_json::to_string_pretty(&config).expect("config serializes"));

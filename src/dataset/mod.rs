@@ -134,6 +134,8 @@ pub struct Dataset {
     pub digest: String,
     /// Files left out, with the reason (bad images under `skip`, files outside the layout).
     pub warnings: Vec<String>,
+    /// The common top-level folder(s) removed from every path (`flowers/`), or empty.
+    pub prefix: String,
 }
 
 /// A summary for logs, job records and provenance.
@@ -212,7 +214,7 @@ fn invalid(problems: &[String]) -> Error {
 
 /// Checks, decodes and splits files already read.
 pub fn from_files(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> Result<Dataset> {
-    let files = strip_common_folder(files);
+    let (files, prefix) = strip_common_folder(files);
     let mut plan =
         if files.contains_key("imagelabels.mat") { plan_oxford(&files, opts)? } else { plan_image_folder(&files)? };
     if !plan.problems.is_empty() {
@@ -264,21 +266,25 @@ pub fn from_files(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> R
         split: split_desc,
         digest,
         warnings: plan.warnings,
+        prefix,
     })
 }
 
 /// Drops one top-level folder that everything sits in (`flowers/…` → `…`) when folders remain.
-fn strip_common_folder(files: Files) -> Files {
+fn strip_common_folder(files: Files) -> (Files, String) {
     let mut files = files;
+    let mut prefix = String::new();
     loop {
         let first = |p: &str| p.split_once('/').map(|(a, _)| a.to_string());
-        let Some(Some(top)) = files.keys().next().map(|k| first(k)) else { return files };
+        let Some(Some(top)) = files.keys().next().map(|k| first(k)) else { return (files, prefix) };
         let all_under = files.keys().all(|k| first(k).as_deref() == Some(top.as_str()));
         let deeper = files.keys().any(|k| k.matches('/').count() >= 2);
         if !(all_under && deeper) {
-            return files;
+            return (files, prefix);
         }
         files = files.into_iter().map(|(k, v)| (k[top.len() + 1..].to_string(), v)).collect();
+        prefix.push_str(&top);
+        prefix.push('/');
     }
 }
 

@@ -308,36 +308,39 @@ impl Run<'_> {
         let bs = self.recipe.batch_size;
         let steps = order.len().div_ceil(bs);
         let seeds = (self.recipe.seed, phase, epoch);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         let t0 = Instant::now();
         let (mixed, channels_last) = (self.mixed, self.channels_last);
         let scaler = &mut self.scaler;
+        // Sums stay on the device; reading them syncs, so on CUDA progress is read every few steps.
+        let report_every = if ctx.device.is_cuda() { 20 } else { 1 };
+        let (mut loss_sum, mut correct) =
+            (Tensor::zeros([], (Kind::Double, ctx.device)), Tensor::zeros([], (Kind::Int64, ctx.device)));
+        let mut seen = 0usize;
+        let mut last_loss = f64::NAN;
         load_batches(self.recipe, samples, &order, Some(seeds), ctx.device, |step, x, y| {
             ctx.check_cancel()?;
-            let x = if channels_last { nhwc(&x) } else { x };
-            adam.zero_grad();
-            let logits = tch::autocast(mixed, || model.forward(&x, true));
-            let loss = logits.to_kind(Kind::Float).cross_entropy_for_logits(&y);
-            let loss_value = if mixed {
-                scaler.backward_and_step(&loss, adam)?
-            } else {
-                loss.backward();
-                adam.step();
-                loss.double_value(&[])
-            };
-            if !loss_value.is_finite() && !mixed {
-                return Err(Error::new(ErrorCode::TrainingFailed, format!("the loss became {loss_value}")));
-            }
+            let (loss, ok) = train_step(model, &x, &y, adam, scaler, mixed, channels_last)?;
             let n = y.size()[0] as usize;
-            loss_sum += loss_value * n as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            loss_sum += loss.to_kind(Kind::Double) * n as f64;
+            correct += ok;
             seen += n;
             ctx.done_images += n as f64;
+            if step % report_every == 0 || step + 1 == steps {
+                last_loss = loss.double_value(&[]);
+                if !last_loss.is_finite() {
+                    return Err(Error::new(ErrorCode::TrainingFailed, format!("the loss became {last_loss}")));
+                }
+            }
             let ips = seen as f64 / t0.elapsed().as_secs_f64();
-            emit_step(ctx, model.network.arch, (phase, epoch + 1, epochs), (step + 1, steps), loss_value, ips);
+            emit_step(ctx, model.network.arch, (phase, epoch + 1, epochs), (step + 1, steps), last_loss, ips);
             Ok(())
         })?;
-        Ok((loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / t0.elapsed().as_secs_f64()))
+        let seen_f = seen.max(1) as f64;
+        Ok((
+            loss_sum.double_value(&[]) / seen_f,
+            correct.int64_value(&[]) as f64 / seen_f,
+            seen_f / t0.elapsed().as_secs_f64(),
+        ))
     }
 
     /// Phase 1 on cached features: the head alone, on shuffled batches of features (with the
@@ -587,6 +590,83 @@ fn load_batches(
         drop(rx); // unblocks senders
         result
     })
+}
+
+/// One optimiser step on a batch (training mode; fp16 autocast with loss scaling when `mixed`).
+/// Returns the loss (a detached scalar, float32) and the number of correct predictions, both on
+/// the device: nothing here waits for the device unless loss scaling must check for overflow.
+fn train_step(
+    model: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    adam: &mut Adam,
+    scaler: &mut LossScaler,
+    mixed: bool,
+    channels_last: bool,
+) -> Result<(Tensor, Tensor)> {
+    let x = if channels_last { nhwc(x) } else { x.shallow_clone() };
+    adam.zero_grad();
+    let logits = tch::autocast(mixed, || model.forward(&x, true)).to_kind(Kind::Float);
+    let loss = logits.cross_entropy_for_logits(y);
+    if mixed {
+        scaler.backward_and_step(&loss, adam)?;
+    } else {
+        loss.backward();
+        adam.step();
+    }
+    let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
+    Ok((loss.detach(), correct))
+}
+
+/// The bare training step (phase 2: every layer, one learning rate) on synthetic tensors already
+/// on the device: images/s over `steps` after `warmup` steps. What the input pipeline must keep up with.
+#[allow(clippy::too_many_arguments)]
+pub fn bare_step_rate(
+    arch: Arch,
+    classes: i64,
+    batch: i64,
+    size: i64,
+    (warmup, steps): (usize, usize),
+    device: Device,
+    mixed: bool,
+    channels_last: bool,
+) -> Result<f64> {
+    tch::manual_seed(0);
+    let model = Model::new(arch.network(classes), device);
+    if channels_last {
+        to_channels_last(&model);
+    }
+    let vars = model.vs.variables();
+    let params: Vec<Tensor> =
+        model.network.params().iter().filter(|p| p.trainable).map(|p| vars[&p.name].shallow_clone()).collect();
+    let mut adam = Adam::new(Default::default(), vec![("all".into(), 1e-4, params)]);
+    let mut scaler = LossScaler::new();
+    let x = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
+    let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
+    let sync = || {
+        if device.is_cuda() {
+            tch::Cuda::synchronize(0)
+        }
+    };
+    for _ in 0..warmup {
+        let _ = train_step(&model, &x, &y, &mut adam, &mut scaler, mixed, channels_last)?;
+    }
+    sync();
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let _ = train_step(&model, &x, &y, &mut adam, &mut scaler, mixed, channels_last)?;
+    }
+    sync();
+    Ok((steps as i64 * batch) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// The input pipeline alone: batches of `samples` prepared (augmentation, normalisation, decode
+/// when not cached) by `recipe.loader_threads` threads, images/s.
+pub fn pipeline_rate(recipe: &Recipe, samples: &[Sample]) -> Result<f64> {
+    let order: Vec<usize> = (0..samples.len()).collect();
+    let t0 = Instant::now();
+    load_batches(recipe, samples, &order, Some((recipe.seed, 2, 0)), Device::Cpu, |_, _, _| Ok(()))?;
+    Ok(samples.len() as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// A deep copy of every variable, on the CPU.

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::infer::engine::{EngineConfig, ModelHandle, ProviderMode};
 use crate::infer::runtime::OrtRuntime;
 
-const PY_BENCH: &str = include_str!("../scripts/bench_ort.py");
+const PY_BENCH: &str = include_str!("../../scripts/bench_ort.py");
 
 pub struct InferBench {
     pub onnx: PathBuf,

@@ -1,0 +1,176 @@
+//! `petal bench train`: the reference training stack (PIL + torchvision transforms + DataLoader,
+//! torchvision model, `torch.optim.Adam`, from the venv) and petal on the same images in the same
+//! run: the input pipeline alone (images/s on one core, and with every worker), the bare training
+//! step on synthetic tensors, and end-to-end full fine-tuning — with the ratios.
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::dataset::{self, IngestOptions};
+use crate::error::{Error, Result};
+use crate::train::arch::Arch;
+use crate::train::augment::{self, Params};
+use crate::train::recipe::Recipe;
+use crate::train::trainer::{self, Context};
+use crate::vision::{self, DecodeLimits};
+
+const PY_BENCH: &str = include_str!("../../scripts/bench_train.py");
+
+pub struct TrainBench {
+    pub data: PathBuf,
+    pub arch: Arch,
+    pub batch: usize,
+    /// Training images used end to end (the first ones of the train split).
+    pub images: usize,
+    /// Images for the pipeline-alone measurements.
+    pub pipeline_images: usize,
+    pub python: PathBuf,
+    pub device: tch::Device,
+    /// DataLoader workers of the reference, and petal's loader threads (0 = all cores).
+    pub workers: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub mixed: bool,
+    pub channels_last: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrainReport {
+    pub arch: Arch,
+    pub device: String,
+    pub batch: usize,
+    pub mixed_precision: bool,
+    pub channels_last: bool,
+    pub workers: usize,
+    /// The reference's numbers (images/s), as its script printed them.
+    pub reference: serde_json::Value,
+    /// Decode + augment + normalise, one thread, from the encoded files.
+    pub petal_pipeline_one_core: f64,
+    /// Augment + normalise from the decoded images kept in memory (petal's steady state), one thread.
+    pub petal_pipeline_one_core_cached: f64,
+    /// Petal's loader with all its threads, decoded images in memory.
+    pub petal_pipeline_all_threads: f64,
+    pub petal_bare_step: f64,
+    /// A steady epoch (the second) of phase 2 through petal's trainer.
+    pub petal_end_to_end: f64,
+}
+
+pub fn train(b: &TrainBench) -> Result<TrainReport> {
+    let mut recipe = Recipe { batch_size: b.batch, loader_threads: b.workers, ..Default::default() };
+    recipe.phase1.epochs = 0;
+    recipe.phase2.epochs = 2;
+    recipe.mixed_precision = Some(b.mixed);
+    recipe.channels_last = Some(b.channels_last);
+    let mut data = dataset::load(&b.data, &IngestOptions::default(), &recipe.eval_transform)?;
+    data.train.truncate(b.images.max(b.batch));
+    data.val.truncate(b.batch);
+    let root = b.data.join(&data.prefix);
+    let classes = data.classes.len();
+
+    // The reference, on the same files.
+    let dir = tempfile::tempdir()?;
+    let list: String = data.train.iter().map(|s| format!("{}\t{}\n", root.join(&s.path).display(), s.label)).collect();
+    std::fs::write(dir.path().join("list.tsv"), list)?;
+    std::fs::write(dir.path().join("bench_train.py"), PY_BENCH)?;
+    let workers = if b.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { b.workers };
+    let args = serde_json::json!({
+        "list": dir.path().join("list.tsv"), "arch": b.arch.name(), "batch": b.batch, "workers": workers,
+        "device": if b.device.is_cuda() { "cuda" } else { "cpu" }, "amp": b.mixed, "channels_last": b.channels_last,
+        "pipeline_images": b.pipeline_images, "steps": b.steps, "warmup_steps": b.warmup, "classes": classes,
+        "threads": tch::get_num_threads(), "resize": recipe.eval_transform.resize, "crop": recipe.eval_transform.crop,
+    });
+    let out = Command::new(&b.python).arg(dir.path().join("bench_train.py")).arg(args.to_string()).output()?;
+    if !out.status.success() {
+        return Err(Error::internal(format!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    let reference: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| Error::internal(format!("reference output: {e}")))?;
+
+    // Petal's input pipeline, one thread: from the encoded files, then from memory.
+    let eval = &recipe.eval_transform;
+    let n = b.pipeline_images.min(data.train.len());
+    let files: Vec<Vec<u8>> =
+        data.train[..n].iter().map(|s| std::fs::read(root.join(&s.path))).collect::<std::io::Result<_>>()?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut buf = Vec::new();
+    let t0 = Instant::now();
+    for bytes in &files {
+        let img = vision::decode(bytes, &DecodeLimits::default())?;
+        let img = if img.width().min(img.height()) > eval.resize { eval.resize_shorter(&img) } else { img };
+        buf.clear();
+        augment::train_input(&img, &Params::draw(&recipe.augment, &mut rng), eval, &mut buf);
+    }
+    let petal_pipeline_one_core = n as f64 / t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for s in &data.train[..n] {
+        let img = s.rgb(eval, &DecodeLimits::default())?;
+        buf.clear();
+        augment::train_input(&img, &Params::draw(&recipe.augment, &mut rng), eval, &mut buf);
+    }
+    let petal_pipeline_one_core_cached = n as f64 / t0.elapsed().as_secs_f64();
+    let petal_pipeline_all_threads = trainer::pipeline_rate(&recipe, &data.train[..n])?;
+
+    let size = i64::from(eval.crop);
+    let petal_bare_step = trainer::bare_step_rate(
+        b.arch,
+        classes as i64,
+        b.batch as i64,
+        size,
+        (b.warmup, b.steps),
+        b.device,
+        b.mixed,
+        b.channels_last,
+    )?;
+    let cancel = AtomicBool::new(false);
+    let mut quiet = |_: &trainer::Event| {};
+    let mut ctx = Context::new(b.device, &cancel, &mut quiet);
+    let trained = trainer::train(b.arch, None, &data, &recipe, &mut ctx)?;
+    let petal_end_to_end = trained.epochs.last().map_or(f64::NAN, |e| e.images_per_s);
+    Ok(TrainReport {
+        arch: b.arch,
+        device: format!("{:?}", b.device),
+        batch: b.batch,
+        mixed_precision: b.mixed,
+        channels_last: b.channels_last,
+        workers,
+        reference,
+        petal_pipeline_one_core,
+        petal_pipeline_one_core_cached,
+        petal_pipeline_all_threads,
+        petal_bare_step,
+        petal_end_to_end,
+    })
+}
+
+impl TrainReport {
+    pub fn to_text(&self) -> String {
+        let r = |k: &str| self.reference[k].as_f64().unwrap_or(f64::NAN);
+        let row = |name: &str, reference: f64, petal: f64| {
+            format!("{name:<44} {reference:>12.1} {petal:>12.1} {:>8.2}×\n", petal / reference)
+        };
+        let mut s = format!(
+            "{} on {:?}, batch {}, mixed precision {}, channels_last {}, {} workers\n",
+            self.arch, self.device, self.batch, self.mixed_precision, self.channels_last, self.workers
+        );
+        s += &format!("{:<44} {:>12} {:>12} {:>9}\n", "images/s", "reference", "petal", "ratio");
+        s += &row("input pipeline, one core (decode + augment)", r("pipeline_one_core"), self.petal_pipeline_one_core);
+        s += &row(
+            "input pipeline, one core (petal: decoded once)",
+            r("pipeline_one_core"),
+            self.petal_pipeline_one_core_cached,
+        );
+        s += &row("input pipeline, all workers", r("pipeline_loader"), self.petal_pipeline_all_threads);
+        s += &row("bare training step (synthetic tensors)", r("bare_step"), self.petal_bare_step);
+        s += &row("end-to-end full fine-tuning", r("end_to_end"), self.petal_end_to_end);
+        s += &format!(
+            "petal end-to-end / petal bare step: {:.2}×; reference end-to-end / its bare step: {:.2}×\n",
+            self.petal_end_to_end / self.petal_bare_step,
+            r("end_to_end") / r("bare_step")
+        );
+        s
+    }
+}
