@@ -681,17 +681,26 @@ async fn export_command(config: &Config, args: ExportArgs) -> petal::Result<()> 
     let classes = weights::head_classes(arch, &tensors).unwrap_or(1000);
     let mut model = Model::new(arch.network(classes), tch::Device::Cpu);
     model.load_state_dict(&tensors, false)?;
+    // A petal checkpoint (`petal finetune`) carries its class names and eval transform.
+    let meta = petal::train::finetune::checkpoint_metadata(&bytes).unwrap_or_default();
+    let meta_names: Option<Vec<String>> =
+        meta.get(petal::train::finetune::META_CLASS_NAMES).and_then(|v| serde_json::from_str(v).ok());
+    let meta_transform: Option<petal::vision::EvalTransform> =
+        meta.get(petal::train::finetune::META_EVAL_TRANSFORM).and_then(|v| serde_json::from_str(v).ok());
+    let image_size = meta_transform.as_ref().map_or(image_size, |t| i64::from(t.crop));
     let names = match class_names {
         Some(p) => read_class_names(&p)?,
+        None if meta_names.is_some() => meta_names.expect("checked"),
         None if classes == 1000 => {
             serde_json::from_str(include_str!("../registry/catalog/imagenet_classes.json")).expect("valid class list")
         }
         None => (0..classes).map(|i| format!("class_{i}")).collect(),
     };
     let catalog = Catalog::embedded().by_sha256(&sha256).filter(|e| e.arch == arch);
-    let transform = match catalog {
-        Some(e) => e.eval_transform.clone(),
-        None => petal::vision::EvalTransform { crop: image_size as u32, ..Default::default() },
+    let transform = match (meta_transform, catalog) {
+        (Some(t), _) => t,
+        (None, Some(e)) => e.eval_transform.clone(),
+        (None, None) => petal::vision::EvalTransform { crop: image_size as u32, ..Default::default() },
     };
     let options = ExportOptions {
         image_size,

@@ -212,6 +212,32 @@ fn finetune_cli_learns_generated_shapes_and_writes_its_outputs() {
         })
         .count();
     assert!(correct as f64 / ds.val.len() as f64 >= 0.9, "{correct} of {}", ds.val.len());
+
+    // Exported to ONNX (class names and transform from the checkpoint), served by ort: the same answers.
+    let onnx = dir.path().join("shapes.onnx");
+    let ckpt_path = out.join("mobilenet_v2/checkpoint.safetensors");
+    let status = common::petal()
+        .args(["export", "--arch", "mobilenet_v2", "--weights", ckpt_path.to_str().unwrap()])
+        .args(["--out", onnx.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let images: Vec<String> = ds.val.iter().map(|s| data.join(&s.path).display().to_string()).collect();
+    let output = common::petal()
+        .args(["classify", "--onnx", onnx.to_str().unwrap(), "--json", "--top-k", "1"])
+        .args(&images)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let served = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&ds.val)
+        .filter(|(r, s)| r["predictions"][0]["name"] == ds.class_names[s.label])
+        .count();
+    assert_eq!(served, correct, "ONNX through ort agrees with libtorch");
 }
 
 #[test]
