@@ -3,7 +3,8 @@
 //! 1. embeds an rpath to torch's `lib/` folder, so no LD_LIBRARY_PATH is needed on the build host;
 //! 2. force-links `libtorch_cuda.so` when it exists, because `--as-needed` would otherwise drop it
 //!    and `tch::Cuda::is_available()` would be false even on a GPU host (tch-rs #907, #980);
-//! 3. records the libtorch version and git commit for `petal doctor` and provenance records.
+//! 3. records the libtorch version and git commit for `petal doctor` and provenance records;
+//! 4. compiles csrc/optim.cpp (fused Adam and AMP kernels, which tch does not bind).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,6 +16,14 @@ fn torch_dir() -> Option<PathBuf> {
     let out =
         Command::new(python).args(["-c", "import torch, os; print(os.path.dirname(torch.__file__))"]).output().ok()?;
     out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// The C++ ABI libtorch was built with, as torch reports it.
+fn cxx11_abi() -> Option<u8> {
+    let python = std::env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python".into());
+    let out =
+        Command::new(python).args(["-c", "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 fn main() {
@@ -41,6 +50,21 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=PETAL_LIBTORCH_BUILD_VERSION={version}");
+
+    // The multi-tensor Adam / AMP shim (csrc/optim.cpp), compiled against the same libtorch's
+    // headers with its C++ ABI.
+    println!("cargo:rerun-if-changed=csrc/optim.cpp");
+    let abi = cxx11_abi().unwrap_or(1);
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/optim.cpp")
+        .include(dir.join("include"))
+        .include(dir.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag_if_supported("-Wno-unused-parameter")
+        .warnings(false)
+        .compile("petal_optim");
 
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])

@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::train::arch::{Arch, Op};
 use crate::train::augment::{self, Params};
 use crate::train::model::Model;
-use crate::train::optim::Adam;
+use crate::train::optim::{Adam, LossScaler};
 use crate::train::recipe::{self, Recipe};
 use crate::vision::DecodeLimits;
 
@@ -153,7 +153,7 @@ pub fn train(
         dataset,
         mixed: recipe.mixed_precision.unwrap_or(cuda) && cuda,
         channels_last,
-        scaler: LossScaler::new(),
+        scaler: LossScaler::new(device),
         epochs: Vec::new(),
         best: None,
     };
@@ -371,7 +371,7 @@ impl Run<'_> {
             let logits = model.classify(&x, true);
             let loss = logits.cross_entropy_for_logits(&y);
             loss.backward();
-            adam.step();
+            adam.step(None)?;
             let lv = loss.double_value(&[]);
             let k = y.size()[0];
             loss_sum += lv * k as f64;
@@ -612,7 +612,7 @@ fn train_step(
         scaler.backward_and_step(&loss, adam)?;
     } else {
         loss.backward();
-        adam.step();
+        adam.step(None)?;
     }
     let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
     Ok((loss.detach(), correct))
@@ -640,7 +640,7 @@ pub fn bare_step_rate(
     let params: Vec<Tensor> =
         model.network.params().iter().filter(|p| p.trainable).map(|p| vars[&p.name].shallow_clone()).collect();
     let mut adam = Adam::new(Default::default(), vec![("all".into(), 1e-4, params)]);
-    let mut scaler = LossScaler::new();
+    let mut scaler = LossScaler::new(device);
     let x = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
     let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
     let sync = || {
@@ -701,49 +701,4 @@ fn to_channels_last(model: &Model) {
             }
         }
     });
-}
-
-/// Dynamic loss scaling for fp16 (as `torch.amp.GradScaler`: ×2 after 2000 good steps, ÷2 and skip
-/// on overflow).
-struct LossScaler {
-    scale: f64,
-    good: u32,
-}
-
-impl LossScaler {
-    fn new() -> Self {
-        LossScaler { scale: 65536.0, good: 0 }
-    }
-
-    /// Backward on the scaled loss, unscale, step unless a gradient overflowed. Returns the loss.
-    fn backward_and_step(&mut self, loss: &Tensor, adam: &mut Adam) -> Result<f64> {
-        (loss * self.scale).backward();
-        let grads: Vec<Tensor> = adam.params().map(|p| p.grad()).filter(|g| g.defined()).collect();
-        let finite = tch::no_grad(|| {
-            let flags: Vec<Tensor> = grads.iter().map(|g| g.isfinite().all()).collect();
-            Tensor::stack(&flags, 0).all().int64_value(&[]) == 1
-        });
-        let value = loss.double_value(&[]);
-        if finite {
-            tch::no_grad(|| {
-                for g in &grads {
-                    let mut g = g.shallow_clone();
-                    let _ = g.g_mul_scalar_(1.0 / self.scale);
-                }
-            });
-            adam.step();
-            self.good += 1;
-            if self.good >= 2000 {
-                self.scale *= 2.0;
-                self.good = 0;
-            }
-        } else {
-            self.scale /= 2.0;
-            self.good = 0;
-            if self.scale < 1.0 {
-                return Err(Error::new(ErrorCode::TrainingFailed, "gradients overflow even without loss scaling"));
-            }
-        }
-        Ok(value)
-    }
 }
