@@ -39,19 +39,16 @@ class Images(torch.utils.data.Dataset):
 ds = Images()
 out = {"torch": torch.__version__, "torchvision": torchvision.__version__, "device": str(dev)}
 
-# 1. The input pipeline alone, in this one process (one core).
+# 1. The input pipeline alone, in this one process, on one core (one torch thread, as in a
+#    DataLoader worker: more threads only spin on these small tensors).
 n = min(len(ds), a["pipeline_images"])
+torch.set_num_threads(1)
 ds[0]
 t0 = time.perf_counter()
 for i in range(n):
     ds[i]
 out["pipeline_one_core"] = n / (time.perf_counter() - t0)
-
-
-def loader():
-    return torch.utils.data.DataLoader(ds, batch_size=a["batch"], shuffle=True, num_workers=a["workers"],
-                                       pin_memory=dev.type == "cuda", drop_last=True,
-                                       persistent_workers=a["workers"] > 0)
+torch.set_num_threads(a["threads"])
 
 
 # 2. The model, as the notebook builds it, trained fully (phase 2).
@@ -97,22 +94,28 @@ for _ in range(a["steps"]):
 sync()
 out["bare_step"] = a["steps"] * a["batch"] / (time.perf_counter() - t0)
 
-# 4. End to end through the DataLoader (the pipeline alone first, then training).
+# 4. The pipeline through a DataLoader with its workers (a warm-up pass starts them), then end to
+#    end: training through the same loader (the notebook reuses one DataLoader across epochs).
+def loader(dataset):
+    return torch.utils.data.DataLoader(dataset, batch_size=a["batch"], shuffle=True, num_workers=a["workers"],
+                                       pin_memory=dev.type == "cuda", drop_last=True,
+                                       persistent_workers=a["workers"] > 0)
+
+
 if a["workers"] > 0:
-    it = iter(loader())
-    next(it)
+    sub = loader(torch.utils.data.Subset(ds, range(min(len(ds), a["pipeline_images"]))))
+    for _ in sub:
+        pass
     t0 = time.perf_counter()
-    k = 0
-    for xb, _ in it:
-        k += xb.shape[0]
-        if k >= a["pipeline_images"]:
-            break
+    k = sum(xb.shape[0] for xb, _ in sub)
     out["pipeline_loader"] = k / (time.perf_counter() - t0)
+    del sub
+train_loader = loader(ds)
 steps = 0
 seen = 0
 t0 = None
 while steps < a["warmup_steps"] + a["steps"]:
-    for xb, yb in loader():
+    for xb, yb in train_loader:
         if steps == a["warmup_steps"]:
             sync()
             t0 = time.perf_counter()
