@@ -322,3 +322,35 @@ fn real_oxford_flowers_when_present() {
     assert_eq!((d.classes.len(), d.train.len(), d.val.len()), (102, 6149, 2040));
     assert_eq!(d.class_names[0], "pink primrose");
 }
+
+/// Several backbones: each runs the recipe, the best validation accuracy wins, each gets its outputs.
+#[test]
+fn several_backbones_compete() {
+    let dir = tempfile::tempdir().unwrap();
+    shapes_dataset(dir.path(), 5, 40, 6);
+    let mut recipe = small_recipe();
+    recipe.eval_transform = EvalTransform { resize: 40, crop: 32, ..Default::default() };
+    recipe.phase1.epochs = 1;
+    recipe.phase2.epochs = 1;
+    let data = load(dir.path(), &recipe);
+    let out = dir.path().join("out");
+    let cancel = AtomicBool::new(false);
+    let mut epochs = Vec::new();
+    let mut on_event = |e: &Event| {
+        if let Event::Epoch(m) = e {
+            epochs.push((m.backbone, m.phase));
+        }
+    };
+    let backbones = [(Arch::Resnet18, None), (Arch::MobilenetV2, None)];
+    let summary =
+        petal::train::finetune::finetune(&data, &backbones, &recipe, Device::Cpu, &out, &cancel, &mut on_event)
+            .unwrap();
+    assert_eq!(epochs, [(Arch::Resnet18, 1), (Arch::Resnet18, 2), (Arch::MobilenetV2, 1), (Arch::MobilenetV2, 2)]);
+    assert_eq!(summary.results.len(), 2);
+    let best = summary.results.iter().map(|r| r.best_val_accuracy).fold(0.0, f64::max);
+    assert_eq!(summary.best_val_accuracy, best);
+    assert!(summary.results.iter().any(|r| r.backbone == summary.winner && r.best_val_accuracy == best));
+    for arch in ["resnet18", "mobilenet_v2"] {
+        assert!(out.join(arch).join("checkpoint.safetensors").is_file(), "{arch}");
+    }
+}
