@@ -658,5 +658,18 @@ mod tests {
         let s = d.train.iter().chain(&d.val).find(|s| s.path.ends_with("big.png")).unwrap();
         let rgb = s.rgb(&EvalTransform::default(), &DecodeLimits::default()).unwrap();
         assert_eq!(rgb.dimensions(), (384, 256));
+        assert!(matches!(s.pixels, Pixels::Decoded(_)));
+        // Past the memory budget images stay encoded, and come out the same.
+        let mut f = folder(&[("a", 2), ("b", 2)]);
+        f.insert("data/a/big.png".into(), {
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+            out.into_inner()
+        });
+        let lean = IngestOptions { memory_budget_bytes: 0, ..Default::default() };
+        let d2 = from_files(f, &lean, &EvalTransform::default()).unwrap();
+        let s2 = d2.train.iter().chain(&d2.val).find(|s| s.path.ends_with("big.png")).unwrap();
+        assert!(matches!(s2.pixels, Pixels::Encoded(_)));
+        assert_eq!(*s2.rgb(&EvalTransform::default(), &DecodeLimits::default()).unwrap(), *rgb);
     }
 }
