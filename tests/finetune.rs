@@ -44,6 +44,14 @@ fn shapes_dataset(dir: &Path, per_class: usize, size: u32, seed: u64) {
     }
 }
 
+/// libtorch's random generator (head initialisation, dropout) and its CPU thread pool are one per
+/// process: tests that run libtorch in this binary take turns, so each run is repeatable.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn small_recipe() -> Recipe {
     let mut r = Recipe {
         eval_transform: EvalTransform { resize: 72, crop: 64, ..Default::default() },
@@ -71,6 +79,7 @@ fn params_of(model: &petal::train::model::Model) -> Vec<(String, Tensor)> {
 
 #[test]
 fn phase_one_freezes_everything_but_the_head_and_runs_repeat() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     shapes_dataset(dir.path(), 6, 40, 1);
     let mut recipe = small_recipe();
@@ -117,6 +126,7 @@ fn phase_one_freezes_everything_but_the_head_and_runs_repeat() {
 
 #[test]
 fn cancellation_stops_between_steps() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     shapes_dataset(dir.path(), 6, 40, 2);
     let mut recipe = small_recipe();
@@ -139,6 +149,7 @@ fn cancellation_stops_between_steps() {
 /// The CLI on a zip of generated shapes: ≥ 90 % validation accuracy in seconds, and every output.
 #[test]
 fn finetune_cli_learns_generated_shapes_and_writes_its_outputs() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
     shapes_dataset(&data, 16, 72, 3);
@@ -326,6 +337,7 @@ fn real_oxford_flowers_when_present() {
 /// Several backbones: each runs the recipe, the best validation accuracy wins, each gets its outputs.
 #[test]
 fn several_backbones_compete() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     shapes_dataset(dir.path(), 5, 40, 6);
     let mut recipe = small_recipe();
@@ -352,5 +364,33 @@ fn several_backbones_compete() {
     assert!(summary.results.iter().any(|r| r.backbone == summary.winner && r.best_val_accuracy == best));
     for arch in ["resnet18", "mobilenet_v2"] {
         assert!(out.join(arch).join("checkpoint.safetensors").is_file(), "{arch}");
+    }
+}
+
+/// The CUDA layout path (channels_last strides for inputs and convolution weights), run on the CPU:
+/// the same training as with contiguous tensors, up to float rounding.
+#[test]
+fn channels_last_trains_like_contiguous() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    shapes_dataset(dir.path(), 4, 40, 7);
+    let mut recipe = small_recipe();
+    recipe.eval_transform = EvalTransform { resize: 40, crop: 32, ..Default::default() };
+    recipe.phase1.epochs = 1;
+    recipe.phase2.epochs = 1;
+    let data = load(dir.path(), &recipe);
+    let cancel = AtomicBool::new(false);
+    let weights = mobilenet();
+    let run = |channels_last: bool| {
+        let mut r = recipe.clone();
+        r.channels_last = Some(channels_last);
+        let mut quiet = |_: &Event| {};
+        let mut ctx = Context::new(Device::Cpu, &cancel, &mut quiet);
+        trainer::train(Arch::MobilenetV2, Some(&weights), &data, &r, &mut ctx).unwrap()
+    };
+    let (a, b) = (run(false), run(true));
+    for (x, y) in a.epochs.iter().zip(&b.epochs) {
+        assert!((x.train_loss - y.train_loss).abs() < 1e-3 * x.train_loss.abs().max(1.0), "{x:?} vs {y:?}");
+        assert!((x.val_loss - y.val_loss).abs() < 1e-3 * x.val_loss.abs().max(1.0), "{x:?} vs {y:?}");
     }
 }

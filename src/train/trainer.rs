@@ -306,7 +306,8 @@ impl Run<'_> {
         let mut order: Vec<usize> = (0..samples.len()).collect();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.recipe.seed, phase, epoch, u64::MAX)));
         let bs = self.recipe.batch_size;
-        let steps = order.len().div_ceil(bs);
+        // As `load_batches` makes them: a trailing single image joins the batch before it.
+        let steps = order.len().div_ceil(bs) - usize::from(order.len() > bs && order.len() % bs == 1);
         let seeds = (self.recipe.seed, phase, epoch);
         let t0 = Instant::now();
         let (mixed, channels_last) = (self.mixed, self.channels_last);
@@ -513,7 +514,15 @@ fn load_batches(
     mut consume: impl FnMut(usize, Tensor, Tensor) -> Result<()>,
 ) -> Result<()> {
     let bs = recipe.batch_size;
-    let batches: Vec<&[usize]> = order.chunks(bs).collect();
+    let mut batches: Vec<&[usize]> = order.chunks(bs).collect();
+    // A training batch of one image would give batch norm a single value per channel where the
+    // feature map is 1×1 (small inputs), and a NaN running variance (PyTorch refuses such a
+    // batch): a trailing single image joins the batch before it.
+    if augment_seeds.is_some() && batches.len() > 1 && batches.last().is_some_and(|b| b.len() == 1) {
+        batches.pop();
+        let start = (batches.len() - 1) * bs;
+        *batches.last_mut().expect("more than one batch") = &order[start..];
+    }
     let threads = match recipe.loader_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
