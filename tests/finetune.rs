@@ -64,6 +64,11 @@ fn small_recipe() -> Recipe {
     r
 }
 
+/// `small_recipe` on 32-px crops of 40-px images (the library-level tests).
+fn tiny_recipe() -> Recipe {
+    Recipe { eval_transform: EvalTransform { resize: 40, crop: 32, ..Default::default() }, ..small_recipe() }
+}
+
 fn load(dir: &Path, recipe: &Recipe) -> Dataset {
     dataset::load(dir, &IngestOptions::default(), &recipe.eval_transform).unwrap()
 }
@@ -73,8 +78,7 @@ fn mobilenet() -> Vec<(String, Tensor)> {
 }
 
 fn params_of(model: &petal::train::model::Model) -> Vec<(String, Tensor)> {
-    let vars = model.vs.variables();
-    model.network.params().into_iter().filter(|p| p.trainable).map(|p| (p.name.clone(), vars[&p.name].copy())).collect()
+    model.trainable().into_iter().map(|(n, t)| (n, t.copy())).collect()
 }
 
 #[test]
@@ -82,8 +86,7 @@ fn phase_one_freezes_everything_but_the_head_and_runs_repeat() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     shapes_dataset(dir.path(), 6, 40, 1);
-    let mut recipe = small_recipe();
-    recipe.eval_transform = EvalTransform { resize: 40, crop: 32, ..Default::default() };
+    let mut recipe = tiny_recipe();
     recipe.phase1.epochs = 2;
     recipe.phase2.epochs = 0;
     let data = load(dir.path(), &recipe);
@@ -129,8 +132,7 @@ fn cancellation_stops_between_steps() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     shapes_dataset(dir.path(), 6, 40, 2);
-    let mut recipe = small_recipe();
-    recipe.eval_transform = EvalTransform { resize: 40, crop: 32, ..Default::default() };
+    let recipe = tiny_recipe();
     let data = load(dir.path(), &recipe);
     let cancel = AtomicBool::new(false);
     let mut steps = 0;
@@ -340,8 +342,7 @@ fn several_backbones_compete() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     shapes_dataset(dir.path(), 5, 40, 6);
-    let mut recipe = small_recipe();
-    recipe.eval_transform = EvalTransform { resize: 40, crop: 32, ..Default::default() };
+    let mut recipe = tiny_recipe();
     recipe.phase1.epochs = 1;
     recipe.phase2.epochs = 1;
     let data = load(dir.path(), &recipe);
@@ -374,8 +375,7 @@ fn channels_last_trains_like_contiguous() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     shapes_dataset(dir.path(), 4, 40, 7);
-    let mut recipe = small_recipe();
-    recipe.eval_transform = EvalTransform { resize: 40, crop: 32, ..Default::default() };
+    let mut recipe = tiny_recipe();
     recipe.phase1.epochs = 1;
     recipe.phase2.epochs = 1;
     let data = load(dir.path(), &recipe);

@@ -16,7 +16,7 @@ use crate::train::arch::Arch;
 use crate::train::augment::{self, Params};
 use crate::train::recipe::Recipe;
 use crate::train::trainer::{self, Context};
-use crate::vision::{self, DecodeLimits};
+use crate::vision::DecodeLimits;
 
 const PY_BENCH: &str = include_str!("../../scripts/bench_train.py");
 
@@ -99,8 +99,7 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     let mut buf = Vec::new();
     let t0 = Instant::now();
     for bytes in &files {
-        let img = vision::decode(bytes, &DecodeLimits::default())?;
-        let img = if img.width().min(img.height()) > eval.resize { eval.resize_shorter(&img) } else { img };
+        let img = dataset::decode_image(bytes, &DecodeLimits::default(), eval)?;
         buf.clear();
         augment::train_input(&img, &Params::draw(&recipe.augment, &mut rng), eval, &mut buf);
     }

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::registry::sha256_hex;
 use crate::vision::{self, DecodeLimits, EvalTransform};
 pub use archive::{ArchiveLimits, Files};
 
@@ -115,7 +116,7 @@ impl Sample {
     pub fn rgb(&self, eval: &EvalTransform, limits: &DecodeLimits) -> Result<Cow<'_, RgbImage>> {
         match &self.pixels {
             Pixels::Decoded(img) => Ok(Cow::Borrowed(img)),
-            Pixels::Encoded(bytes) => Ok(Cow::Owned(shrink(vision::decode(bytes, limits)?, eval))),
+            Pixels::Encoded(bytes) => Ok(Cow::Owned(decode_image(bytes, limits, eval)?)),
         }
     }
 }
@@ -237,7 +238,7 @@ pub fn from_files(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> R
     let mut digest = Sha256::new();
     for (s, _) in &kept {
         let bytes = &files[&s.path];
-        digest.update(format!("{}\t{}\t{}\n", s.path, plan.classes[s.label], hex::encode(Sha256::digest(bytes))));
+        digest.update(format!("{}\t{}\t{}\n", s.path, plan.classes[s.label], sha256_hex(bytes)));
     }
     let digest = hex::encode(digest.finalize());
 
@@ -353,7 +354,7 @@ fn decode_all(
                     part.iter()
                         .map(|(path, _, _)| {
                             let bytes = &files[path];
-                            let img = shrink(vision::decode(bytes, &opts.decode)?, eval);
+                            let img = decode_image(bytes, &opts.decode, eval)?;
                             let size = img.as_raw().len() as u64;
                             let before = used.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
                             Ok(if before + size <= opts.memory_budget_bytes {
@@ -370,13 +371,11 @@ fn decode_all(
     })
 }
 
-/// Reduces an image so its shorter side is the eval transform's resize (never enlarges).
-fn shrink(img: RgbImage, eval: &EvalTransform) -> RgbImage {
-    if img.width().min(img.height()) > eval.resize {
-        eval.resize_shorter(&img)
-    } else {
-        img
-    }
+/// Decodes an image as datasets keep it: reduced so its shorter side is the eval transform's
+/// resize (never enlarged), which the eval transform then leaves unchanged.
+pub fn decode_image(bytes: &[u8], limits: &DecodeLimits, eval: &EvalTransform) -> Result<RgbImage> {
+    let img = vision::decode(bytes, limits)?;
+    Ok(if img.width().min(img.height()) > eval.resize { eval.resize_shorter(&img) } else { img })
 }
 
 /// `cat_to_name.json` at the top: folder name → display name.

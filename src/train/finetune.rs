@@ -221,11 +221,7 @@ pub fn checkpoint_bytes(state: &[(String, Tensor)], metadata: HashMap<String, St
         let (dtype, bytes) = match t.kind() {
             tch::Kind::Float => (safetensors::Dtype::F32, bytes_of::<f32>(&t)),
             tch::Kind::Int64 => (safetensors::Dtype::I64, bytes_of::<i64>(&t)),
-            other => {
-                let f = t.to_kind(tch::Kind::Float);
-                let _ = other;
-                (safetensors::Dtype::F32, bytes_of::<f32>(&f))
-            }
+            _ => (safetensors::Dtype::F32, bytes_of::<f32>(&t.to_kind(tch::Kind::Float))),
         };
         data.push((name.clone(), dtype, t.size().iter().map(|&d| d as usize).collect(), bytes));
     }

@@ -253,6 +253,17 @@ impl Model {
         })
     }
 
+    /// The trainable parameters (batch-norm statistics excluded), input to output, by name.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let vars = self.vs.variables();
+        self.network
+            .params()
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| (p.name.clone(), vars[&p.name].shallow_clone()))
+            .collect()
+    }
+
     /// Every variable (parameters and buffers) by torchvision name.
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();

@@ -160,12 +160,12 @@ pub fn train(
     run.phase1(&mut model, ctx)?;
     if recipe.phase2.epochs > 0 {
         if let Some((_, _, state)) = &run.best {
-            load_state(&model, state);
+            model.load_state_dict(state, false)?;
         }
         run.phase2(&mut model, ctx)?;
     }
     let (acc, at, state) = run.best.take().ok_or_else(|| Error::invalid_request("the recipe has no epoch to run"))?;
-    load_state(&model, &state);
+    model.load_state_dict(&state, false)?;
     Ok(Trained {
         backbone: arch,
         model,
@@ -194,10 +194,8 @@ impl Run<'_> {
         let spec = &self.recipe.phase1;
         let head = format!("{}.", model.network.head_name);
         let mut head_params = Vec::new();
-        let vars = model.vs.variables();
-        for spec in model.network.params().into_iter().filter(|p| p.trainable) {
-            let t = vars[&spec.name].shallow_clone();
-            let is_head = spec.name.starts_with(&head);
+        for (name, t) in model.trainable() {
+            let is_head = name.starts_with(&head);
             let _ = t.set_requires_grad(is_head);
             if is_head {
                 head_params.push(t);
@@ -305,9 +303,7 @@ impl Run<'_> {
         let samples = &self.dataset.train;
         let mut order: Vec<usize> = (0..samples.len()).collect();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.recipe.seed, phase, epoch, u64::MAX)));
-        let bs = self.recipe.batch_size;
-        // As `load_batches` makes them: a trailing single image joins the batch before it.
-        let steps = order.len().div_ceil(bs) - usize::from(order.len() > bs && order.len() % bs == 1);
+        let steps = batch_slices(&order, self.recipe.batch_size, true).len();
         let seeds = (self.recipe.seed, phase, epoch);
         let t0 = Instant::now();
         let (mixed, channels_last) = (self.mixed, self.channels_last);
@@ -502,6 +498,19 @@ fn mix(seed: u64, phase: u8, epoch: usize, batch: u64) -> u64 {
     h
 }
 
+/// `order` cut into batches of `bs`. For training, a trailing single image joins the batch before
+/// it: one image would give batch norm a single value per channel where the feature map is 1×1
+/// (small inputs), and a NaN running variance (PyTorch refuses such a batch).
+fn batch_slices(order: &[usize], bs: usize, training: bool) -> Vec<&[usize]> {
+    let mut batches: Vec<&[usize]> = order.chunks(bs).collect();
+    if training && batches.len() > 1 && batches.last().is_some_and(|b| b.len() == 1) {
+        batches.pop();
+        let start = (batches.len() - 1) * bs;
+        *batches.last_mut().expect("more than one batch") = &order[start..];
+    }
+    batches
+}
+
 /// Prepares batches of `samples` in `order` on worker threads and hands them, in order, to
 /// `consume(step, images, labels)`. With `augment_seeds`, training augmentation is applied, each
 /// batch drawing from its own generator.
@@ -513,16 +522,7 @@ fn load_batches(
     device: Device,
     mut consume: impl FnMut(usize, Tensor, Tensor) -> Result<()>,
 ) -> Result<()> {
-    let bs = recipe.batch_size;
-    let mut batches: Vec<&[usize]> = order.chunks(bs).collect();
-    // A training batch of one image would give batch norm a single value per channel where the
-    // feature map is 1×1 (small inputs), and a NaN running variance (PyTorch refuses such a
-    // batch): a trailing single image joins the batch before it.
-    if augment_seeds.is_some() && batches.len() > 1 && batches.last().is_some_and(|b| b.len() == 1) {
-        batches.pop();
-        let start = (batches.len() - 1) * bs;
-        *batches.last_mut().expect("more than one batch") = &order[start..];
-    }
+    let batches = batch_slices(order, recipe.batch_size, augment_seeds.is_some());
     let threads = match recipe.loader_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -645,9 +645,7 @@ pub fn bare_step_rate(
     if channels_last {
         to_channels_last(&model);
     }
-    let vars = model.vs.variables();
-    let params: Vec<Tensor> =
-        model.network.params().iter().filter(|p| p.trainable).map(|p| vars[&p.name].shallow_clone()).collect();
+    let params: Vec<Tensor> = model.trainable().into_iter().map(|(_, t)| t).collect();
     let mut adam = Adam::new(Default::default(), vec![("all".into(), 1e-4, params)]);
     let mut scaler = LossScaler::new(device);
     let x = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
@@ -681,18 +679,6 @@ pub fn pipeline_rate(recipe: &Recipe, samples: &[Sample]) -> Result<f64> {
 /// A deep copy of every variable, on the CPU.
 fn snapshot(model: &Model) -> Vec<(String, Tensor)> {
     model.state_dict().into_iter().map(|(k, t)| (k, t.detach().to_device(Device::Cpu).copy())).collect()
-}
-
-fn load_state(model: &Model, state: &[(String, Tensor)]) {
-    let vars = model.vs.variables();
-    tch::no_grad(|| {
-        for (k, t) in state {
-            if let Some(v) = vars.get(k) {
-                let mut v = v.shallow_clone();
-                v.copy_(t);
-            }
-        }
-    });
 }
 
 /// NCHW tensor with NHWC strides (channels_last).
