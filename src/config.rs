@@ -26,6 +26,10 @@ pub struct Config {
     pub inference: InferenceConfig,
 }
 
+/// The model bundled in the repository's `registry/` (seeded into the embedded registry at
+/// start) and served by default: 102 classes of flowers.
+pub const BUNDLED_MODEL: &str = "flowers102@production";
+
 /// What `petal serve` serves, and how.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -45,7 +49,12 @@ pub struct InferenceConfig {
 
 impl Default for InferenceConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), engine: Default::default(), max_body_bytes: 20 << 20, reload_poll_ms: 10_000 }
+        Self {
+            models: vec![BUNDLED_MODEL.to_string()],
+            engine: Default::default(),
+            max_body_bytes: 20 << 20,
+            reload_poll_ms: 10_000,
+        }
     }
 }
 

@@ -180,7 +180,9 @@ pub fn run(config: &petal::config::Config, args: FinetuneArgs) -> Result<()> {
             }
         }
     };
-    let summary = finetune::finetune(&data, &backbones, &recipe, device, &args.out, &cancel, &mut on_event)?;
+    let command = command_line();
+    let summary =
+        finetune::finetune(&data, &backbones, &recipe, device, &args.out, Some(&command), &cancel, &mut on_event)?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -217,6 +219,18 @@ fn weights_spec(specs: &[String], arch: Arch, backbones: usize) -> Result<Option
         }
     }
     Ok(None)
+}
+
+/// This process's command line as a shell would take it back (`petal` for the binary's path).
+fn command_line() -> String {
+    let quote = |a: String| {
+        if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=./:,@+%".contains(c)) {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    std::iter::once("petal".to_string()).chain(std::env::args().skip(1).map(quote)).collect::<Vec<_>>().join(" ")
 }
 
 fn eta(s: f64) -> String {

@@ -1,5 +1,6 @@
 //! The `petal` command line.
 mod finetune_cli;
+mod model_cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -74,9 +75,9 @@ enum Command {
         /// Class names: a JSON list or one name per line (default: ImageNet's for a 1000-class head).
         #[arg(long, value_name = "FILE")]
         class_names: Option<PathBuf>,
-        /// Square input size of the exported graph.
-        #[arg(long, default_value_t = 224)]
-        image_size: i64,
+        /// Square input size of the exported graph (default: the checkpoint's or catalog's eval crop, else 224).
+        #[arg(long)]
+        image_size: Option<i64>,
         /// Write the ONNX model here.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -110,6 +111,10 @@ enum Command {
     },
     /// Fine-tune backbones on a dataset with the two-phase recipe (no server needed).
     Finetune(finetune_cli::FinetuneArgs),
+    /// Export a fine-tuning run's winner to ONNX and publish it with its full provenance.
+    Publish(model_cli::PublishArgs),
+    /// Top-1/top-5 accuracy and confusions of a model on labelled images, through the serving path.
+    Eval(model_cli::EvalArgs),
     /// Benchmarks, each against its reference measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -292,8 +297,11 @@ fn main() -> ExitCode {
         overrides.workers = *workers;
         overrides.registry_path = registry.clone();
     }
-    if let Command::Registry { registry, .. } | Command::Export { registry, .. } | Command::Classify { registry, .. } =
-        &cli.command
+    if let Command::Registry { registry, .. }
+    | Command::Export { registry, .. }
+    | Command::Classify { registry, .. }
+    | Command::Publish(model_cli::PublishArgs { registry, .. })
+    | Command::Eval(model_cli::EvalArgs { registry, .. }) = &cli.command
     {
         overrides.registry_path = registry.clone();
     }
@@ -336,6 +344,8 @@ fn main() -> ExitCode {
         }
         Command::Registry { command, .. } => report(block_on(registry_command(&config, command))),
         Command::Finetune(args) => report(finetune_cli::run(&config, args)),
+        Command::Publish(args) => report(block_on(model_cli::publish(&config, args))),
+        Command::Eval(args) => report(model_cli::eval(&config, args)),
         Command::Export { arch, weights, class_names, image_size, out, publish, fp16, .. } => {
             let args = ExportArgs { arch, weights, class_names, image_size, out, publish, fp16 };
             report(block_on(export_command(&config, args)))
@@ -658,7 +668,7 @@ struct ExportArgs {
     arch: String,
     weights: PathBuf,
     class_names: Option<PathBuf>,
-    image_size: i64,
+    image_size: Option<i64>,
     out: Option<PathBuf>,
     publish: Option<String>,
     fp16: bool,
@@ -666,51 +676,16 @@ struct ExportArgs {
 
 async fn export_command(config: &Config, args: ExportArgs) -> petal::Result<()> {
     let ExportArgs { arch, weights: weights_file, class_names, image_size, out, publish, fp16 } = args;
-    use petal::export::onnx::{export, ExportOptions};
+    use petal::export::onnx::{export_weights, ExportedWeights};
     use petal::registry::manifest::BaseWeights;
     use petal::registry::{NewArtifact, Provenance, Registry};
     use petal::train::arch::Arch;
-    use petal::train::catalog::Catalog;
-    use petal::train::model::Model;
-    use petal::train::weights;
 
     let arch: Arch = arch.parse()?;
     let bytes = std::fs::read(&weights_file)?;
-    let sha256 = petal::registry::sha256_hex(&bytes);
-    let tensors = weights::read_bytes(&bytes)?;
-    let classes = weights::head_classes(arch, &tensors).unwrap_or(1000);
-    let mut model = Model::new(arch.network(classes), tch::Device::Cpu);
-    model.load_state_dict(&tensors, false)?;
-    // A petal checkpoint (`petal finetune`) carries its class names and eval transform.
-    let meta = petal::train::finetune::checkpoint_metadata(&bytes).unwrap_or_default();
-    let meta_names: Option<Vec<String>> =
-        meta.get(petal::train::finetune::META_CLASS_NAMES).and_then(|v| serde_json::from_str(v).ok());
-    let meta_transform: Option<petal::vision::EvalTransform> =
-        meta.get(petal::train::finetune::META_EVAL_TRANSFORM).and_then(|v| serde_json::from_str(v).ok());
-    let image_size = meta_transform.as_ref().map_or(image_size, |t| i64::from(t.crop));
-    let names = match class_names {
-        Some(p) => read_class_names(&p)?,
-        None if meta_names.is_some() => meta_names.expect("checked"),
-        None if classes == 1000 => {
-            serde_json::from_str(include_str!("../registry/catalog/imagenet_classes.json")).expect("valid class list")
-        }
-        None => (0..classes).map(|i| format!("class_{i}")).collect(),
-    };
-    let catalog = Catalog::embedded().by_sha256(&sha256).filter(|e| e.arch == arch);
-    let transform = match (meta_transform, catalog) {
-        (Some(t), _) => t,
-        (None, Some(e)) => e.eval_transform.clone(),
-        (None, None) => petal::vision::EvalTransform { crop: image_size as u32, ..Default::default() },
-    };
-    let options = ExportOptions {
-        image_size,
-        class_names: names,
-        transform: serde_json::to_value(&transform).expect("serializes"),
-        provenance_digest: Some(format!("sha256:{sha256}")),
-        model_name: publish.clone(),
-        fp16_weights: fp16,
-    };
-    let onnx = export(&model, &options)?;
+    let names = class_names.as_deref().map(read_class_names).transpose()?;
+    let ExportedWeights { onnx, sha256, classes, image_size, catalog } =
+        export_weights(arch, &bytes, names, image_size, publish.clone(), fp16)?;
     if let Some(out) = &out {
         std::fs::write(out, &onnx)?;
         println!("wrote {} ({} bytes)", out.display(), onnx.len());
@@ -743,26 +718,8 @@ fn classify_command(
     json: bool,
     images: &[PathBuf],
 ) -> petal::Result<()> {
-    use petal::infer::engine::{EngineConfig, ModelHandle};
-    use petal::infer::runtime::OrtRuntime;
-    use petal::registry::{ModelRef, Registry};
-
-    let (bytes, name, version) = match (model, onnx) {
-        (_, Some(file)) => (std::fs::read(&file)?, file.display().to_string(), 0),
-        (Some(m), None) => {
-            let r: ModelRef = m.parse()?;
-            block_on(async {
-                let registry = Registry::open(&config.registry)?;
-                let v = registry.resolve(&r).await?;
-                let manifest = registry.manifest(r.model(), v).await?;
-                let bytes = registry.read_artifact(&manifest, "model.onnx").await?;
-                Ok::<_, petal::Error>((bytes, r.model().to_string(), v))
-            })?
-        }
-        (None, None) => return Err(petal::Error::invalid_request("give --model NAME[@alias|:version] or --onnx FILE")),
-    };
-    let runtime = OrtRuntime::init(&config.onnxruntime)?;
-    let handle = ModelHandle::load(&runtime, &bytes, &name, version, &EngineConfig::default())?;
+    let handle = model_cli::load_handle(config, model.as_deref(), onnx.as_ref())?;
+    let (name, version) = (handle.info.name.clone(), handle.info.version);
     let mut results = Vec::new();
     for path in images {
         let input = handle.preprocess(&std::fs::read(path)?)?;

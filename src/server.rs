@@ -4,7 +4,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::api::{self, AppState};
-use crate::config::{Config, RegistryBackend, RegistryConfig};
+use crate::config::Config;
 use crate::infer::runtime::OrtRuntime;
 use crate::registry::Registry;
 
@@ -162,18 +162,12 @@ async fn load_model(state: &web::Data<AppState>, reference: &str) -> crate::Resu
     .map_err(|e| crate::Error::internal(e.to_string()))?
 }
 
-/// Opens the registry, proves it writable, and seeds it from `registry.seed` when that folder
-/// holds versions the registry lacks.
+/// Opens the registry, proves it writable, and seeds it from `registry.seed`.
 async fn open_and_seed_registry(config: &Config) -> crate::Result<String> {
     let registry = Registry::open(&config.registry)?;
     registry.check().await?;
-    let seed = &config.registry.seed;
-    if !seed.as_os_str().is_empty() && seed.join("models").is_dir() {
-        let seed_config = RegistryConfig { backend: RegistryBackend::Local, path: seed.clone(), ..Default::default() };
-        let copied = registry.seed_from(&Registry::open(&seed_config)?).await?;
-        for (model, version) in &copied {
-            tracing::info!(model, version, seed = %seed.display(), "seeded the registry");
-        }
+    for (model, version) in registry.seed_from_config(&config.registry).await? {
+        tracing::info!(model, version, seed = %config.registry.seed.display(), "seeded the registry");
     }
     Ok(format!("{} is writable", registry.location()))
 }

@@ -202,7 +202,7 @@ fn classify_over_http_with_the_real_imagenet_model() {
     )
     .unwrap();
     let server = Server::start_with(|cmd| {
-        cmd.env_remove("PETAL__REGISTRY__PATH").env("PETAL_CONFIG", &config);
+        cmd.env_remove("PETAL__REGISTRY__PATH").env_remove("PETAL__INFERENCE__MODELS").env("PETAL_CONFIG", &config);
     });
     let ready = server.wait_ready(200);
     assert!(ready.to_string().contains("imagenet-mbv2 version 1 on CPUExecutionProvider"), "{ready}");
@@ -297,7 +297,7 @@ fn moving_the_alias_swaps_the_served_version_without_failing_requests() {
     )
     .unwrap();
     let server = Server::start_with(|cmd| {
-        cmd.env_remove("PETAL__REGISTRY__PATH").env("PETAL_CONFIG", &config);
+        cmd.env_remove("PETAL__REGISTRY__PATH").env_remove("PETAL__INFERENCE__MODELS").env("PETAL_CONFIG", &config);
     });
     server.wait_ready(200);
     let chelsea = std::fs::read(common::tools().join("testdata/chelsea.png")).unwrap();

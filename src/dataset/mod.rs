@@ -215,33 +215,7 @@ fn invalid(problems: &[String]) -> Error {
 
 /// Checks, decodes and splits files already read.
 pub fn from_files(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> Result<Dataset> {
-    let (files, prefix) = strip_common_folder(files);
-    let mut plan =
-        if files.contains_key("imagelabels.mat") { plan_oxford(&files, opts)? } else { plan_image_folder(&files)? };
-    if !plan.problems.is_empty() {
-        return Err(invalid(&plan.problems));
-    }
-    // Decode every image once (all cores), checking it.
-    let decoded = decode_all(&files, &plan.items, opts, eval);
-    let mut bad = Vec::new();
-    let mut kept = Vec::new();
-    for ((path, label, part), result) in plan.items.iter().cloned().zip(decoded) {
-        match result {
-            Ok(pixels) => kept.push((Sample { path, label, pixels }, part)),
-            Err(e) => bad.push(format!("{path}: {}", e.message)),
-        }
-    }
-    match opts.on_bad_image {
-        OnBadImage::Fail if !bad.is_empty() => return Err(invalid(&bad)),
-        _ => plan.warnings.extend(bad.into_iter().map(|b| format!("skipped {b}"))),
-    }
-    let mut digest = Sha256::new();
-    for (s, _) in &kept {
-        let bytes = &files[&s.path];
-        digest.update(format!("{}\t{}\t{}\n", s.path, plan.classes[s.label], sha256_hex(bytes)));
-    }
-    let digest = hex::encode(digest.finalize());
-
+    let Labelled { mut plan, mut kept, digest, prefix } = read_labelled(files, opts, eval)?;
     let split_desc = match plan.split.take() {
         Some(s) => s,
         None => {
@@ -269,6 +243,111 @@ pub fn from_files(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> R
         warnings: plan.warnings,
         prefix,
     })
+}
+
+/// A dataset's images, labelled and decoded (checked), before any split or class check.
+struct Labelled {
+    plan: Plan,
+    kept: Vec<(Sample, Part)>,
+    digest: String,
+    prefix: String,
+}
+
+fn read_labelled(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> Result<Labelled> {
+    let (files, prefix) = strip_common_folder(files);
+    let mut plan =
+        if files.contains_key("imagelabels.mat") { plan_oxford(&files, opts)? } else { plan_image_folder(&files)? };
+    if !plan.problems.is_empty() {
+        return Err(invalid(&plan.problems));
+    }
+    // Decode every image once (all cores), checking it.
+    let decoded = decode_all(&files, &plan.items, opts, eval);
+    let mut bad = Vec::new();
+    let mut kept = Vec::new();
+    for ((path, label, part), result) in plan.items.iter().cloned().zip(decoded) {
+        match result {
+            Ok(pixels) => kept.push((Sample { path, label, pixels }, part)),
+            Err(e) => bad.push(format!("{path}: {}", e.message)),
+        }
+    }
+    match opts.on_bad_image {
+        OnBadImage::Fail if !bad.is_empty() => return Err(invalid(&bad)),
+        _ => plan.warnings.extend(bad.into_iter().map(|b| format!("skipped {b}"))),
+    }
+    let mut digest = Sha256::new();
+    for (s, _) in &kept {
+        let bytes = &files[&s.path];
+        digest.update(format!("{}\t{}\t{}\n", s.path, plan.classes[s.label], sha256_hex(bytes)));
+    }
+    Ok(Labelled { plan, kept, digest: hex::encode(digest.finalize()), prefix })
+}
+
+/// Which images an evaluation measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvalSplit {
+    /// The dataset's own validation split when it brings one (Oxford Flowers 102's, or
+    /// `train/` + `val/` folders), else every image.
+    #[default]
+    Auto,
+    /// The validation split; for a dataset without one, the same seeded stratified split
+    /// training makes (same `val_fraction` and seed).
+    Val,
+    Train,
+    All,
+}
+
+impl std::str::FromStr for EvalSplit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => EvalSplit::Auto,
+            "val" => EvalSplit::Val,
+            "train" => EvalSplit::Train,
+            "all" => EvalSplit::All,
+            other => return Err(Error::invalid_request(format!("split: auto, val, train or all, not {other:?}"))),
+        })
+    }
+}
+
+/// Labelled images to evaluate a model on, kept as their original encoded bytes so that they go
+/// through the serving path (decode, eval transform) exactly as a request would.
+pub struct EvalSet {
+    pub class_names: Vec<String>,
+    pub samples: Vec<Sample>,
+    /// Which images these are, for people.
+    pub split: String,
+    pub layout: Layout,
+    pub digest: String,
+    pub warnings: Vec<String>,
+}
+
+/// Reads a dataset for evaluation: every layout `load` reads, with no minimum of classes or
+/// images per split (a handful of photos of a few classes is a valid test set).
+pub fn load_eval(path: &Path, opts: &IngestOptions, eval: &EvalTransform, which: EvalSplit) -> Result<EvalSet> {
+    let opts = IngestOptions { memory_budget_bytes: 0, ..opts.clone() };
+    let Labelled { mut plan, mut kept, digest, .. } =
+        read_labelled(archive::read_path(path, &opts.limits)?, &opts, eval)?;
+    let own_split = plan.split.take();
+    let (want, split) = match (which, own_split) {
+        (EvalSplit::All, _) | (EvalSplit::Auto, None) => (None, "every image".to_string()),
+        (EvalSplit::Auto | EvalSplit::Val, Some(s)) => (Some(Part::Val), format!("validation split of {s}")),
+        (EvalSplit::Train, Some(s)) => (Some(Part::Train), format!("training split of {s}")),
+        (EvalSplit::Val | EvalSplit::Train, None) => {
+            stratify(&mut kept, plan.classes.len(), &opts)?;
+            let part = if which == EvalSplit::Val { "validation" } else { "training" };
+            let s = format!(
+                "{part} part of a stratified split, {:.0} % of each class held out, seed {}",
+                opts.val_fraction * 100.0,
+                opts.seed
+            );
+            (Some(if which == EvalSplit::Val { Part::Val } else { Part::Train }), s)
+        }
+    };
+    let samples: Vec<Sample> = kept.into_iter().filter(|(_, p)| want.is_none_or(|w| *p == w)).map(|(s, _)| s).collect();
+    if samples.is_empty() {
+        return Err(invalid(&[format!("no image to evaluate in the {split}")]));
+    }
+    Ok(EvalSet { class_names: plan.class_names, samples, split, layout: plan.layout, digest, warnings: plan.warnings })
 }
 
 /// Drops one top-level folder that everything sits in (`flowers/…` → `…`) when folders remain.

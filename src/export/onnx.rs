@@ -346,3 +346,69 @@ pub fn export(model: &Model, options: &ExportOptions) -> Result<Vec<u8>> {
     };
     Ok(model_proto.encode_to_vec())
 }
+
+/// A weight file (`.pth` or a petal checkpoint) exported to ONNX, and what was read from it.
+pub struct ExportedWeights {
+    pub onnx: Vec<u8>,
+    /// sha256 of the weight file.
+    pub sha256: String,
+    pub classes: i64,
+    pub image_size: i64,
+    /// The catalog entry the file is, when it is a known one.
+    pub catalog: Option<&'static crate::train::catalog::CatalogEntry>,
+}
+
+/// Exports a weight file: class names from `class_names`, else the checkpoint's metadata, else
+/// ImageNet's for a 1000-class head, else `class_i`; the eval transform from the checkpoint's
+/// metadata, else the catalog entry, else the default; `image_size` overrides its crop (the
+/// graph's input size).
+pub fn export_weights(
+    arch: crate::train::arch::Arch,
+    bytes: &[u8],
+    class_names: Option<Vec<String>>,
+    image_size: Option<i64>,
+    model_name: Option<String>,
+    fp16: bool,
+) -> Result<ExportedWeights> {
+    use crate::train::finetune::{checkpoint_metadata, META_CLASS_NAMES, META_EVAL_TRANSFORM};
+    use crate::vision::EvalTransform;
+
+    let sha256 = crate::registry::sha256_hex(bytes);
+    let tensors = crate::train::weights::read_bytes(bytes)?;
+    let classes = crate::train::weights::head_classes(arch, &tensors).unwrap_or(1000);
+    let mut model = Model::new(arch.network(classes), tch::Device::Cpu);
+    model.load_state_dict(&tensors, false)?;
+    let meta = checkpoint_metadata(bytes).unwrap_or_default();
+    let meta_names: Option<Vec<String>> = meta.get(META_CLASS_NAMES).and_then(|v| serde_json::from_str(v).ok());
+    let meta_transform: Option<EvalTransform> =
+        meta.get(META_EVAL_TRANSFORM).and_then(|v| serde_json::from_str(v).ok());
+    let names = match class_names.or(meta_names) {
+        Some(names) => names,
+        None if classes == 1000 => serde_json::from_str(include_str!("../../registry/catalog/imagenet_classes.json"))
+            .expect("valid class list"),
+        None => (0..classes).map(|i| format!("class_{i}")).collect(),
+    };
+    let catalog = crate::train::catalog::Catalog::embedded().by_sha256(&sha256).filter(|e| e.arch == arch);
+    let mut transform = match (meta_transform, catalog) {
+        (Some(t), _) => t,
+        (None, Some(e)) => e.eval_transform.clone(),
+        (None, None) => EvalTransform::default(),
+    };
+    if let Some(size) = image_size {
+        let size =
+            u32::try_from(size).map_err(|_| Error::new(ErrorCode::ExportFailed, "image_size is out of range"))?;
+        transform.crop = size;
+        transform.resize = transform.resize.max(size);
+    }
+    let image_size = i64::from(transform.crop);
+    let options = ExportOptions {
+        image_size,
+        class_names: names,
+        transform: serde_json::to_value(&transform).expect("serializes"),
+        provenance_digest: Some(format!("sha256:{sha256}")),
+        model_name,
+        fp16_weights: fp16,
+    };
+    let onnx = export(&model, &options)?;
+    Ok(ExportedWeights { onnx, sha256, classes, image_size, catalog })
+}

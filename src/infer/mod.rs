@@ -1,4 +1,5 @@
 //! Inference through ONNX Runtime (`ort`).
 pub mod engine;
+pub mod eval;
 pub mod runtime;
 pub mod serving;

@@ -442,6 +442,25 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Seeds this registry from `config.seed` (the repository's `registry/` folder, holding the
+    /// bundled model) when that folder holds versions or aliases this registry lacks; returns
+    /// what was copied. Nothing happens when the seed is unset, has no models, or is this
+    /// registry's own folder.
+    pub async fn seed_from_config(&self, config: &RegistryConfig) -> Result<Vec<(String, u64)>> {
+        let seed = &config.seed;
+        if seed.as_os_str().is_empty() || !seed.join("models").is_dir() {
+            return Ok(Vec::new());
+        }
+        let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+        if config.backend == RegistryBackend::Local && same(seed, &config.path) {
+            return Ok(Vec::new());
+        }
+        let seed_config = RegistryConfig { backend: RegistryBackend::Local, path: seed.clone(), ..Default::default() };
+        self.seed_from(&Registry::open(&seed_config)?).await
+    }
+}
+
 /// `name`, `name:3` or `name@alias`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelRef {

@@ -52,6 +52,31 @@ pub fn torch_info() -> TorchInfo {
     }
 }
 
+/// The machine, for provenance records: CPU model, logical cores, memory, the training device and
+/// libtorch's view of CUDA.
+pub fn hardware(device: tch::Device) -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: Option<u64> = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok());
+    let info = torch_info();
+    serde_json::json!({
+        "cpu": cpu,
+        "logical_cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "memory_gib": mem_kib.map(|k| (k as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0),
+        "device": format!("{device:?}"),
+        "cuda_devices": info.cuda_device_count,
+        "cudnn_version": info.cudnn_version,
+        "libtorch": info.version,
+        "torch_threads": info.cpu_threads,
+    })
+}
+
 /// Finds the path of a shared library in the text of `/proc/self/maps`.
 fn mapped_library(maps: &str, name: &str) -> Option<PathBuf> {
     maps.lines()

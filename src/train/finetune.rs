@@ -103,15 +103,28 @@ pub struct Summary {
     pub device: String,
     pub seconds: f64,
     pub petal_version: String,
+    /// When the run started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// The machine it ran on (`train::device::hardware`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub hardware: Option<serde_json::Value>,
+    /// The command that ran it, when it came from the command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
-/// Runs the recipe for each backbone and writes the outputs under `out`.
+/// Runs the recipe for each backbone and writes the outputs under `out`; `command` (the command
+/// line that started it, when there is one) goes into the summary for provenance.
+#[allow(clippy::too_many_arguments)]
 pub fn finetune(
     dataset: &Dataset,
     backbones: &[(Arch, Option<(PathBuf, BaseWeightsInfo)>)],
     recipe: &Recipe,
     device: Device,
     out: &Path,
+    command: Option<&str>,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Summary> {
@@ -120,6 +133,7 @@ pub fn finetune(
     }
     std::fs::create_dir_all(out)?;
     let started = std::time::Instant::now();
+    let started_at = crate::clock::now_rfc3339();
     let mut ctx = Context::new(device, cancel, on_event);
     ctx.total_images = trainer::planned_images(dataset, recipe) * backbones.len() as f64;
     let mut results = Vec::new();
@@ -143,6 +157,9 @@ pub fn finetune(
         device: format!("{device:?}"),
         seconds: started.elapsed().as_secs_f64(),
         petal_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: Some(started_at),
+        hardware: Some(crate::train::device::hardware(device)),
+        command: command.map(str::to_owned),
         results,
     };
     write_atomically(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("serializes"))?;

@@ -76,12 +76,16 @@ impl Server {
         Self::start_with(|_| {})
     }
 
-    /// Starts the server after `customize` has adjusted the command (env, flags).
+    /// Starts the server after `customize` has adjusted the command (env, flags). Unless
+    /// `customize` removes these variables, the server starts empty: no seeding from the
+    /// repository's `registry/` and no model to serve (`bundled()` undoes both).
     pub fn start_with(customize: impl FnOnce(&mut Command)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = petal();
         cmd.args(["--log-format", "json", "serve", "--port", "0", "--workers", "2"])
             .env("PETAL__REGISTRY__PATH", dir.path().join("registry"))
+            .env("PETAL__REGISTRY__SEED", "")
+            .env("PETAL__INFERENCE__MODELS", "[]")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         customize(&mut cmd);
@@ -105,6 +109,12 @@ impl Server {
             panic!("server did not log its address:\n{}", logs.lock().unwrap().join("\n"))
         });
         Server { child, base: format!("http://{addr}"), logs, dir }
+    }
+
+    /// Undoes `start_with`'s emptiness: the embedded default, seeded with the bundled model and
+    /// serving it.
+    pub fn bundled(cmd: &mut Command) {
+        cmd.env_remove("PETAL__REGISTRY__SEED").env_remove("PETAL__INFERENCE__MODELS");
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,198 @@
+//! `petal eval`: a model's accuracy measured through the serving path — each image's original
+//! bytes decoded and transformed by the serving code, run by the model's ort session — with
+//! top-1, top-5, per-class accuracy and the most frequent confusions.
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::dataset::EvalSet;
+use crate::error::{Error, ErrorCode, Result};
+use crate::infer::engine::ModelHandle;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub version: u64,
+    pub provider: String,
+    /// Which images were measured.
+    pub split: String,
+    pub dataset_digest: String,
+    pub images: usize,
+    pub top1_correct: usize,
+    pub top5_correct: usize,
+    pub top1: f64,
+    pub top5: f64,
+    /// Wall time of decoding, transforming and running every image.
+    pub seconds: f64,
+    pub images_per_s: f64,
+    /// Every class of the dataset, worst top-1 first.
+    pub per_class: Vec<ClassAccuracy>,
+    /// Off-diagonal cells of the confusion matrix, most frequent first.
+    pub confusions: Vec<Confusion>,
+    /// Rows: the true class, columns: the predicted class, both in the model's class order.
+    pub confusion_matrix: Vec<Vec<u32>>,
+    pub class_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassAccuracy {
+    pub class: String,
+    pub images: usize,
+    pub top1: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Confusion {
+    pub actual: String,
+    pub predicted: String,
+    pub count: u32,
+}
+
+/// Runs every image of `set` through `handle`, `batch` images per call, decoding on `threads`
+/// threads. The dataset's classes are matched to the model's by name.
+pub fn evaluate(handle: &ModelHandle, set: &EvalSet, batch: usize, threads: usize) -> Result<EvalReport> {
+    let names = &handle.info.class_names;
+    let mut to_model = Vec::with_capacity(set.class_names.len());
+    let mut unknown = Vec::new();
+    for c in &set.class_names {
+        match names.iter().position(|n| n == c) {
+            Some(i) => to_model.push(i),
+            None => {
+                unknown.push(c.clone());
+                to_model.push(usize::MAX)
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(Error::new(
+            ErrorCode::DatasetInvalid,
+            format!(
+                "{} class(es) of the dataset are not classes of {}: {}",
+                unknown.len(),
+                handle.info.name,
+                unknown.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let k = names.len();
+    let mut matrix = vec![vec![0u32; k]; k];
+    let (mut top1, mut top5) = (0usize, 0usize);
+    let started = Instant::now();
+    let batch = batch.max(1);
+    let threads = threads.max(1);
+    for chunk in set.samples.chunks(batch) {
+        let per_thread = chunk.len().div_ceil(threads);
+        let inputs: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = chunk
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        for s in part {
+                            let bytes = match &s.pixels {
+                                crate::dataset::Pixels::Encoded(b) => b,
+                                crate::dataset::Pixels::Decoded(_) => {
+                                    return Err(Error::internal("evaluation needs the images' original bytes"))
+                                }
+                            };
+                            out.extend(
+                                handle
+                                    .preprocess(bytes)
+                                    .map_err(|e| Error::new(e.code, format!("{}: {}", s.path, e.message)))?,
+                            );
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().expect("decoder thread panicked")).collect()
+        });
+        let mut flat = Vec::new();
+        for part in inputs {
+            flat.extend(part?);
+        }
+        let logits = handle.infer_blocking(flat, chunk.len())?;
+        for (s, l) in chunk.iter().zip(logits) {
+            let truth = to_model[s.label];
+            let ranked = handle.top_k(&l, 5.min(k));
+            let predicted = ranked[0].index;
+            matrix[truth][predicted] += 1;
+            top1 += usize::from(predicted == truth);
+            top5 += usize::from(ranked.iter().any(|p| p.index == truth));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let images = set.samples.len();
+    let mut per_class: Vec<ClassAccuracy> = set
+        .class_names
+        .iter()
+        .zip(&to_model)
+        .map(|(c, &i)| {
+            let n: u32 = matrix[i].iter().sum();
+            ClassAccuracy { class: c.clone(), images: n as usize, top1: f64::from(matrix[i][i]) / f64::from(n.max(1)) }
+        })
+        .filter(|c| c.images > 0)
+        .collect();
+    per_class.sort_by(|a, b| a.top1.total_cmp(&b.top1).then_with(|| a.class.cmp(&b.class)));
+    let mut confusions = Vec::new();
+    for (a, row) in matrix.iter().enumerate() {
+        for (p, &count) in row.iter().enumerate() {
+            if a != p && count > 0 {
+                confusions.push(Confusion { actual: names[a].clone(), predicted: names[p].clone(), count });
+            }
+        }
+    }
+    confusions.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.actual.cmp(&y.actual)));
+    Ok(EvalReport {
+        model: handle.info.name.clone(),
+        version: handle.info.version,
+        provider: handle.info.provider.to_string(),
+        split: set.split.clone(),
+        dataset_digest: set.digest.clone(),
+        images,
+        top1_correct: top1,
+        top5_correct: top5,
+        top1: top1 as f64 / images as f64,
+        top5: top5 as f64 / images as f64,
+        seconds,
+        images_per_s: images as f64 / seconds,
+        per_class,
+        confusions,
+        confusion_matrix: matrix,
+        class_names: names.clone(),
+    })
+}
+
+impl EvalReport {
+    /// The report for people: accuracy, the worst classes and the most frequent confusions.
+    pub fn to_text(&self, shown: usize) -> String {
+        let mut s = format!(
+            "{} version {} on {}: {} images ({})\n",
+            self.model, self.version, self.provider, self.images, self.split
+        );
+        s += &format!(
+            "top-1 {:.2} % ({} of {}), top-5 {:.2} % ({} of {})\n",
+            self.top1 * 100.0,
+            self.top1_correct,
+            self.images,
+            self.top5 * 100.0,
+            self.top5_correct,
+            self.images
+        );
+        s += &format!("{:.1} s, {:.1} images/s (decode, transform and inference)\n", self.seconds, self.images_per_s);
+        let worst: Vec<&ClassAccuracy> = self.per_class.iter().filter(|c| c.top1 < 1.0).take(shown).collect();
+        if !worst.is_empty() {
+            s += "\nworst classes (top-1, images):\n";
+            for c in worst {
+                s += &format!("  {:>6.2} %  {:>4}  {}\n", c.top1 * 100.0, c.images, c.class);
+            }
+        }
+        if !self.confusions.is_empty() {
+            s += "\nmost frequent confusions (true -> predicted):\n";
+            for c in self.confusions.iter().take(shown) {
+                s += &format!("  {:>4} x  {} -> {}\n", c.count, c.actual, c.predicted);
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,139 @@
+//! Publishing a fine-tuning run: the winner exported to ONNX and published as a new version of a
+//! model with its full provenance — base weights and their licences, the dataset and its terms,
+//! the recipe, every epoch's metrics, the machine, the timings and the command that reproduces it —
+//! then, when asked, promoted to an alias.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::Usage;
+use crate::error::{Error, Result};
+use crate::export::onnx::export_weights;
+use crate::registry::alias::Promotion;
+use crate::registry::manifest::{BaseWeights, DatasetRecord, Manifest, Metrics};
+use crate::registry::{NewArtifact, Provenance, Registry};
+use crate::train::finetune::{BackboneResult, Summary};
+
+/// What to publish a run as.
+#[derive(Debug, Clone, Default)]
+pub struct PublishRun {
+    pub model: String,
+    /// Move this alias to the new version.
+    pub alias: Option<String>,
+    /// Who publishes (alias history).
+    pub by: String,
+    /// The dataset's name and the terms it may be used under, as the uploader gave them.
+    pub dataset_name: String,
+    pub dataset_terms: Option<String>,
+    /// Store the ONNX weights as float16.
+    pub fp16: bool,
+    /// Also store the winner's training checkpoint (safetensors) as an artifact.
+    pub with_checkpoint: bool,
+    /// The command that reproduces the run, when the run's summary does not record it.
+    pub command: Option<String>,
+    /// Acknowledge non-commercial terms when promoting under a commercial policy.
+    pub acknowledge_terms: bool,
+}
+
+/// Reads `run_dir/summary.json` (written by `train::finetune::finetune`), exports its winner and
+/// publishes it; returns the new version's manifest.
+pub async fn publish_run(registry: &Registry, run_dir: &Path, opts: &PublishRun, usage: Usage) -> Result<Manifest> {
+    let summary_path = run_dir.join("summary.json");
+    let summary: Summary =
+        serde_json::from_slice(&std::fs::read(&summary_path).map_err(|e| {
+            Error::invalid_request(format!("{} is not a fine-tuning run: {e}", summary_path.display()))
+        })?)
+        .map_err(|e| Error::invalid_request(format!("{}: {e}", summary_path.display())))?;
+    let winner = summary
+        .results
+        .iter()
+        .find(|r| r.backbone == summary.winner)
+        .ok_or_else(|| Error::invalid_request(format!("{}: the winner has no result", summary_path.display())))?;
+    let checkpoint = std::fs::read(run_dir.join(&winner.checkpoint))?;
+    let exported = export_weights(winner.backbone, &checkpoint, None, None, Some(opts.model.clone()), opts.fp16)?;
+    let provenance = provenance(&summary, winner, opts, exported.image_size);
+    let mut artifacts = vec![NewArtifact::new("model.onnx", exported.onnx)];
+    if opts.with_checkpoint {
+        artifacts.push(NewArtifact::new("checkpoint.safetensors", checkpoint));
+    }
+    let manifest = registry.publish(&opts.model, artifacts, provenance, |_| {}).await?;
+    if let Some(alias) = &opts.alias {
+        let promotion = Promotion {
+            version: manifest.version,
+            if_match: None,
+            by: opts.by.clone(),
+            reason: format!(
+                "published from a fine-tuning run: {} at {:.2} % validation top-1",
+                winner.backbone,
+                winner.best_val_accuracy * 100.0
+            ),
+            acknowledge_terms: opts.acknowledge_terms,
+        };
+        registry.promote(&opts.model, alias, &promotion, usage).await?;
+    }
+    Ok(manifest)
+}
+
+/// The provenance record of a run's winner.
+pub fn provenance(summary: &Summary, winner: &BackboneResult, opts: &PublishRun, image_size: i64) -> Provenance {
+    let base_weights = winner.base_weights.as_ref().map(|b| {
+        let entry = crate::train::catalog::Catalog::embedded().by_sha256(&b.sha256);
+        BaseWeights {
+            catalog: b.catalog.clone(),
+            arch: winner.backbone.name().into(),
+            url: entry.map(|e| e.url.clone()),
+            sha256: b.sha256.clone(),
+            licences: b.licences.clone(),
+        }
+    });
+    let d = &summary.dataset;
+    let dataset = DatasetRecord {
+        digest: d.digest.clone(),
+        name: if opts.dataset_name.is_empty() { "unnamed".into() } else { opts.dataset_name.clone() },
+        class_names: d.class_names.clone(),
+        counts: BTreeMap::from([
+            ("train".to_string(), d.train_images as u64),
+            ("val".to_string(), d.val_images as u64),
+        ]),
+        terms: opts.dataset_terms.clone(),
+        licences: Vec::new(),
+    };
+    let mut best = BTreeMap::from([
+        ("val_top1".to_string(), winner.best_val_accuracy),
+        ("best_phase".to_string(), f64::from(winner.best_phase)),
+        ("best_epoch".to_string(), winner.best_epoch as f64),
+    ]);
+    if let Some(e) = winner.epochs.iter().find(|e| e.phase == winner.best_phase && e.epoch == winner.best_epoch) {
+        best.insert("val_loss".into(), e.val_loss);
+    }
+    if summary.results.len() > 1 {
+        for r in &summary.results {
+            best.insert(format!("val_top1.{}", r.backbone.name()), r.best_val_accuracy);
+        }
+    }
+    let per_epoch = winner.epochs.iter().map(|e| serde_json::to_value(e).expect("serializes")).collect();
+    let mut timings = BTreeMap::from([("run_s".to_string(), summary.seconds)]);
+    for r in &summary.results {
+        timings.insert(format!("{}_s", r.backbone.name()), r.seconds);
+    }
+    Provenance {
+        base_weights,
+        dataset: Some(dataset),
+        recipe: serde_json::to_value(&summary.recipe).expect("serializes"),
+        hyperparameters: serde_json::json!({
+            "backbones": summary.results.iter().map(|r| r.backbone.name()).collect::<Vec<_>>(),
+            "winner": winner.backbone.name(),
+            "device": summary.device,
+            "dataset_layout": d.layout,
+            "dataset_split": d.split,
+            "image_size": image_size,
+            "fp16_weights": opts.fp16,
+            "trained_by_petal": summary.petal_version,
+            "started_at": summary.started_at,
+        }),
+        metrics: Metrics { best, per_epoch },
+        hardware: summary.hardware.clone().unwrap_or(serde_json::Value::Null),
+        timings,
+        command: summary.command.clone().or_else(|| opts.command.clone()),
+        ..Default::default()
+    }
+}
