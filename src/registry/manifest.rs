@@ -174,6 +174,14 @@ impl Manifest {
             s += &format!(" (commit {c})");
         }
         s += ".\n\n";
+        let restricted = self.non_commercial();
+        if !restricted.is_empty() {
+            let parts: Vec<&str> = restricted.iter().map(|r| r.component.as_str()).collect();
+            s += &format!(
+                "**Use:** non-commercial only, because of the terms of {} (see Licences and terms below).\n\n",
+                parts.join(" and ")
+            );
+        }
         if let Some(b) = &p.base_weights {
             s += &format!(
                 "## Base model\n\n`{}` from {} (sha256 `{}`){}.\n\n",
@@ -201,6 +209,7 @@ impl Manifest {
                 s += &format!("| {k} | {v:.4} |\n");
             }
             s += &format!("\n{} epochs recorded.\n\n", p.metrics.per_epoch.len());
+            s += &epoch_table(&p.metrics.per_epoch);
         }
         if !p.recipe.is_null() {
             s += &format!(
@@ -240,4 +249,26 @@ impl Manifest {
         }
         s
     }
+}
+
+/// The per-epoch curve as a Markdown table, for epochs recorded by petal's trainer (others are
+/// left out of the card; they stay in the manifest).
+fn epoch_table(epochs: &[serde_json::Value]) -> String {
+    let num = |e: &serde_json::Value, k: &str| e.get(k).and_then(serde_json::Value::as_f64);
+    let rows: Vec<String> = epochs
+        .iter()
+        .filter_map(|e| {
+            let (phase, epoch) = (num(e, "phase")?, num(e, "epoch")?);
+            let (train_loss, val_loss, val_acc) = (num(e, "train_loss")?, num(e, "val_loss")?, num(e, "val_accuracy")?);
+            let best =
+                if e.get("best").and_then(serde_json::Value::as_bool) == Some(true) { " (best so far)" } else { "" };
+            Some(format!("| {phase} | {epoch} | {train_loss:.4} | {val_loss:.4} | {:.2} %{best} |\n", val_acc * 100.0))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = "| phase | epoch | train loss | val loss | val top-1 |\n| --- | --- | --- | --- | --- |\n".to_string();
+    s.extend(rows);
+    s + "\n"
 }
