@@ -24,6 +24,58 @@ pub struct Config {
     pub onnxruntime: OnnxRuntimeConfig,
     pub weights: WeightsConfig,
     pub inference: InferenceConfig,
+    pub jobs: JobsConfig,
+    pub auth: AuthConfig,
+}
+
+/// Fine-tuning jobs (`POST /finetune`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Jobs trained at once by this process. One per device: libtorch's generator and CPU thread
+    /// pool are per process, so two jobs on one device slow each other and lose bit-for-bit
+    /// repeatability.
+    pub workers: usize,
+    /// Where uploads are staged and jobs keep their working files (removed when done).
+    pub work_dir: PathBuf,
+    /// Largest dataset archive `POST /finetune` accepts.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self { workers: 1, work_dir: PathBuf::from("var/work"), max_upload_bytes: 4 << 30 }
+    }
+}
+
+/// Bearer tokens and what each may do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// With none, the API is open and `petal serve` binds to loopback only.
+    pub tokens: Vec<ApiToken>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who holds it (logs name the holder, never the token).
+    pub name: String,
+    #[serde(skip_serializing)]
+    pub token: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `POST /classify`, and reading models.
+    Classify,
+    /// Fine-tuning jobs: submit, follow, cancel.
+    Train,
+    /// Moving aliases; implies every other scope.
+    Admin,
 }
 
 /// The model bundled in the repository's `registry/` (seeded into the embedded registry at
@@ -344,6 +396,24 @@ impl Config {
         if let Some(m) = &self.weights.mirror {
             if !(m.starts_with("http://") || m.starts_with("https://")) {
                 problems.push(format!("weights.mirror: {m:?} is not an http(s) URL"));
+            }
+        }
+        if !(1..=64).contains(&self.jobs.workers) {
+            problems.push(format!("jobs.workers: {} is not between 1 and 64", self.jobs.workers));
+        }
+        if self.jobs.work_dir.as_os_str().is_empty() {
+            problems.push("jobs.work_dir: must not be empty".to_string());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.token.len() < 16 {
+                problems.push(format!("auth.tokens[{i}] ({}): a token needs at least 16 characters", t.name));
+            }
+            if t.scopes.is_empty() {
+                problems.push(format!("auth.tokens[{i}] ({}): give at least one scope", t.name));
+            }
+            if !names.insert(t.name.as_str()) {
+                problems.push(format!("auth.tokens[{i}]: the name {:?} is used twice", t.name));
             }
         }
         if self.onnxruntime.intra_threads > 1024 {

@@ -68,16 +68,6 @@ pub struct FinetuneArgs {
     pub json: bool,
 }
 
-pub fn device(pref: &str) -> Result<tch::Device> {
-    match pref {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-        "cuda" => Err(Error::new(ErrorCode::DeviceUnavailable, "--device cuda: no CUDA device is usable here")),
-        "auto" => Ok(if tch::Cuda::is_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
-        other => Err(Error::invalid_request(format!("--device must be auto, cpu or cuda, not {other:?}"))),
-    }
-}
-
 pub fn recipe_from(args: &FinetuneArgs) -> Result<Recipe> {
     let mut recipe: Recipe = match &args.recipe {
         Some(p) => serde_json::from_slice(&std::fs::read(p)?)
@@ -111,7 +101,7 @@ pub fn run(config: &petal::config::Config, args: FinetuneArgs) -> Result<()> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
-    let device = device(&args.device)?;
+    let device = petal::train::device::select(&args.device)?;
     let recipe = recipe_from(&args)?;
     let opts = IngestOptions {
         on_bad_image: if args.skip_bad_images { OnBadImage::Skip } else { OnBadImage::Fail },

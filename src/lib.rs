@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod error;
 pub mod export;
 pub mod infer;
+pub mod jobs;
 pub mod publish;
 pub mod registry;
 pub mod server;

@@ -389,7 +389,7 @@ fn main() -> ExitCode {
                     json,
                 },
         } => report((|| {
-            let device = finetune_cli::device(&device)?;
+            let device = petal::train::device::select(&device)?;
             let b = petal::bench::train::TrainBench {
                 data,
                 arch: backbone.parse()?,

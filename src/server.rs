@@ -14,16 +14,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = web::Data::new(AppState::new(config.clone()));
     let factory_state = state.clone();
     let mut server = HttpServer::new(move || {
-        App::new().app_data(factory_state.clone()).configure(api::configure).wrap(from_fn(api::observe::observe))
+        App::new()
+            .app_data(factory_state.clone())
+            .configure(api::configure)
+            .wrap(from_fn(api::auth::authorize))
+            .wrap(from_fn(api::observe::observe))
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)
     .disable_signals();
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
+    let host = bind_host(&config);
     let server = server
-        .bind((config.server.host.as_str(), config.server.port))
-        .map_err(|e| anyhow::anyhow!("cannot bind {}:{}: {e}", config.server.host, config.server.port))?;
+        .bind((host.as_str(), config.server.port))
+        .map_err(|e| anyhow::anyhow!("cannot bind {host}:{}: {e}", config.server.port))?;
     for addr in server.addrs() {
         tracing::info!(addr = %addr, "listening on http://{addr}");
     }
@@ -44,6 +49,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The address to bind: `server.host`, unless no API token is configured — then loopback only.
+fn bind_host(config: &Config) -> String {
+    let host = config.server.host.clone();
+    if !config.auth.tokens.is_empty() {
+        return host;
+    }
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        tracing::warn!("no API token configured (auth.tokens): the API is open, and served on loopback only");
+        host
+    } else {
+        tracing::warn!(
+            configured = %host,
+            "no API token configured (auth.tokens): binding to 127.0.0.1 only instead of {host}; configure tokens to serve other hosts"
+        );
+        "127.0.0.1".into()
+    }
+}
+
 /// Runs each readiness check once at start; `/readyz` reports them.
 async fn startup_checks(state: web::Data<AppState>) {
     let ort_config = state.config.onnxruntime.clone();
@@ -57,7 +81,10 @@ async fn startup_checks(state: web::Data<AppState>) {
         Err(e) => state.readiness.set("onnxruntime", false, format!("check failed: {e}")),
     }
     match open_and_seed_registry(&state.config).await {
-        Ok(detail) => state.readiness.set("registry", true, detail),
+        Ok(detail) => {
+            state.readiness.set("registry", true, detail);
+            start_jobs(&state).await;
+        }
         Err(e) => {
             tracing::error!(error = %e, "registry unavailable");
             state.readiness.set("registry", false, e.message)
@@ -74,6 +101,25 @@ async fn startup_checks(state: web::Data<AppState>) {
         tracing::info!("ready");
     } else {
         tracing::warn!(reasons = ?report.reasons, "not ready");
+    }
+}
+
+/// Starts the job runner (recovering the registry's jobs); a readiness check.
+async fn start_jobs(state: &web::Data<AppState>) {
+    let started = match Registry::open(&state.config.registry) {
+        Ok(registry) => crate::jobs::runner::Runner::start(&state.config, registry).await,
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(runner) => {
+            let _ = state.runner.set(runner);
+            let workers = state.config.jobs.workers;
+            state.readiness.set("jobs", true, format!("{workers} job worker(s) running"));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the job runner");
+            state.readiness.set("jobs", false, format!("{} [{}]", e.message, e.code.as_str()));
+        }
     }
 }
 
@@ -148,12 +194,22 @@ async fn follow_aliases(state: web::Data<AppState>) {
 
 async fn load_model(state: &web::Data<AppState>, reference: &str) -> crate::Result<crate::infer::engine::ModelHandle> {
     let r: crate::registry::ModelRef = reference.parse()?;
-    let registry = Registry::open(&state.config.registry)?;
-    let version = registry.resolve(&r).await?;
-    let manifest = registry.manifest(r.model(), version).await?;
+    let version = Registry::open(&state.config.registry)?.resolve(&r).await?;
+    load_version(&state.config, r.model(), version).await
+}
+
+/// Loads and warms up one version of a model from the registry (its ONNX file checked against
+/// the manifest).
+pub(crate) async fn load_version(
+    config: &Config,
+    name: &str,
+    version: u64,
+) -> crate::Result<crate::infer::engine::ModelHandle> {
+    let registry = Registry::open(&config.registry)?;
+    let manifest = registry.manifest(name, version).await?;
     let onnx = registry.read_artifact(&manifest, "model.onnx").await?;
-    let config = state.config.clone();
-    let name = r.model().to_string();
+    let config = config.clone();
+    let name = name.to_string();
     web::block(move || {
         let runtime = OrtRuntime::init(&config.onnxruntime)?;
         crate::infer::engine::ModelHandle::load(&runtime, &onnx, &name, version, &config.inference.engine)

@@ -13,36 +13,7 @@ use petal::train::arch::Arch;
 use petal::train::recipe::Recipe;
 use petal::train::trainer::{self, Context, Event};
 use petal::vision::EvalTransform;
-use rand::{Rng, SeedableRng};
 use tch::{Device, Tensor};
-
-/// Three classes of drawn shapes on noisy backgrounds: a red disc, a green square, a blue bar.
-fn shapes_dataset(dir: &Path, per_class: usize, size: u32, seed: u64) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (k, class) in ["disc", "square", "bar"].iter().enumerate() {
-        std::fs::create_dir_all(dir.join(class)).unwrap();
-        for i in 0..per_class {
-            let (cx, cy) = (rng.gen_range(size / 3..2 * size / 3) as i32, rng.gen_range(size / 3..2 * size / 3) as i32);
-            let r = rng.gen_range(size / 6..size / 4) as i32;
-            let mut img = RgbImage::from_fn(size, size, |_, _| {
-                let g = rng.gen_range(90..150u8);
-                Rgb([g, g, g])
-            });
-            for (x, y, p) in img.enumerate_pixels_mut() {
-                let (dx, dy) = (x as i32 - cx, y as i32 - cy);
-                let inside = match k {
-                    0 => dx * dx + dy * dy <= r * r,
-                    1 => dx.abs() <= r && dy.abs() <= r,
-                    _ => dx.abs() <= r / 3 && dy.abs() <= r + r / 2,
-                };
-                if inside {
-                    *p = [Rgb([220, 30, 30]), Rgb([30, 200, 40]), Rgb([40, 60, 230])][k];
-                }
-            }
-            img.save(dir.join(class).join(format!("{i}.png"))).unwrap();
-        }
-    }
-}
 
 /// libtorch's random generator (head initialisation, dropout) and its CPU thread pool are one per
 /// process: tests that run libtorch in this binary take turns, so each run is repeatable.
@@ -85,7 +56,7 @@ fn params_of(model: &petal::train::model::Model) -> Vec<(String, Tensor)> {
 fn phase_one_freezes_everything_but_the_head_and_runs_repeat() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
-    shapes_dataset(dir.path(), 6, 40, 1);
+    common::shapes_dataset(dir.path(), 6, 40, 1);
     let mut recipe = tiny_recipe();
     recipe.phase1.epochs = 2;
     recipe.phase2.epochs = 0;
@@ -131,7 +102,7 @@ fn phase_one_freezes_everything_but_the_head_and_runs_repeat() {
 fn cancellation_stops_between_steps() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
-    shapes_dataset(dir.path(), 6, 40, 2);
+    common::shapes_dataset(dir.path(), 6, 40, 2);
     let recipe = tiny_recipe();
     let data = load(dir.path(), &recipe);
     let cancel = AtomicBool::new(false);
@@ -154,7 +125,7 @@ fn finetune_cli_learns_generated_shapes_and_writes_its_outputs() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shapes");
-    shapes_dataset(&data, 16, 72, 3);
+    common::shapes_dataset(&data, 16, 72, 3);
     // As an upload would arrive: a zip with a top-level folder.
     let zip_path = dir.path().join("shapes.zip");
     let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
@@ -292,7 +263,7 @@ fn finetune_cli_learns_generated_shapes_and_writes_its_outputs() {
 fn finetune_cli_reports_bad_datasets_with_their_codes() {
     let dir = tempfile::tempdir().unwrap();
     let one = dir.path().join("one");
-    shapes_dataset(&one, 4, 32, 4);
+    common::shapes_dataset(&one, 4, 32, 4);
     std::fs::remove_dir_all(one.join("disc")).unwrap();
     std::fs::remove_dir_all(one.join("square")).unwrap();
     let evil = dir.path().join("evil.zip");
@@ -376,7 +347,7 @@ fn real_oxford_flowers_when_present() {
 fn several_backbones_compete() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
-    shapes_dataset(dir.path(), 5, 40, 6);
+    common::shapes_dataset(dir.path(), 5, 40, 6);
     let mut recipe = tiny_recipe();
     recipe.phase1.epochs = 1;
     recipe.phase2.epochs = 1;
@@ -409,7 +380,7 @@ fn several_backbones_compete() {
 fn channels_last_trains_like_contiguous() {
     let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
-    shapes_dataset(dir.path(), 4, 40, 7);
+    common::shapes_dataset(dir.path(), 4, 40, 7);
     let mut recipe = tiny_recipe();
     recipe.phase1.epochs = 1;
     recipe.phase2.epochs = 1;

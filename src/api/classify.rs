@@ -1,20 +1,31 @@
-//! `POST /classify`: one image in the body, the top-k classes out.
+//! `POST /classify`: one image or several — raw body, multipart parts or JSON base64 — the top-k
+//! classes out, from the served model or any version of any model in the registry.
 use std::time::Instant;
 
 use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{post, web, HttpRequest, HttpResponse};
+use base64::Engine;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
-use crate::infer::engine::Prediction;
+use crate::infer::engine::{ModelHandle, Prediction};
+use crate::registry::{ModelRef, Registry};
+
+/// Most images in one request.
+pub const MAX_IMAGES: usize = 64;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ClassifyQuery {
-    /// A loaded model's name (default: the first of `inference.models`).
+    /// A model's name (default: the first of `inference.models`). Served models answer at once;
+    /// any other model in the registry is loaded on demand.
     pub model: Option<String>,
+    /// A version of the model (default: the served one).
+    pub version: Option<u64>,
+    /// An alias of the model, resolved now (e.g. `staging`).
+    pub alias: Option<String>,
     /// How many classes to return, 1–100 (default 5).
     pub top_k: Option<usize>,
 }
@@ -23,63 +34,106 @@ pub struct ClassifyQuery {
 pub struct Timings {
     /// Reading the body.
     pub receive_ms: f64,
-    /// Decoding and the eval transform.
+    /// Decoding and the eval transform of every image.
     pub preprocess_ms: f64,
     /// Waiting in the batch queue and running the model.
     pub infer_ms: f64,
     pub total_ms: f64,
 }
 
+/// One image's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageResult {
+    /// The image's position in the request, from 0.
+    pub index: usize,
+    pub predictions: Vec<Prediction>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"model": "flowers102", "version": 1, "provider": "CPUExecutionProvider",
-    "predictions": [{"index": 72, "name": "water lily", "probability": 0.981}],
+    "predictions": [{"index": 53, "name": "sunflower", "probability": 0.998}],
+    "results": [{"index": 0, "predictions": [{"index": 53, "name": "sunflower", "probability": 0.998}]}],
     "timings": {"receive_ms": 0.1, "preprocess_ms": 6.2, "infer_ms": 9.8, "total_ms": 16.3}}))]
 pub struct ClassifyResponse {
     pub model: String,
     pub version: u64,
     /// The execution provider that ran the model.
     pub provider: String,
+    /// The first image's classes (all a single-image client needs).
     pub predictions: Vec<Prediction>,
+    /// Every image's classes, in request order.
+    pub results: Vec<ImageResult>,
     pub timings: Timings,
 }
 
-const IMAGE_TYPES: [&str; 3] = ["image/jpeg", "image/png", "image/webp"];
+/// `application/json`: images as base64 (a `data:` URI prefix is allowed).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"images": ["/9j/4AAQSkZJRgABAQ…"]}))]
+pub struct ClassifyJson {
+    /// One image.
+    pub image: Option<String>,
+    /// Several images.
+    pub images: Option<Vec<String>>,
+}
+
+/// `multipart/form-data`: one or more `image` parts.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ClassifyForm {
+    /// An image (JPEG, PNG or WebP); repeat the part for several.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+}
+
+const RAW_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "application/octet-stream"];
 
 #[utoipa::path(
     post,
     path = "/classify",
     tag = "inference",
     operation_id = "classify",
-    summary = "Classify one image",
-    description = "The body is the image itself (`image/jpeg`, `image/png` or `image/webp`). Grayscale, CMYK and \
-                   alpha are handled; the image is resized and cropped with the model's own eval transform.",
+    summary = "Classify images",
+    description = "The body is one image (`image/jpeg`, `image/png`, `image/webp` or `application/octet-stream`), \
+                   `multipart/form-data` with one or more `image` parts, or JSON with base64 images — at most 64 \
+                   images. Grayscale, CMYK and alpha are handled; each image is resized and cropped with the model's \
+                   own eval transform. Pick the model with `model`, and a version with `version` or `alias`.",
     params(ClassifyQuery),
-    request_body(content = Vec<u8>, description = "The image bytes.", content_type = "image/jpeg"),
+    request_body(description = "The image(s).", content(
+        (Vec<u8> = "application/octet-stream"),
+        (ClassifyForm = "multipart/form-data"),
+        (ClassifyJson = "application/json")
+    )),
     responses(
-        (status = 200, description = "The most probable classes.", body = ClassifyResponse),
-        (status = 400, description = "Bad query parameters.", body = ErrorBody,
+        (status = 200, description = "The most probable classes of every image.", body = ClassifyResponse),
+        (status = 400, description = "Bad query parameters, base64 or form.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "top_k must be between 1 and 100"}})),
-        (status = 404, description = "No loaded model has this name.", body = ErrorBody,
-         example = json!({"error": {"code": "not_found", "message": "model nope is not loaded; loaded: flowers102"}})),
-        (status = 409, description = "No model is configured to serve.", body = ErrorBody,
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
+        (status = 403, description = "The token lacks the classify scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify scope"}})),
+        (status = 404, description = "No such model, version or alias.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "model nope has no versions"}})),
+        (status = 409, description = "No model is configured to serve and none was named.", body = ErrorBody,
          example = json!({"error": {"code": "nothing_serving", "message": "no model is being served"}})),
-        (status = 413, description = "The body or the image is too large.", body = ErrorBody,
+        (status = 413, description = "The body or an image is too large, or too many images.", body = ErrorBody,
          example = json!({"error": {"code": "payload_too_large", "message": "the body exceeds 20971520 bytes"}})),
-        (status = 415, description = "Not a JPEG, PNG or WebP body.", body = ErrorBody,
-         example = json!({"error": {"code": "unsupported_media_type", "message": "send image/jpeg, image/png or image/webp"}})),
-        (status = 422, description = "The image cannot be decoded.", body = ErrorBody,
-         example = json!({"error": {"code": "undecodable_image", "message": "cannot decode the image"}})),
+        (status = 415, description = "Not an image, multipart or JSON body.", body = ErrorBody,
+         example = json!({"error": {"code": "unsupported_media_type", "message": "send image/jpeg, image/png, image/webp, application/octet-stream, multipart/form-data or application/json"}})),
+        (status = 422, description = "An image cannot be decoded, or the model or alias name is invalid.", body = ErrorBody,
+         example = json!({"error": {"code": "undecodable_image", "message": "image 0: cannot decode the image"}})),
         (status = 429, description = "The inference queue is full; see Retry-After.", body = ErrorBody,
          example = json!({"error": {"code": "queue_full", "message": "the inference queue is full"}})),
         (status = 503, description = "Models are still loading.", body = ErrorBody,
          example = json!({"error": {"code": "not_ready", "message": "models are still loading"}}))
-    )
+    ),
+    security(("bearer" = ["classify"]))
 )]
 #[post("/classify")]
 pub async fn classify(
     req: HttpRequest,
     query: web::Query<ClassifyQuery>,
-    mut body: web::Payload,
+    body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let start = Instant::now();
@@ -89,34 +143,59 @@ pub async fn classify(
     }
     let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !IMAGE_TYPES.contains(&mime.as_str()) {
+    let limit = state.config.inference.max_body_bytes;
+    let images: Vec<Vec<u8>> = match mime.as_str() {
+        m if RAW_TYPES.contains(&m) => vec![read_all(body, limit).await?],
+        "multipart/form-data" => read_form(&req, body, limit).await?,
+        "application/json" => from_json(&read_all(body, limit).await?)?,
+        _ => {
+            return Err(Error::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "Content-Type {content_type:?} is not accepted; send image/jpeg, image/png, image/webp, \
+                     application/octet-stream, multipart/form-data or application/json"
+                ),
+            ))
+        }
+    };
+    if images.is_empty() {
+        return Err(Error::invalid_request("the request holds no image"));
+    }
+    if images.len() > MAX_IMAGES {
         return Err(Error::new(
-            ErrorCode::UnsupportedMediaType,
-            format!("Content-Type {content_type:?} is not accepted; send image/jpeg, image/png or image/webp"),
+            ErrorCode::PayloadTooLarge,
+            format!("{} images in one request; the limit is {MAX_IMAGES}", images.len()),
         ));
     }
-    let handle = state.serving.get(query.model.as_deref())?;
-    let limit = state.config.inference.max_body_bytes;
-    let mut bytes = web::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Error::invalid_request(format!("reading the body: {e}")))?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let handle = pick(&state, &query).await?;
     let received = start.elapsed();
     let h = handle.clone();
-    let input = web::block(move || h.preprocess(&bytes)).await.map_err(|e| Error::internal(e.to_string()))??;
+    let n = images.len();
+    let input = web::block(move || {
+        let mut all = Vec::new();
+        for (i, bytes) in images.iter().enumerate() {
+            let x = h.preprocess(bytes).map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message)))?;
+            all.extend(x);
+        }
+        Ok::<_, Error>(all)
+    })
+    .await
+    .map_err(|e| Error::internal(e.to_string()))??;
     let preprocessed = start.elapsed();
-    let logits = handle.infer(input, 1).await?.remove(0);
+    let logits = handle.infer(input, n).await?;
     let done = start.elapsed();
+    let results: Vec<ImageResult> = logits
+        .iter()
+        .enumerate()
+        .map(|(index, l)| ImageResult { index, predictions: handle.top_k(l, top_k) })
+        .collect();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     Ok(HttpResponse::Ok().json(ClassifyResponse {
         model: handle.info.name.clone(),
         version: handle.info.version,
         provider: handle.info.provider.to_string(),
-        predictions: handle.top_k(&logits, top_k),
+        predictions: results[0].predictions.clone(),
+        results,
         timings: Timings {
             receive_ms: ms(received),
             preprocess_ms: ms(preprocessed - received),
@@ -124,4 +203,110 @@ pub async fn classify(
             total_ms: ms(done),
         },
     }))
+}
+
+/// The model version a request asks for: the served one, or one loaded on demand.
+async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHandle> {
+    if q.version.is_some() && q.alias.is_some() {
+        return Err(Error::invalid_request("give version or alias, not both"));
+    }
+    if let Some(m) = &q.model {
+        crate::registry::check_name("model", m)?;
+    }
+    let served = state.serving.get(q.model.as_deref());
+    let name = match (&q.model, &served) {
+        (Some(m), _) => m.clone(),
+        (None, Ok(h)) => h.info.name.clone(),
+        (None, Err(_)) => return served,
+    };
+    let wanted = match (q.version, &q.alias) {
+        (Some(v), _) => Some(v),
+        (None, Some(a)) => {
+            crate::registry::check_name("alias", a)?;
+            let r = ModelRef::Alias(name.clone(), a.clone());
+            Some(Registry::open(&state.config.registry)?.resolve(&r).await?)
+        }
+        (None, None) => None,
+    };
+    match (wanted, served) {
+        (None, Ok(h)) => Ok(h),
+        (None, Err(e)) if e.code != ErrorCode::NotFound && e.code != ErrorCode::NothingServing => Err(e),
+        (wanted, _) => {
+            let version = match wanted {
+                Some(v) => v,
+                None => Registry::open(&state.config.registry)?.resolve(&ModelRef::Latest(name.clone())).await?,
+            };
+            if let Some(h) = state.serving.version(&name, version) {
+                return Ok(h);
+            }
+            let h = crate::server::load_version(&state.config, &name, version).await?;
+            tracing::info!(model = %name, version, "loaded on demand");
+            state.serving.keep(h.clone());
+            Ok(h)
+        }
+    }
+}
+
+async fn read_all(mut body: web::Payload, limit: usize) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Error::invalid_request(format!("reading the body: {e}")))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+async fn read_form(req: &HttpRequest, body: web::Payload, limit: usize) -> Result<Vec<Vec<u8>>> {
+    let bad = |e: actix_multipart::MultipartError| Error::invalid_request(format!("multipart: {e}"));
+    let mut form = actix_multipart::Multipart::new(req.headers(), body);
+    let mut images = Vec::new();
+    let mut total = 0usize;
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(bad)?;
+        if field.name() != Some("image") {
+            return Err(Error::invalid_request(format!(
+                "unknown part {:?}: send the images as `image` parts",
+                field.name().unwrap_or("")
+            )));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(bad)?;
+            total += chunk.len();
+            if total > limit {
+                return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        images.push(bytes);
+        if images.len() > MAX_IMAGES {
+            return Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!("more than {MAX_IMAGES} images in one request"),
+            ));
+        }
+    }
+    Ok(images)
+}
+
+fn from_json(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let body: ClassifyJson =
+        serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("the body: {e}")))?;
+    let encoded: Vec<String> = body.image.into_iter().chain(body.images.unwrap_or_default()).collect();
+    encoded
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let data = match s.split_once(";base64,") {
+                Some((prefix, data)) if prefix.starts_with("data:") => data,
+                _ => s.as_str(),
+            };
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| Error::invalid_request(format!("image {i}: not base64: {e}")))
+        })
+        .collect()
 }

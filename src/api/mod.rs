@@ -10,9 +10,12 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::config::Config;
 use crate::error::{Error, ErrorBody, ErrorCode, ErrorDetail};
 
+pub mod auth;
 pub mod classify;
 pub mod health;
+pub mod jobs;
 pub mod meta;
+pub mod models;
 pub mod observe;
 
 /// State shared by every worker.
@@ -22,6 +25,8 @@ pub struct AppState {
     pub readiness: health::Readiness,
     pub serving: crate::infer::serving::Serving,
     pub started: Instant,
+    /// The job runner, once the registry is up.
+    pub runner: std::sync::OnceLock<crate::jobs::runner::Runner>,
     routes: RouteTable,
 }
 
@@ -32,9 +37,15 @@ impl AppState {
             readiness: health::Readiness::starting(),
             serving: crate::infer::serving::Serving::new(config.inference.models.len()),
             started: Instant::now(),
+            runner: std::sync::OnceLock::new(),
             routes: RouteTable::from_openapi(&ApiDoc::openapi()),
             config,
         }
+    }
+
+    /// The job runner, or 503 while it starts.
+    pub fn runner(&self) -> Result<&crate::jobs::runner::Runner, Error> {
+        self.runner.get().ok_or_else(|| Error::new(ErrorCode::NotReady, "the job runner is starting (see GET /readyz)"))
     }
 }
 
@@ -47,17 +58,48 @@ impl AppState {
                        every response carries an `x-request-id` header.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(classify::classify, health::healthz, health::readyz, meta::metrics, meta::openapi),
+    paths(
+        classify::classify, jobs::finetune, jobs::list_jobs, jobs::get_job, jobs::cancel_job, jobs::job_events,
+        models::list_models, models::get_model, models::get_version, models::get_card, models::download_onnx,
+        models::promote, models::alias_history, health::healthz, health::readyz, meta::metrics, meta::openapi
+    ),
     components(schemas(
         ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check,
-        classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction
+        classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
+        crate::jobs::runner::JobEvent
     )),
+    modifiers(&BearerAuth),
     tags(
         (name = "inference", description = "Classifying images with the served models."),
+        (name = "training", description = "Fine-tuning jobs: upload a dataset, follow the job, get a published model."),
+        (name = "models", description = "The model registry: versions, provenance, cards, ONNX files, aliases."),
         (name = "operations", description = "Probes, metrics and the API description.")
     )
 )]
 pub struct ApiDoc;
+
+/// The `bearer` security scheme: tokens from `auth.tokens`, each with scopes.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `auth.tokens`. Scopes: `classify` (POST /classify, reading models), `train` \
+                         (jobs, reading models), `admin` (everything, and moving aliases). With no token configured \
+                         the API is open and bound to loopback only.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Mounts every route, the Swagger UI and petal's handlers for malformed requests.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -79,6 +121,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .error_handler(|err, _| Error::invalid_request(format!("invalid path parameter: {err}")).into()),
     )
     .service(classify::classify)
+    .service(jobs::finetune)
+    .service(jobs::list_jobs)
+    .service(jobs::get_job)
+    .service(jobs::cancel_job)
+    .service(jobs::job_events)
+    .service(models::list_models)
+    .service(models::get_model)
+    .service(models::get_version)
+    .service(models::get_card)
+    .service(models::download_onnx)
+    .service(models::promote)
+    .service(models::alias_history)
     .service(health::healthz)
     .service(health::readyz)
     .service(meta::metrics)

@@ -8,11 +8,41 @@ use crate::infer::engine::ModelHandle;
 pub struct Serving {
     configured: usize,
     loaded: RwLock<Vec<ModelHandle>>,
+    /// Versions loaded on demand (a request naming a version or alias not served), most recently
+    /// used last, at most `ON_DEMAND` of them.
+    on_demand: std::sync::Mutex<Vec<ModelHandle>>,
 }
+
+/// How many on-demand versions stay loaded.
+pub const ON_DEMAND: usize = 4;
 
 impl Serving {
     pub fn new(configured: usize) -> Self {
-        Self { configured, loaded: RwLock::new(Vec::new()) }
+        Self { configured, loaded: RwLock::new(Vec::new()), on_demand: Default::default() }
+    }
+
+    /// A served or on-demand handle of exactly this version.
+    pub fn version(&self, name: &str, version: u64) -> Option<ModelHandle> {
+        let hit = |h: &ModelHandle| h.info.name == name && h.info.version == version;
+        if let Some(h) = self.loaded.read().expect("serving lock").iter().find(|h| hit(h)) {
+            return Some(h.clone());
+        }
+        let mut extra = self.on_demand.lock().expect("serving lock");
+        let i = extra.iter().position(hit)?;
+        let h = extra.remove(i);
+        extra.push(h.clone());
+        Some(h)
+    }
+
+    /// Keeps an on-demand handle, dropping the least recently used beyond `ON_DEMAND`
+    /// (requests holding a dropped handle finish on it).
+    pub fn keep(&self, handle: ModelHandle) {
+        let mut extra = self.on_demand.lock().expect("serving lock");
+        extra.retain(|h| !(h.info.name == handle.info.name && h.info.version == handle.info.version));
+        extra.push(handle);
+        while extra.len() > ON_DEMAND {
+            extra.remove(0);
+        }
     }
 
     /// Adds a loaded model, replacing one of the same name (in-flight requests keep the old one).

@@ -32,6 +32,7 @@ use crate::config::{RegistryBackend, RegistryConfig};
 use crate::error::{Error, ErrorCode, Result};
 
 pub mod alias;
+pub mod datasets;
 pub mod manifest;
 
 pub use alias::{AliasEntry, Promotion};
@@ -78,6 +79,68 @@ pub(crate) fn store_error(what: &str, e: object_store::Error) -> Error {
     }
 }
 
+/// An S3 client for `bucket` with the registry's endpoint, region, credentials and retries.
+fn s3_builder(s3: &crate::config::S3Config, bucket: &str) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(&s3.region)
+        .with_virtual_hosted_style_request(false)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_allow_http(s3.allow_http)
+        .with_retry(object_store::RetryConfig {
+            max_retries: s3.max_retries,
+            retry_timeout: Duration::from_secs(s3.retry_timeout_s),
+            ..Default::default()
+        });
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    builder
+}
+
+/// Downloads `s3://bucket/key` (with the registry's S3 endpoint and credentials) to `to`, in
+/// parts; refuses objects over `limit` bytes. Returns the sha256 and size.
+pub async fn fetch_s3_object(
+    s3: &crate::config::S3Config,
+    bucket: &str,
+    key: &str,
+    to: &std::path::Path,
+    limit: u64,
+) -> Result<(String, u64)> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let what = format!("s3://{bucket}/{key}");
+    let store = s3_builder(s3, bucket).build().map_err(|e| Error::invalid_request(format!("{what}: {e}")))?;
+    let got = store.get(&ObjPath::from(key)).await.map_err(|e| store_error(&what, e))?;
+    if got.meta.size > limit {
+        return Err(Error::new(
+            ErrorCode::DatasetTooLarge,
+            format!("{what} has {} bytes; the limit is {limit} (jobs.max_upload_bytes)", got.meta.size),
+        ));
+    }
+    let mut stream = got.into_stream();
+    let mut f = std::fs::File::create(to)?;
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| store_error(&what, e))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(Error::new(ErrorCode::DatasetTooLarge, format!("{what} exceeds {limit} bytes")));
+        }
+        hash.update(&chunk);
+        f.write_all(&chunk)?;
+    }
+    f.flush()?;
+    Ok((hex::encode(hash.finalize()), size))
+}
+
 /// Model and alias names: 1–64 of `a-z 0-9 - _ .`, starting with a letter or digit.
 pub fn check_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -120,26 +183,7 @@ impl Registry {
                 let bucket = s3.bucket.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| {
                     Error::invalid_config("registry.s3.bucket is required when registry.backend = \"s3\"")
                 })?;
-                let mut builder = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_region(&s3.region)
-                    .with_virtual_hosted_style_request(false)
-                    .with_conditional_put(S3ConditionalPut::ETagMatch)
-                    .with_allow_http(s3.allow_http)
-                    .with_retry(object_store::RetryConfig {
-                        max_retries: s3.max_retries,
-                        retry_timeout: Duration::from_secs(s3.retry_timeout_s),
-                        ..Default::default()
-                    });
-                if let Some(endpoint) = &s3.endpoint {
-                    builder = builder.with_endpoint(endpoint);
-                }
-                if let Some(key) = &s3.access_key_id {
-                    builder = builder.with_access_key_id(key);
-                }
-                if let Some(secret) = &s3.secret_access_key {
-                    builder = builder.with_secret_access_key(secret);
-                }
+                let builder = s3_builder(s3, bucket);
                 let store = builder.build().map_err(|e| Error::invalid_config(format!("registry.s3: {e}")))?;
                 let prefix = s3.prefix.trim_matches('/').to_string();
                 let location = config.location();

@@ -77,6 +77,18 @@ pub fn hardware(device: tch::Device) -> serde_json::Value {
     })
 }
 
+/// The training device for a preference: `auto` (CUDA when usable, else CPU), `cpu` or `cuda`.
+pub fn select(pref: &str) -> crate::Result<tch::Device> {
+    use crate::error::{Error, ErrorCode};
+    match pref {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+        "cuda" => Err(Error::new(ErrorCode::DeviceUnavailable, "device cuda: no CUDA device is usable here")),
+        "auto" => Ok(if tch::Cuda::is_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
+        other => Err(Error::invalid_request(format!("device must be auto, cpu or cuda, not {other:?}"))),
+    }
+}
+
 /// Finds the path of a shared library in the text of `/proc/self/maps`.
 fn mapped_library(maps: &str, name: &str) -> Option<PathBuf> {
     maps.lines()

@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+
 pub fn petal_bin() -> &'static str {
     env!("CARGO_BIN_EXE_petal")
 }
@@ -267,4 +270,57 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Three classes of drawn shapes on noisy backgrounds: a red disc, a green square, a blue bar.
+pub fn shapes_dataset(dir: &Path, per_class: usize, size: u32, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (k, class) in ["disc", "square", "bar"].iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for i in 0..per_class {
+            let (cx, cy) = (rng.gen_range(size / 3..2 * size / 3) as i32, rng.gen_range(size / 3..2 * size / 3) as i32);
+            let r = rng.gen_range(size / 6..size / 4) as i32;
+            let mut img = RgbImage::from_fn(size, size, |_, _| {
+                let g = rng.gen_range(90..150u8);
+                Rgb([g, g, g])
+            });
+            for (x, y, p) in img.enumerate_pixels_mut() {
+                let (dx, dy) = (x as i32 - cx, y as i32 - cy);
+                let inside = match k {
+                    0 => dx * dx + dy * dy <= r * r,
+                    1 => dx.abs() <= r && dy.abs() <= r,
+                    _ => dx.abs() <= r / 3 && dy.abs() <= r + r / 2,
+                };
+                if inside {
+                    *p = [Rgb([220, 30, 30]), Rgb([30, 200, 40]), Rgb([40, 60, 230])][k];
+                }
+            }
+            img.save(dir.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+/// Zips `dir` as an upload would arrive: every file under one top-level folder `top/`.
+pub fn zip_dir(dir: &Path, top: &str, out: &Path) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(out).unwrap());
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    for f in files {
+        let rel = f.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
+        zip.start_file(format!("{top}/{rel}"), zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(&std::fs::read(&f).unwrap()).unwrap();
+    }
+    zip.finish().unwrap();
 }

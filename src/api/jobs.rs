@@ -1,0 +1,402 @@
+//! Fine-tuning over HTTP: `POST /finetune` (an uploaded archive, or a dataset already in the
+//! registry or in S3, plus a job spec), and the jobs it creates — list, status, cancel and
+//! server-sent events.
+use std::io::Write;
+use std::time::Duration;
+
+use actix_web::http::header::{CONTENT_TYPE, LOCATION};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::api::AppState;
+use crate::config::Usage;
+use crate::error::{Error, ErrorBody, ErrorCode, Result};
+use crate::jobs::runner::Runner;
+use crate::jobs::{Job, JobDataset, JobSpec, JobState, Progress};
+use crate::registry::datasets::StoredDataset;
+
+/// Largest `spec` part or JSON body.
+const MAX_SPEC_BYTES: usize = 256 << 10;
+
+/// The multipart form of `POST /finetune`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct FinetuneForm {
+    /// The job spec, as JSON.
+    spec: JobSpec,
+    /// The dataset archive: zip, tar or tar.gz of an ImageFolder (`class/image`), `train/` +
+    /// `val/` folders, or Oxford Flowers 102 as distributed.
+    #[schema(value_type = Option<String>, format = Binary)]
+    dataset: Option<Vec<u8>>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/finetune",
+    tag = "training",
+    operation_id = "finetune",
+    summary = "Start a fine-tuning job",
+    description = "Multipart with a `spec` part (JSON) and a `dataset` part (the archive, streamed to disk and into the \
+                   registry's dataset area in parts, never held whole in memory); or a JSON spec naming a dataset \
+                   already in the registry (`dataset.sha256`) or in S3 (`dataset.uri`). The dataset is read and checked \
+                   before the job is queued; every problem is listed in the 422. On success the winner is exported to \
+                   ONNX and published as a new version of `spec.model`, promoted only when `spec.promote` names an alias.",
+    request_body(description = "The job spec and its dataset.", content(
+        (FinetuneForm = "multipart/form-data"),
+        (JobSpec = "application/json")
+    )),
+    responses(
+        (status = 202, description = "Queued; follow it at the Location.", body = Job,
+         headers(("Location" = String, description = "`/jobs/{id}`"))),
+        (status = 400, description = "A part is missing or unknown, or the body is malformed.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_request", "message": "send the dataset archive as the `dataset` part, or name one with dataset.sha256 or dataset.uri"}})),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
+        (status = 403, description = "The token lacks the `train` scope, or the licence terms were not acknowledged.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
+        (status = 404, description = "The named dataset, weights or backbone is unknown.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "no dataset 9f… in the registry"}})),
+        (status = 413, description = "The archive exceeds `jobs.max_upload_bytes` or a dataset limit.", body = ErrorBody,
+         example = json!({"error": {"code": "dataset_too_large", "message": "the upload exceeds 4294967296 bytes (jobs.max_upload_bytes)"}})),
+        (status = 415, description = "Neither multipart/form-data nor application/json.", body = ErrorBody,
+         example = json!({"error": {"code": "unsupported_media_type", "message": "send multipart/form-data or application/json"}})),
+        (status = 422, description = "The spec or the dataset fails validation (every problem listed).", body = ErrorBody,
+         example = json!({"error": {"code": "dataset_invalid", "message": "the dataset has 2 problem(s): class \"tulip\" has no validation image; b/x.jpg: cannot decode the image"}})),
+        (status = 503, description = "The registry or the job runner is not ready.", body = ErrorBody,
+         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+    ),
+    security(("bearer" = ["train"]))
+)]
+#[post("/finetune")]
+pub async fn finetune(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let runner = state.runner()?;
+    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    std::fs::create_dir_all(runner.work_dir())?;
+    let staged = tempfile::Builder::new().prefix("upload-").tempfile_in(runner.work_dir())?;
+    let limit = state.config.jobs.max_upload_bytes;
+    let (spec, upload) = match mime.as_str() {
+        "multipart/form-data" => read_form(&req, payload, staged.as_file(), limit).await?,
+        "application/json" => (parse_spec(&read_body(payload, MAX_SPEC_BYTES).await?)?, None),
+        _ => {
+            return Err(Error::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("Content-Type {content_type:?} is not accepted; send multipart/form-data or application/json"),
+            ))
+        }
+    };
+    spec.validate()?;
+    if state.config.registry.usage == Usage::Commercial && spec.promote.is_some() && !spec.acknowledge_terms {
+        return Err(Error::new(
+            ErrorCode::LicenceNotAcknowledged,
+            "this deployment's use is commercial and the ImageNet weights are for non-commercial research: set \
+             acknowledge_terms to promote the result",
+        ));
+    }
+    let store = crate::train::weights::store::WeightStore::new(&state.config.weights.cache);
+    for &arch in &spec.backbones {
+        crate::train::finetune::resolve_weights(arch, spec.weights.get(arch.name()).map(String::as_str), &store)?;
+    }
+    let registry = runner.registry();
+    let dataset = match (upload, &spec.dataset.sha256, &spec.dataset.uri) {
+        (Some(sha256), None, None) => check_and_store(runner, &spec, staged.path(), sha256).await?,
+        (None, Some(sha), None) => registry.dataset(sha).await?,
+        (None, None, Some(uri)) => {
+            let (bucket, key) = crate::jobs::parse_s3_uri(uri)?;
+            let path = staged.path().to_path_buf();
+            let fetched =
+                crate::registry::fetch_s3_object(&state.config.registry.s3, &bucket, &key, &path, limit).await?;
+            check_and_store(runner, &spec, staged.path(), fetched).await?
+        }
+        (None, None, None) => {
+            return Err(Error::invalid_request(
+                "send the dataset archive as the `dataset` part, or name one with dataset.sha256 or dataset.uri",
+            ))
+        }
+        _ => {
+            return Err(Error::invalid_request(
+                "give one dataset: an uploaded `dataset` part, dataset.sha256 or dataset.uri",
+            ))
+        }
+    };
+    let name = if spec.dataset.name.is_empty() { dataset.name.clone() } else { spec.dataset.name.clone() };
+    let job = Job {
+        id: uuid::Uuid::new_v4().to_string(),
+        state: JobState::Queued,
+        dataset: JobDataset { sha256: dataset.sha256.clone(), name },
+        spec,
+        created_at: crate::clock::now_rfc3339(),
+        started_at: None,
+        finished_at: None,
+        progress: Progress { stage: "queued".into(), ..Default::default() },
+        epochs: Vec::new(),
+        result: None,
+        error: None,
+        warnings: Vec::new(),
+    };
+    let job = runner.submit(job).await?;
+    Ok(HttpResponse::Accepted().insert_header((LOCATION, format!("/jobs/{}", job.id))).json(job))
+}
+
+/// Reads the dataset at `path` as training will (every problem → 4xx), then stores it.
+async fn check_and_store(
+    runner: &Runner,
+    spec: &JobSpec,
+    path: &std::path::Path,
+    (sha256, size): (String, u64),
+) -> Result<StoredDataset> {
+    let registry = runner.registry();
+    if let Ok(existing) = registry.dataset(&sha256).await {
+        return Ok(existing);
+    }
+    let opts = spec.ingest_options(&Default::default());
+    let eval = spec.recipe().eval_transform;
+    let owned = path.to_path_buf();
+    let summary = web::block(move || crate::dataset::load(&owned, &opts, &eval).map(|d| d.summary()))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+    let record = StoredDataset {
+        name: if spec.dataset.name.is_empty() {
+            format!("dataset-{}", &sha256[..12])
+        } else {
+            spec.dataset.name.clone()
+        },
+        sha256,
+        size,
+        terms: spec.dataset.terms.clone(),
+        summary,
+        uploaded_at: crate::clock::now_rfc3339(),
+    };
+    registry.put_dataset(path, &record).await?;
+    Ok(record)
+}
+
+fn parse_spec(bytes: &[u8]) -> Result<JobSpec> {
+    serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("the job spec: {e}")))
+}
+
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::invalid_request(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the JSON body exceeds {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The `spec` and `dataset` parts; the archive goes to `file` (sha256 and size counted as it
+/// arrives, refused past `limit`).
+async fn read_form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    file: &std::fs::File,
+    limit: u64,
+) -> Result<(JobSpec, Option<(String, u64)>)> {
+    let multipart_error = |e: actix_multipart::MultipartError| Error::invalid_request(format!("multipart: {e}"));
+    let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+    let mut spec = None;
+    let mut upload = None;
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(multipart_error)?;
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "spec" => {
+                let mut bytes = Vec::new();
+                while let Some(chunk) = field.next().await {
+                    let chunk = chunk.map_err(multipart_error)?;
+                    if bytes.len() + chunk.len() > MAX_SPEC_BYTES {
+                        return Err(Error::new(
+                            ErrorCode::PayloadTooLarge,
+                            format!("the spec part exceeds {MAX_SPEC_BYTES} bytes"),
+                        ));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                spec = Some(parse_spec(&bytes)?);
+            }
+            "dataset" => {
+                if upload.is_some() {
+                    return Err(Error::invalid_request("send one `dataset` part"));
+                }
+                let mut hash = Sha256::new();
+                let mut size = 0u64;
+                let mut out = std::io::BufWriter::new(file);
+                while let Some(chunk) = field.next().await {
+                    let chunk = chunk.map_err(multipart_error)?;
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        return Err(Error::new(
+                            ErrorCode::DatasetTooLarge,
+                            format!("the upload exceeds {limit} bytes (jobs.max_upload_bytes)"),
+                        ));
+                    }
+                    hash.update(&chunk);
+                    out.write_all(&chunk)?;
+                }
+                out.flush()?;
+                upload = Some((hex::encode(hash.finalize()), size));
+            }
+            other => return Err(Error::invalid_request(format!("unknown part {other:?}: send `spec` and `dataset`"))),
+        }
+    }
+    let spec = spec.ok_or_else(|| Error::invalid_request("the `spec` part (the job spec as JSON) is missing"))?;
+    Ok((spec, upload))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct JobsQuery {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "training",
+    operation_id = "list_jobs",
+    summary = "List jobs",
+    params(JobsQuery),
+    responses(
+        (status = 200, description = "Jobs, newest first.", body = JobList),
+        (status = 400, description = "Bad query parameters.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_request", "message": "invalid query string: unknown variant `done`"}})),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
+        (status = 403, description = "The token lacks the `train` scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
+        (status = 503, description = "The job runner is not ready.", body = ErrorBody,
+         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+    ),
+    security(("bearer" = ["train"]))
+)]
+#[get("/jobs")]
+pub async fn list_jobs(query: web::Query<JobsQuery>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::invalid_request("limit must be between 1 and 1000"));
+    }
+    let mut jobs = state.runner()?.list().await?;
+    jobs.reverse();
+    let jobs = jobs.into_iter().filter(|j| query.state.is_none_or(|s| j.state == s)).take(limit).collect();
+    Ok(HttpResponse::Ok().json(JobList { jobs }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "training",
+    operation_id = "get_job",
+    summary = "A job's state, progress and metrics",
+    params(("id" = String, Path, description = "The job id (a UUID).")),
+    responses(
+        (status = 200, description = "The job.", body = Job),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
+        (status = 403, description = "The token lacks the `train` scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
+        (status = 404, description = "No such job.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "no job 0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10"}})),
+        (status = 503, description = "The job runner is not ready.", body = ErrorBody,
+         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+    ),
+    security(("bearer" = ["train"]))
+)]
+#[get("/jobs/{id}")]
+pub async fn get_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.runner()?.get(&id).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    tag = "training",
+    operation_id = "cancel_job",
+    summary = "Cancel a job",
+    description = "A queued job is canceled at once; a running one stops at its next training step (follow its state: \
+                   it becomes `canceled`).",
+    params(("id" = String, Path, description = "The job id (a UUID).")),
+    responses(
+        (status = 202, description = "Canceled, or asked to stop.", body = Job),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
+        (status = 403, description = "The token lacks the `train` scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
+        (status = 404, description = "No such job.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "no job 0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10"}})),
+        (status = 409, description = "The job has already finished.", body = ErrorBody,
+         example = json!({"error": {"code": "job_finished", "message": "job 0b6f… has already succeeded and cannot be canceled"}})),
+        (status = 503, description = "The job runner is not ready.", body = ErrorBody,
+         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+    ),
+    security(("bearer" = ["train"]))
+)]
+#[post("/jobs/{id}/cancel")]
+pub async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Accepted().json(state.runner()?.cancel(&id).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/events",
+    tag = "training",
+    operation_id = "job_events",
+    summary = "Follow a job (server-sent events)",
+    description = "`text/event-stream`: first an `event: state` with the whole job, then `progress` (a few per \
+                   second while training), `epoch` (each finished epoch's metrics) and `state` (each change of \
+                   state) until the job ends; the stream closes after the final `state`. A comment line is sent every \
+                   15 s to keep proxies from closing the connection.",
+    params(("id" = String, Path, description = "The job id (a UUID).")),
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream", body = String,
+         example = "event: state\ndata: {\"id\":\"0b6f…\",\"state\":\"running\",…}\n\nevent: progress\ndata: {\"stage\":\"training\",\"phase\":1,\"epoch\":2,\"percent\":12.5,…}\n\n"),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
+        (status = 403, description = "The token lacks the `train` scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
+        (status = 404, description = "No such job.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "no job 0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10"}})),
+        (status = 503, description = "The job runner is not ready.", body = ErrorBody,
+         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+    ),
+    security(("bearer" = ["train"]))
+)]
+#[get("/jobs/{id}/events")]
+pub async fn job_events(id: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    use crate::jobs::runner::JobEvent;
+    let (job, rx) = state.runner()?.subscribe(&id).await?;
+    let frame = |e: &JobEvent| web::Bytes::from(format!("event: {}\ndata: {}\n\n", e.name(), e.data_json()));
+    let first = frame(&JobEvent::State(Box::new(job)));
+    let rest = futures_util::stream::unfold(rx, move |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                Err(_) => return Some((web::Bytes::from_static(b": keep-alive\n\n"), Some(rx))),
+                Ok(Ok(e)) => {
+                    let end = matches!(&e, JobEvent::State(j) if j.state.is_terminal());
+                    return Some((frame(&e), (!end).then_some(rx)));
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            }
+        }
+    });
+    let stream = futures_util::stream::once(async move { first }).chain(rest).map(Ok::<_, actix_web::Error>);
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(stream))
+}

@@ -1,0 +1,347 @@
+//! The model registry over HTTP: models, versions (manifest with provenance and licences), model
+//! cards, ONNX downloads, and aliases — promotion with `If-Match` and the audit history.
+use std::collections::BTreeMap;
+
+use actix_web::http::header::{CONTENT_DISPOSITION, ETAG, IF_MATCH};
+use actix_web::{get, put, web, HttpMessage, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::auth::Caller;
+use crate::api::AppState;
+use crate::error::{Error, ErrorBody, ErrorCode, Result};
+use crate::registry::alias::{AliasEntry, Promotion};
+use crate::registry::manifest::Manifest;
+use crate::registry::Registry;
+
+fn registry(state: &AppState) -> Result<Registry> {
+    Registry::open(&state.config.registry)
+}
+
+/// One model at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"name": "flowers102", "versions": [1], "latest": 1, "aliases": {"production": 1}}))]
+pub struct ModelSummary {
+    pub name: String,
+    pub versions: Vec<u64>,
+    pub latest: Option<u64>,
+    /// Alias → the version it points at.
+    pub aliases: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelSummary>,
+}
+
+/// A version in a model's listing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionSummary {
+    pub version: u64,
+    pub created_at: String,
+    /// Best metrics (e.g. `val_top1`).
+    pub metrics: BTreeMap<String, f64>,
+    /// The components whose terms forbid commercial use.
+    pub non_commercial: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"name": "flowers102", "latest": 1, "aliases": {"production": 1},
+    "versions": [{"version": 1, "created_at": "2026-11-28T03:10:00Z", "metrics": {"val_top1": 0.9534},
+                  "non_commercial": ["base weights MobileNet_V2_Weights.IMAGENET1K_V1 (weights)"]}]}))]
+pub struct ModelDetail {
+    pub name: String,
+    pub latest: Option<u64>,
+    pub aliases: BTreeMap<String, u64>,
+    pub versions: Vec<VersionSummary>,
+}
+
+async fn summary(r: &Registry, name: &str) -> Result<ModelSummary> {
+    let versions = r.versions(name).await?;
+    let mut aliases = BTreeMap::new();
+    for a in r.aliases(name).await? {
+        if let Some(e) = r.current(name, &a).await? {
+            aliases.insert(a, e.version);
+        }
+    }
+    Ok(ModelSummary { name: name.to_string(), latest: versions.last().copied(), versions, aliases })
+}
+
+const E401: &str = "send Authorization: Bearer <token>";
+
+#[utoipa::path(
+    get, path = "/models", tag = "models", operation_id = "list_models", summary = "Every model",
+    responses(
+        (status = 200, description = "Models with their versions and aliases.", body = ModelList),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": E401}})),
+        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
+         example = json!({"error": {"code": "registry_unavailable", "message": "listing models: connection refused"}}))
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models")]
+pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
+    let r = registry(&state)?;
+    let mut models = Vec::new();
+    for name in r.models().await? {
+        models.push(summary(&r, &name).await?);
+    }
+    Ok(HttpResponse::Ok().json(ModelList { models }))
+}
+
+#[utoipa::path(
+    get, path = "/models/{name}", tag = "models", operation_id = "get_model", summary = "A model's versions and aliases",
+    params(("name" = String, Path, description = "The model name.")),
+    responses(
+        (status = 200, description = "The model.", body = ModelDetail),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": E401}})),
+        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 404, description = "No such model.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "model nope has no versions"}})),
+        (status = 422, description = "The name is not a valid model name.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}})),
+        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
+         example = json!({"error": {"code": "registry_unavailable", "message": "listing versions: connection refused"}}))
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models/{name}")]
+pub async fn get_model(name: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    crate::registry::check_name("model", &name)?;
+    let r = registry(&state)?;
+    let s = summary(&r, &name).await?;
+    if s.versions.is_empty() {
+        return Err(Error::new(ErrorCode::NotFound, format!("model {name} has no versions")));
+    }
+    let mut versions = Vec::new();
+    for &v in &s.versions {
+        let m = r.manifest(&name, v).await?;
+        versions.push(VersionSummary {
+            version: v,
+            created_at: m.created_at.clone(),
+            metrics: m.provenance.metrics.best.clone(),
+            non_commercial: m.non_commercial().into_iter().map(|x| x.component).collect(),
+        });
+    }
+    Ok(HttpResponse::Ok().json(ModelDetail { name: s.name, latest: s.latest, aliases: s.aliases, versions }))
+}
+
+fn version_of(path: &(String, u64)) -> Result<(&str, u64)> {
+    crate::registry::check_name("model", &path.0)?;
+    Ok((path.0.as_str(), path.1))
+}
+
+#[utoipa::path(
+    get, path = "/models/{name}/versions/{version}", tag = "models", operation_id = "get_version",
+    summary = "A version's manifest: artifacts, provenance, metrics, licences",
+    params(("name" = String, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    responses(
+        (status = 200, description = "The manifest.", body = Manifest),
+        (status = 400, description = "The version is not a number.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter: can not parse \"x\" to a u64"}})),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": E401}})),
+        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 404, description = "No such model or version.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "flowers102 version 9: not found"}})),
+        (status = 422, description = "The name is not a valid model name.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}})),
+        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
+         example = json!({"error": {"code": "registry_unavailable", "message": "reading a manifest: connection refused"}}))
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models/{name}/versions/{version}")]
+pub async fn get_version(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let (name, v) = version_of(&path)?;
+    Ok(HttpResponse::Ok().json(registry(&state)?.manifest(name, v).await?))
+}
+
+#[utoipa::path(
+    get, path = "/models/{name}/versions/{version}/card", tag = "models", operation_id = "get_card",
+    summary = "A version's model card (Markdown)",
+    params(("name" = String, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    responses(
+        (status = 200, description = "The card.", content_type = "text/markdown", body = String,
+         example = "# flowers102 — version 1\n\n**Use:** non-commercial only, …"),
+        (status = 400, description = "The version is not a number.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter"}})),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": E401}})),
+        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 404, description = "No such model or version.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "flowers102 version 9: not found"}})),
+        (status = 422, description = "The name is not a valid model name.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}})),
+        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
+         example = json!({"error": {"code": "registry_unavailable", "message": "reading a manifest: connection refused"}}))
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models/{name}/versions/{version}/card")]
+pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let (name, v) = version_of(&path)?;
+    let m = registry(&state)?.manifest(name, v).await?;
+    Ok(HttpResponse::Ok().content_type("text/markdown; charset=utf-8").body(m.card()))
+}
+
+#[utoipa::path(
+    get, path = "/models/{name}/versions/{version}/onnx", tag = "models", operation_id = "download_onnx",
+    summary = "Download a version's ONNX model",
+    description = "The bytes are checked against the manifest's sha256 and size before they are sent; the ETag is the sha256.",
+    params(("name" = String, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    responses(
+        (status = 200, description = "The ONNX model.", content_type = "application/octet-stream", body = Vec<u8>,
+         headers(("ETag" = String, description = "The sha256 of the file, quoted."))),
+        (status = 400, description = "The version is not a number.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter"}})),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": E401}})),
+        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 404, description = "No such model, version or ONNX artifact.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "flowers102 version 9: not found"}})),
+        (status = 422, description = "The name is not a valid model name.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}})),
+        (status = 500, description = "The stored file differs from its manifest.", body = ErrorBody,
+         example = json!({"error": {"code": "integrity_error", "message": "flowers102 version 1 artifact model.onnx has sha256 …, the manifest says …"}})),
+        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
+         example = json!({"error": {"code": "registry_unavailable", "message": "reading an artifact: connection refused"}}))
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models/{name}/versions/{version}/onnx")]
+pub async fn download_onnx(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let (name, v) = version_of(&path)?;
+    let r = registry(&state)?;
+    let m = r.manifest(name, v).await?;
+    let bytes = r.read_artifact(&m, "model.onnx").await?;
+    let sha = m.artifact("model.onnx").map(|a| a.sha256.clone()).unwrap_or_default();
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((ETAG, format!("\"{sha}\"")))
+        .insert_header((CONTENT_DISPOSITION, format!("attachment; filename=\"{name}-{v}.onnx\"")))
+        .body(bytes))
+}
+
+/// Where an alias should point.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"version": 2, "reason": "beats version 1 on the held-out set", "acknowledge_terms": false}))]
+pub struct PromoteRequest {
+    pub version: u64,
+    #[serde(default)]
+    pub reason: String,
+    /// Accept the lineage's non-commercial terms (needed under `registry.usage = commercial`).
+    #[serde(default)]
+    pub acknowledge_terms: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AliasHistory {
+    pub entries: Vec<AliasEntry>,
+}
+
+fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
+    crate::registry::check_name("model", &path.0)?;
+    crate::registry::check_name("alias", &path.1)?;
+    Ok((path.0.as_str(), path.1.as_str()))
+}
+
+#[utoipa::path(
+    put, path = "/models/{name}/aliases/{alias}", tag = "models", operation_id = "promote",
+    summary = "Move an alias to a version (promote)",
+    description = "Compare-and-swap: send `If-Match` with the alias's current seq (its ETag; `0` when the alias must not \
+                   exist yet) to move it only if nobody else did in between. Every move is kept in the alias's history. \
+                   Servers following the alias swap in the new version without failing requests.",
+    params(("name" = String, Path, description = "The model name."), ("alias" = String, Path, description = "The alias, e.g. production."),
+           ("If-Match" = Option<String>, Header, description = "The alias's current seq (ETag); `0` if it must not exist.")),
+    request_body(content = PromoteRequest, description = "The version and why."),
+    responses(
+        (status = 200, description = "Moved; the ETag is the new seq.", body = AliasEntry,
+         headers(("ETag" = String, description = "The alias's new seq, quoted."))),
+        (status = 400, description = "The body or If-Match is malformed.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_json", "message": "missing field `version`"}})),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": E401}})),
+        (status = 403, description = "The token lacks the admin scope, or the licence terms were not acknowledged.", body = ErrorBody,
+         example = json!({"error": {"code": "licence_not_acknowledged", "message": "this deployment's use is commercial, and flowers102 version 1 carries non-commercial terms"}})),
+        (status = 404, description = "No such model or version.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "flowers102 version 9: not found"}})),
+        (status = 409, description = "A concurrent promotion won.", body = ErrorBody,
+         example = json!({"error": {"code": "alias_conflict", "message": "another promotion of flowers102@production won the race"}})),
+        (status = 412, description = "The alias moved since it was read.", body = ErrorBody,
+         example = json!({"error": {"code": "alias_precondition_failed", "message": "flowers102@production is at seq 3, not 2"}})),
+        (status = 415, description = "The body is not JSON.", body = ErrorBody,
+         example = json!({"error": {"code": "unsupported_media_type", "message": "Content type error"}})),
+        (status = 422, description = "The model or alias name is invalid.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_name", "message": "alias name \"Prod!\" is invalid"}})),
+        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
+         example = json!({"error": {"code": "registry_unavailable", "message": "writing the alias entry: connection refused"}}))
+    ),
+    security(("bearer" = ["admin"]))
+)]
+#[put("/models/{name}/aliases/{alias}")]
+pub async fn promote(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Json<PromoteRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (name, alias) = alias_of(&path)?;
+    let if_match = match req.headers().get(IF_MATCH) {
+        None => None,
+        Some(v) => {
+            let s = v.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
+            Some(s.parse::<u64>().map_err(|_| {
+                Error::invalid_request(format!("If-Match must be the alias's seq (a number), not {s:?}"))
+            })?)
+        }
+    };
+    let by = req.extensions().get::<Caller>().map(|c| c.name.clone()).unwrap_or_else(|| "anonymous".into());
+    let p = Promotion {
+        version: body.version,
+        if_match,
+        by,
+        reason: body.reason.clone(),
+        acknowledge_terms: body.acknowledge_terms,
+    };
+    let entry = registry(&state)?.promote(name, alias, &p, state.config.registry.usage).await?;
+    Ok(HttpResponse::Ok().insert_header((ETAG, format!("\"{}\"", entry.seq))).json(entry))
+}
+
+#[utoipa::path(
+    get, path = "/models/{name}/aliases/{alias}/history", tag = "models", operation_id = "alias_history",
+    summary = "Every move of an alias, oldest first",
+    params(("name" = String, Path, description = "The model name."), ("alias" = String, Path, description = "The alias.")),
+    responses(
+        (status = 200, description = "The history; the ETag is the current seq.", body = AliasHistory),
+        (status = 401, description = "No valid bearer token.", body = ErrorBody,
+         example = json!({"error": {"code": "unauthorized", "message": E401}})),
+        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
+         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 404, description = "The alias was never set.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "flowers102 has no alias staging"}})),
+        (status = 422, description = "The model or alias name is invalid.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_name", "message": "alias name \"Prod!\" is invalid"}})),
+        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
+         example = json!({"error": {"code": "registry_unavailable", "message": "listing alias entries: connection refused"}}))
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models/{name}/aliases/{alias}/history")]
+pub async fn alias_history(path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let (name, alias) = alias_of(&path)?;
+    let entries = registry(&state)?.history(name, alias).await?;
+    let Some(last) = entries.last() else {
+        return Err(Error::new(ErrorCode::NotFound, format!("{name} has no alias {alias}")));
+    };
+    Ok(HttpResponse::Ok().insert_header((ETAG, format!("\"{}\"", last.seq))).json(AliasHistory { entries }))
+}

@@ -1,0 +1,391 @@
+//! Fine-tuning jobs: what a client asks for (`JobSpec`), what petal records about it (`Job`,
+//! kept in the registry at `jobs/{id}.json`, so that every job shows its true state after a
+//! restart), and the runner that trains them one at a time per device (`runner`).
+//!
+//! States: `queued → running → succeeded | failed | canceled`. A job that was running when petal
+//! stopped is failed on the next start with the code `job_interrupted` and the phase and epoch it
+//! had reached; jobs do not resume from a checkpoint. Queued jobs are queued again.
+pub mod runner;
+
+use std::collections::BTreeMap;
+
+use object_store::path::Path as ObjPath;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::dataset::{IngestOptions, OnBadImage, OxfordSplit};
+use crate::error::{Error, ErrorCode, Result};
+use crate::registry::{check_name, store_error, Registry};
+use crate::train::arch::Arch;
+use crate::train::recipe::Recipe;
+use crate::train::trainer::EpochMetrics;
+
+/// A fine-tuning job as a client asks for it. Everything but `model` has a default: the reference
+/// recipe on MobileNetV2 from its ImageNet weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model": "flowers", "backbones": ["mobilenet_v2"], "epochs1": 16, "epochs2": 8,
+    "batch_size": 16, "seed": 0, "device": "auto", "promote": "production",
+    "dataset": {"name": "Oxford Flowers 102", "terms": "research use only"}}))]
+pub struct JobSpec {
+    /// The model the winner is published as (a new version of it).
+    pub model: String,
+    /// Backbones to train; the best validation accuracy wins.
+    #[serde(default = "default_backbones")]
+    pub backbones: Vec<Arch>,
+    /// Starting weights per backbone name: a catalog name (`IMAGENET1K_V1`) or `scratch`.
+    /// Default: each backbone's catalog default, which must be in the weights cache.
+    #[serde(default)]
+    pub weights: BTreeMap<String, String>,
+    /// The whole recipe; the fields below override parts of it.
+    #[serde(default)]
+    pub recipe: Option<Recipe>,
+    /// Epochs of phase 1 (head only) and phase 2 (every layer).
+    pub epochs1: Option<usize>,
+    pub epochs2: Option<usize>,
+    pub batch_size: Option<usize>,
+    /// Phase 1's learning rate (the head).
+    pub lr1: Option<f64>,
+    /// Phase 2's learning rate of the top group (the head); lower groups decay from it.
+    pub lr2: Option<f64>,
+    /// Augmentation of phase 2 (and of phase 1 unless `cached_features`).
+    #[serde(default)]
+    pub augment: Option<crate::train::recipe::Augment>,
+    /// Phase 1 on features computed once (the CPU shortcut: no augmentation in phase 1).
+    #[serde(default)]
+    pub cached_features: bool,
+    pub seed: Option<u64>,
+    /// `auto` (CUDA when present), `cpu` or `cuda`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub split: SplitSpec,
+    /// Leave undecodable images out with a warning instead of refusing the dataset.
+    #[serde(default)]
+    pub skip_bad_images: bool,
+    #[serde(default)]
+    pub dataset: DatasetSpec,
+    /// Move this alias to the published version when the job succeeds (e.g. `production`).
+    pub promote: Option<String>,
+    /// Acknowledge the lineage's non-commercial terms, for `promote` under a commercial policy.
+    #[serde(default)]
+    pub acknowledge_terms: bool,
+}
+
+fn default_backbones() -> Vec<Arch> {
+    vec![Arch::MobilenetV2]
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+
+/// How to split a dataset that brings no split of its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Share of each class held out for validation (default 0.2).
+    pub val_fraction: Option<f64>,
+    /// Oxford Flowers 102: `reference` (train on tstid) or `papers`.
+    pub oxford_split: Option<OxfordSplit>,
+}
+
+/// Which dataset, and under which terms.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// The dataset's name for provenance and model cards.
+    #[serde(default)]
+    pub name: String,
+    /// The terms it may be used under, recorded verbatim (without a structured licence they count
+    /// as not allowing commercial use).
+    pub terms: Option<String>,
+    /// A dataset already in the registry (the sha256 of its archive), instead of an upload.
+    pub sha256: Option<String>,
+    /// An archive in an S3 bucket (`s3://bucket/key`, read with the registry's S3 endpoint and
+    /// credentials), instead of an upload.
+    pub uri: Option<String>,
+}
+
+impl JobSpec {
+    /// Checks everything that can be checked before the dataset is looked at.
+    pub fn validate(&self) -> Result<()> {
+        check_name("model", &self.model)?;
+        if let Some(alias) = &self.promote {
+            check_name("alias", alias)?;
+        }
+        if self.backbones.is_empty() {
+            return Err(Error::new(ErrorCode::InvalidJson, "backbones: name at least one"));
+        }
+        if !["auto", "cpu", "cuda"].contains(&self.device.as_str()) {
+            return Err(Error::new(
+                ErrorCode::InvalidJson,
+                format!("device: auto, cpu or cuda, not {:?}", self.device),
+            ));
+        }
+        for (key, name) in &self.weights {
+            let arch: Arch = key.parse()?;
+            if !self.backbones.contains(&arch) {
+                return Err(Error::new(ErrorCode::InvalidJson, format!("weights: {key} is not among the backbones")));
+            }
+            // A catalog name or `scratch`, never a path on the server.
+            if name != "scratch" {
+                crate::train::catalog::Catalog::embedded().find(arch, Some(name))?;
+            }
+        }
+        let recipe = self.recipe();
+        let positive = [
+            ("epochs1", recipe.phase1.epochs as f64),
+            ("batch_size", recipe.batch_size as f64),
+            ("lr1", recipe.phase1.lr),
+            ("lr2", recipe.phase2.top_lr),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::new(ErrorCode::InvalidJson, format!("{name} must be positive")));
+            }
+        }
+        if recipe.phase1.epochs > 1000 || recipe.phase2.epochs > 1000 || recipe.batch_size > 4096 {
+            return Err(Error::new(
+                ErrorCode::InvalidJson,
+                "epochs (≤ 1000 per phase) or batch_size (≤ 4096) too large",
+            ));
+        }
+        if let Some(f) = self.split.val_fraction {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(Error::new(ErrorCode::InvalidJson, "split.val_fraction must be in (0, 1)"));
+            }
+        }
+        if let Some(sha) = &self.dataset.sha256 {
+            crate::registry::datasets::check_sha256(sha)?;
+        }
+        if self.dataset.sha256.is_some() && self.dataset.uri.is_some() {
+            return Err(Error::new(ErrorCode::InvalidJson, "dataset: give sha256 or uri, not both"));
+        }
+        if let Some(uri) = &self.dataset.uri {
+            parse_s3_uri(uri)?;
+        }
+        Ok(())
+    }
+
+    /// The recipe as run: `recipe` (or the reference) with the overrides applied.
+    pub fn recipe(&self) -> Recipe {
+        let mut r = self.recipe.clone().unwrap_or_default();
+        if let Some(e) = self.epochs1 {
+            r.phase1.epochs = e;
+        }
+        if let Some(e) = self.epochs2 {
+            r.phase2.epochs = e;
+        }
+        if let Some(b) = self.batch_size {
+            r.batch_size = b;
+        }
+        if let Some(lr) = self.lr1 {
+            r.phase1.lr = lr;
+        }
+        if let Some(lr) = self.lr2 {
+            r.phase2.top_lr = lr;
+        }
+        if let Some(a) = &self.augment {
+            r.augment = a.clone();
+        }
+        if let Some(s) = self.seed {
+            r.seed = s;
+        }
+        r.phase1.cached_features |= self.cached_features;
+        r
+    }
+
+    /// How the dataset is read and split.
+    pub fn ingest_options(&self, base: &IngestOptions) -> IngestOptions {
+        let mut o = base.clone();
+        o.seed = self.recipe().seed;
+        if let Some(f) = self.split.val_fraction {
+            o.val_fraction = f;
+        }
+        if let Some(s) = self.split.oxford_split {
+            o.oxford_split = s;
+        }
+        if self.skip_bad_images {
+            o.on_bad_image = OnBadImage::Skip;
+        }
+        o
+    }
+}
+
+/// `s3://bucket/key` → (bucket, key).
+pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
+    let rest = uri
+        .strip_prefix("s3://")
+        .ok_or_else(|| Error::new(ErrorCode::InvalidJson, format!("dataset.uri: {uri:?} is not an s3:// URI")))?;
+    match rest.split_once('/') {
+        Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() && !key.ends_with('/') => {
+            Ok((bucket.to_string(), key.to_string()))
+        }
+        _ => Err(Error::new(ErrorCode::InvalidJson, format!("dataset.uri: {uri:?} is not s3://bucket/key"))),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Canceled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
+}
+
+/// Where a running job is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
+pub struct Progress {
+    /// What it is doing: `queued`, `reading the dataset`, `training`, `publishing`, `done`.
+    pub stage: String,
+    pub backbone: Option<Arch>,
+    pub phase: Option<u8>,
+    pub epoch: Option<usize>,
+    pub epochs: Option<usize>,
+    pub step: Option<usize>,
+    pub steps: Option<usize>,
+    /// 0–100 over every backbone's planned training images.
+    pub percent: f64,
+    pub eta_s: Option<f64>,
+    pub images_per_s: Option<f64>,
+}
+
+/// What a successful job produced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct JobResult {
+    pub model: String,
+    pub version: u64,
+    pub winner: Arch,
+    pub best_val_accuracy: f64,
+    /// Best validation accuracy of every backbone tried.
+    pub backbones: BTreeMap<String, f64>,
+    /// The alias moved to this version, when the spec asked.
+    pub promoted: Option<String>,
+}
+
+/// Why a job failed or was canceled.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<&Error> for JobError {
+    fn from(e: &Error) -> Self {
+        JobError { code: e.code.as_str().to_string(), message: e.message.clone() }
+    }
+}
+
+/// A job as petal records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(example = json!({"id": "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10", "state": "running",
+    "spec": {"model": "flowers", "backbones": ["mobilenet_v2"], "device": "auto"},
+    "dataset": {"sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "name": "flowers"},
+    "created_at": "2026-11-28T10:00:00Z", "started_at": "2026-11-28T10:00:01Z",
+    "progress": {"stage": "training", "backbone": "mobilenet_v2", "phase": 2, "epoch": 3, "epochs": 8,
+                 "step": 120, "steps": 385, "percent": 61.5, "eta_s": 840.0, "images_per_s": 21.3},
+    "epochs": []}))]
+pub struct Job {
+    pub id: String,
+    pub state: JobState,
+    pub spec: JobSpec,
+    pub dataset: JobDataset,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub progress: Progress,
+    /// Every finished epoch's metrics, every backbone.
+    #[serde(default)]
+    pub epochs: Vec<EpochMetrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    /// Problems the dataset check let through (skipped images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The dataset a job trains on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct JobDataset {
+    /// sha256 of the archive in the registry's dataset area.
+    pub sha256: String,
+    pub name: String,
+}
+
+fn job_path(id: &str) -> ObjPath {
+    ObjPath::from(format!("jobs/{id}.json"))
+}
+
+/// Job ids are UUIDs.
+pub fn check_job_id(id: &str) -> Result<()> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| Error::new(ErrorCode::NotFound, format!("no job {id:?}: job ids are UUIDs")))
+}
+
+impl Registry {
+    pub async fn put_job(&self, job: &Job) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(job).expect("job serializes");
+        self.store().put(&job_path(&job.id), bytes.into()).await.map_err(|e| store_error("writing a job record", e))?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Job> {
+        check_job_id(id)?;
+        let bytes = match self.store().get(&job_path(id)).await {
+            Ok(r) => r.bytes().await.map_err(|e| store_error("reading a job record", e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::new(ErrorCode::NotFound, format!("no job {id}")))
+            }
+            Err(e) => return Err(store_error("reading a job record", e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("job {id}: unreadable record: {e}")))
+    }
+
+    /// Every job record, oldest first.
+    pub async fn jobs(&self) -> Result<Vec<Job>> {
+        use futures_util::TryStreamExt;
+        let listed: Vec<_> = self
+            .store()
+            .list(Some(&ObjPath::from("jobs")))
+            .try_collect()
+            .await
+            .map_err(|e| store_error("listing jobs", e))?;
+        let mut jobs = Vec::new();
+        for meta in listed {
+            if let Some(id) = meta.location.filename().and_then(|f| f.strip_suffix(".json")) {
+                if check_job_id(id).is_ok() {
+                    jobs.push(self.job(id).await?);
+                }
+            }
+        }
+        jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(jobs)
+    }
+}

@@ -1,0 +1,401 @@
+//! Runs fine-tuning jobs: a bounded pool of worker threads (`jobs.workers`, default one — one job
+//! per device: libtorch's generator and CPU thread pool are per process), fed by a FIFO queue.
+//! Each job's record is kept live in memory for status and server-sent events, and written to the
+//! registry at every state change and every finished epoch.
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use utoipa::ToSchema;
+
+use super::{Job, JobError, JobResult, JobState, Progress};
+use crate::config::Config;
+use crate::error::{Error, ErrorCode, Result};
+use crate::registry::Registry;
+use crate::train::trainer::{EpochMetrics, Event};
+
+/// What `GET /jobs/{id}/events` streams.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// The whole record: sent first, and at every state change.
+    State(Box<Job>),
+    /// Where training is (at most a few per second).
+    Progress(Progress),
+    /// A finished epoch.
+    Epoch(EpochMetrics),
+}
+
+impl JobEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobEvent::State(_) => "state",
+            JobEvent::Progress(_) => "progress",
+            JobEvent::Epoch(_) => "epoch",
+        }
+    }
+
+    pub fn data_json(&self) -> String {
+        match self {
+            JobEvent::State(j) => serde_json::to_string(j),
+            JobEvent::Progress(p) => serde_json::to_string(p),
+            JobEvent::Epoch(e) => serde_json::to_string(e),
+        }
+        .expect("events serialize")
+    }
+}
+
+struct Live {
+    job: Job,
+    cancel: Arc<AtomicBool>,
+    events: broadcast::Sender<JobEvent>,
+}
+
+struct Shared {
+    live: Mutex<HashMap<String, Live>>,
+    queue: Mutex<VecDeque<String>>,
+    wake: Condvar,
+    stopping: AtomicBool,
+}
+
+/// The job runner of one process.
+#[derive(Clone)]
+pub struct Runner {
+    registry: Registry,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+}
+
+impl Runner {
+    /// Recovers the registry's jobs (queued ones are queued again; running ones are failed with
+    /// `job_interrupted`) and starts `config.jobs.workers` workers.
+    pub async fn start(config: &Config, registry: Registry) -> Result<Runner> {
+        let runner = Runner {
+            registry,
+            config: Arc::new(config.clone()),
+            shared: Arc::new(Shared {
+                live: Mutex::new(HashMap::new()),
+                queue: Mutex::new(VecDeque::new()),
+                wake: Condvar::new(),
+                stopping: AtomicBool::new(false),
+            }),
+        };
+        for mut job in runner.registry.jobs().await? {
+            match job.state {
+                JobState::Running => {
+                    let at = match (job.progress.phase, job.progress.epoch) {
+                        (Some(p), Some(e)) => format!(" at phase {p} epoch {e}"),
+                        _ => format!(" while {}", job.progress.stage),
+                    };
+                    job.state = JobState::Failed;
+                    job.finished_at = Some(crate::clock::now_rfc3339());
+                    job.error = Some(JobError {
+                        code: ErrorCode::JobInterrupted.as_str().into(),
+                        message: format!(
+                            "petal stopped while this job was running{at}; jobs do not resume from a checkpoint: \
+                             submit the spec again"
+                        ),
+                    });
+                    job.progress.stage = "interrupted".into();
+                    runner.registry.put_job(&job).await?;
+                    tracing::warn!(job = %job.id, "a job was running when petal stopped: marked failed (job_interrupted)");
+                }
+                JobState::Queued => {
+                    tracing::info!(job = %job.id, "queued again after a restart");
+                    runner.insert_live(job.clone());
+                    runner.shared.queue.lock().unwrap().push_back(job.id.clone());
+                }
+                _ => {}
+            }
+        }
+        for i in 0..config.jobs.workers.max(1) {
+            let r = runner.clone();
+            std::thread::Builder::new()
+                .name(format!("job-worker-{i}"))
+                .spawn(move || r.work())
+                .map_err(|e| Error::internal(format!("cannot start a job worker: {e}")))?;
+        }
+        runner.shared.wake.notify_all();
+        Ok(runner)
+    }
+
+    fn insert_live(&self, job: Job) {
+        let (events, _) = broadcast::channel(256);
+        let id = job.id.clone();
+        self.shared.live.lock().unwrap().insert(id, Live { job, cancel: Arc::new(AtomicBool::new(false)), events });
+    }
+
+    /// Records a new job and queues it.
+    pub async fn submit(&self, job: Job) -> Result<Job> {
+        self.registry.put_job(&job).await?;
+        self.insert_live(job.clone());
+        self.shared.queue.lock().unwrap().push_back(job.id.clone());
+        self.shared.wake.notify_one();
+        tracing::info!(job = %job.id, model = %job.spec.model, "job queued");
+        Ok(job)
+    }
+
+    /// A job's current record: live when this process runs it, else from the registry.
+    pub async fn get(&self, id: &str) -> Result<Job> {
+        super::check_job_id(id)?;
+        if let Some(l) = self.shared.live.lock().unwrap().get(id) {
+            return Ok(l.job.clone());
+        }
+        self.registry.job(id).await
+    }
+
+    /// Every job, oldest first, live records replacing stored ones.
+    pub async fn list(&self) -> Result<Vec<Job>> {
+        let mut jobs = self.registry.jobs().await?;
+        let live = self.shared.live.lock().unwrap();
+        for j in &mut jobs {
+            if let Some(l) = live.get(&j.id) {
+                *j = l.job.clone();
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The current record and a receiver of what follows, for server-sent events.
+    pub async fn subscribe(&self, id: &str) -> Result<(Job, Option<broadcast::Receiver<JobEvent>>)> {
+        super::check_job_id(id)?;
+        if let Some(l) = self.shared.live.lock().unwrap().get(id) {
+            return Ok((l.job.clone(), (!l.job.state.is_terminal()).then(|| l.events.subscribe())));
+        }
+        Ok((self.registry.job(id).await?, None))
+    }
+
+    /// Cancels a queued job at once, or asks a running one to stop at its next step.
+    pub async fn cancel(&self, id: &str) -> Result<Job> {
+        let job = self.get(id).await?;
+        if job.state.is_terminal() {
+            return Err(Error::new(
+                ErrorCode::JobFinished,
+                format!("job {id} has already {} and cannot be canceled", job.state.as_str()),
+            ));
+        }
+        let was_queued = {
+            let mut q = self.shared.queue.lock().unwrap();
+            let before = q.len();
+            q.retain(|j| j != id);
+            q.len() != before
+        };
+        if was_queued {
+            let job = self.update(id, |j| {
+                j.state = JobState::Canceled;
+                j.finished_at = Some(crate::clock::now_rfc3339());
+                j.progress.stage = "canceled".into();
+                j.error = Some(JobError {
+                    code: ErrorCode::TrainingCanceled.as_str().into(),
+                    message: "canceled before it started".into(),
+                });
+            });
+            self.registry.put_job(&job).await?;
+            self.finish_live(id);
+            return Ok(job);
+        }
+        if let Some(l) = self.shared.live.lock().unwrap().get(id) {
+            l.cancel.store(true, Ordering::Relaxed);
+            return Ok(l.job.clone());
+        }
+        // Running in another process (or a record left by one): nothing here can stop it.
+        Err(Error::new(ErrorCode::JobFinished, format!("job {id} is not run by this process")))
+    }
+
+    /// Applies `f` to the live record and tells subscribers (a state event).
+    fn update(&self, id: &str, f: impl FnOnce(&mut Job)) -> Job {
+        let mut live = self.shared.live.lock().unwrap();
+        let l = live.get_mut(id).expect("a live job");
+        f(&mut l.job);
+        let _ = l.events.send(JobEvent::State(Box::new(l.job.clone())));
+        l.job.clone()
+    }
+
+    fn send(&self, id: &str, event: JobEvent) {
+        if let Some(l) = self.shared.live.lock().unwrap().get(id) {
+            let _ = l.events.send(event);
+        }
+    }
+
+    /// A finished job leaves memory; its record stays in the registry.
+    fn finish_live(&self, id: &str) {
+        self.shared.live.lock().unwrap().remove(id);
+    }
+
+    /// Stops taking new jobs (the running ones finish or are interrupted).
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_all();
+    }
+
+    fn work(&self) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        loop {
+            let id = {
+                let mut q = self.shared.queue.lock().unwrap();
+                loop {
+                    if self.shared.stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Some(id) = q.pop_front() {
+                        break id;
+                    }
+                    q = self.shared.wake.wait(q).unwrap();
+                }
+            };
+            self.run(&rt, &id);
+        }
+    }
+
+    fn run(&self, rt: &tokio::runtime::Runtime, id: &str) {
+        let cancel = match self.shared.live.lock().unwrap().get(id) {
+            Some(l) => l.cancel.clone(),
+            None => return,
+        };
+        let job = self.update(id, |j| {
+            j.state = JobState::Running;
+            j.started_at = Some(crate::clock::now_rfc3339());
+            j.progress.stage = "reading the dataset".into();
+        });
+        if let Err(e) = rt.block_on(self.registry.put_job(&job)) {
+            tracing::error!(job = id, error = %e, "cannot record that the job started");
+        }
+        tracing::info!(job = id, "job started");
+        let outcome = self.train_and_publish(rt, &job, &cancel);
+        let job = self.update(id, |j| {
+            j.finished_at = Some(crate::clock::now_rfc3339());
+            match &outcome {
+                Ok(r) => {
+                    j.state = JobState::Succeeded;
+                    j.progress.stage = "done".into();
+                    j.progress.percent = 100.0;
+                    j.progress.eta_s = Some(0.0);
+                    j.result = Some(r.clone());
+                }
+                Err(e) if e.code == ErrorCode::TrainingCanceled => {
+                    j.state = JobState::Canceled;
+                    j.progress.stage = "canceled".into();
+                    j.error = Some(e.into());
+                }
+                Err(e) => {
+                    j.state = JobState::Failed;
+                    j.progress.stage = "failed".into();
+                    j.error = Some(e.into());
+                }
+            }
+        });
+        match &outcome {
+            Ok(r) => tracing::info!(job = id, model = %r.model, version = r.version, "job succeeded"),
+            Err(e) => tracing::warn!(job = id, code = e.code.as_str(), error = %e, "job did not succeed"),
+        }
+        if let Err(e) = rt.block_on(self.registry.put_job(&job)) {
+            tracing::error!(job = id, error = %e, "cannot record the job's end");
+        }
+        self.finish_live(id);
+    }
+
+    fn train_and_publish(&self, rt: &tokio::runtime::Runtime, job: &Job, cancel: &AtomicBool) -> Result<JobResult> {
+        use crate::train::finetune;
+        let spec = &job.spec;
+        std::fs::create_dir_all(&self.config.jobs.work_dir)?;
+        let work = tempfile::Builder::new().prefix("job-").tempdir_in(&self.config.jobs.work_dir)?;
+        let archive = work.path().join("dataset.archive");
+        rt.block_on(self.registry.fetch_dataset(&job.dataset.sha256, &archive))?;
+        let recipe = spec.recipe();
+        let data = crate::dataset::load(&archive, &spec.ingest_options(&Default::default()), &recipe.eval_transform)?;
+        std::fs::remove_file(&archive)?;
+        let device = crate::train::device::select(&spec.device)?;
+        let store = crate::train::weights::store::WeightStore::new(&self.config.weights.cache);
+        let mut backbones = Vec::new();
+        for &arch in &spec.backbones {
+            let w = spec.weights.get(arch.name()).map(String::as_str);
+            backbones.push((arch, finetune::resolve_weights(arch, w, &store)?));
+        }
+        let warnings = data.warnings.clone();
+        self.update(&job.id, |j| {
+            j.progress.stage = "training".into();
+            j.warnings = warnings;
+        });
+        let run_dir = work.path().join("run");
+        let mut last_progress = Instant::now() - Duration::from_secs(1);
+        let mut on_event = |e: &Event| match e {
+            Event::Step { backbone, phase, epoch, epochs, step, steps, images_per_s, progress, eta_s, .. } => {
+                if last_progress.elapsed() < Duration::from_millis(250) && step != steps {
+                    return;
+                }
+                last_progress = Instant::now();
+                let p = Progress {
+                    stage: "training".into(),
+                    backbone: Some(*backbone),
+                    phase: Some(*phase),
+                    epoch: Some(*epoch),
+                    epochs: Some(*epochs),
+                    step: Some(*step),
+                    steps: Some(*steps),
+                    percent: (progress * 100.0).clamp(0.0, 100.0),
+                    eta_s: eta_s.is_finite().then_some(*eta_s),
+                    images_per_s: Some(*images_per_s),
+                };
+                if let Some(l) = self.shared.live.lock().unwrap().get_mut(&job.id) {
+                    l.job.progress = p.clone();
+                }
+                self.send(&job.id, JobEvent::Progress(p));
+            }
+            Event::Epoch(m) => {
+                let snapshot = {
+                    let mut live = self.shared.live.lock().unwrap();
+                    live.get_mut(&job.id).map(|l| {
+                        l.job.epochs.push(m.clone());
+                        l.job.clone()
+                    })
+                };
+                self.send(&job.id, JobEvent::Epoch(m.clone()));
+                if let Some(j) = snapshot {
+                    if let Err(e) = rt.block_on(self.registry.put_job(&j)) {
+                        tracing::warn!(job = %j.id, error = %e, "cannot record an epoch");
+                    }
+                }
+            }
+        };
+        let summary = finetune::finetune(&data, &backbones, &recipe, device, &run_dir, None, cancel, &mut on_event)?;
+        drop(data);
+        self.update(&job.id, |j| j.progress.stage = "publishing".into());
+        let opts = crate::publish::PublishRun {
+            model: spec.model.clone(),
+            alias: spec.promote.clone(),
+            by: format!("job {}", job.id),
+            dataset_name: job.dataset.name.clone(),
+            dataset_terms: spec.dataset.terms.clone(),
+            fp16: false,
+            with_checkpoint: true,
+            command: Some(format!(
+                "POST /finetune with the spec of job {} (registry jobs/{}.json) on dataset sha256 {}",
+                job.id, job.id, job.dataset.sha256
+            )),
+            acknowledge_terms: spec.acknowledge_terms,
+        };
+        let manifest =
+            rt.block_on(crate::publish::publish_run(&self.registry, &run_dir, &opts, self.config.registry.usage))?;
+        Ok(JobResult {
+            model: manifest.model,
+            version: manifest.version,
+            winner: summary.winner,
+            best_val_accuracy: summary.best_val_accuracy,
+            backbones: summary.results.iter().map(|r| (r.backbone.name().to_string(), r.best_val_accuracy)).collect(),
+            promoted: spec.promote.clone(),
+        })
+    }
+
+    /// Where uploads are staged before they are checked and stored.
+    pub fn work_dir(&self) -> PathBuf {
+        self.config.jobs.work_dir.clone()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}

@@ -1,0 +1,154 @@
+//! The registry's dataset area: uploaded archives, content-addressed by their sha256
+//! (`datasets/{sha256}/archive`), each with a record of what it is (`datasets/{sha256}/dataset.json`).
+//! Archives move between disk and the store in parts, never whole in memory.
+use std::io::{Read, Write};
+use std::path::Path;
+
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::{store_error, Registry};
+use crate::dataset::DatasetSummary;
+use crate::error::{Error, ErrorCode, Result};
+
+/// What a stored dataset is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct StoredDataset {
+    /// sha256 of the archive: the dataset's id.
+    pub sha256: String,
+    pub size: u64,
+    pub name: String,
+    /// The terms given at upload, verbatim.
+    pub terms: Option<String>,
+    /// What petal read in it (layout, split, classes, counts, content digest).
+    pub summary: DatasetSummary,
+    pub uploaded_at: String,
+}
+
+const PART: usize = 8 << 20;
+
+fn archive_path(sha256: &str) -> ObjPath {
+    ObjPath::from(format!("datasets/{sha256}/archive"))
+}
+
+fn record_path(sha256: &str) -> ObjPath {
+    ObjPath::from(format!("datasets/{sha256}/dataset.json"))
+}
+
+/// A dataset id: 64 lowercase hex digits.
+pub fn check_sha256(s: &str) -> Result<()> {
+    if s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        Ok(())
+    } else {
+        Err(Error::invalid_request(format!("{s:?} is not a dataset sha256 (64 lowercase hex digits)")))
+    }
+}
+
+impl Registry {
+    /// Stores the archive at `file` and its record, unless a dataset with this sha256 is already
+    /// there (uploads are idempotent). The record is written last: a dataset without one does not
+    /// exist.
+    pub async fn put_dataset(&self, file: &Path, record: &StoredDataset) -> Result<()> {
+        check_sha256(&record.sha256)?;
+        if self.dataset(&record.sha256).await.is_ok() {
+            return Ok(());
+        }
+        let what = format!("dataset {}", record.sha256);
+        let mut upload =
+            self.store.put_multipart(&archive_path(&record.sha256)).await.map_err(|e| store_error(&what, e))?;
+        let mut f = std::fs::File::open(file)?;
+        loop {
+            let mut buf = vec![0u8; PART];
+            let mut n = 0;
+            while n < PART {
+                match f.read(&mut buf[n..])? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            if let Err(e) = upload.put_part(PutPayload::from(buf)).await {
+                let _ = upload.abort().await;
+                return Err(store_error(&what, e));
+            }
+        }
+        upload.complete().await.map_err(|e| store_error(&what, e))?;
+        let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
+        match self.store.put_opts(&record_path(&record.sha256), bytes.into(), PutOptions::from(PutMode::Create)).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+            Err(e) => Err(store_error(&what, e)),
+        }
+    }
+
+    /// A stored dataset's record.
+    pub async fn dataset(&self, sha256: &str) -> Result<StoredDataset> {
+        check_sha256(sha256)?;
+        let what = format!("dataset {sha256}");
+        let bytes = match self.store.get(&record_path(sha256)).await {
+            Ok(r) => r.bytes().await.map_err(|e| store_error(&what, e))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::new(ErrorCode::NotFound, format!("no dataset {sha256} in the registry")))
+            }
+            Err(e) => return Err(store_error(&what, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("{what}: unreadable record: {e}")))
+    }
+
+    /// Writes a stored dataset's archive to `to`, checking its sha256 and size.
+    pub async fn fetch_dataset(&self, sha256: &str, to: &Path) -> Result<StoredDataset> {
+        let record = self.dataset(sha256).await?;
+        let what = format!("dataset {sha256}");
+        let got = self.store.get(&archive_path(sha256)).await.map_err(|e| store_error(&what, e))?;
+        let mut stream = got.into_stream();
+        let mut f = std::fs::File::create(to)?;
+        let mut hash = Sha256::new();
+        let mut size = 0u64;
+        use futures_util::StreamExt;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| store_error(&what, e))?;
+            hash.update(&chunk);
+            size += chunk.len() as u64;
+            f.write_all(&chunk)?;
+        }
+        f.flush()?;
+        let sha = hex::encode(hash.finalize());
+        if sha != sha256 || size != record.size {
+            return Err(Error::new(
+                ErrorCode::IntegrityError,
+                format!(
+                    "{what}: the stored archive has sha256 {sha} and {size} bytes; its record says {sha256}, {}",
+                    record.size
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Every stored dataset's record.
+    pub async fn datasets(&self) -> Result<Vec<StoredDataset>> {
+        use futures_util::TryStreamExt;
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&ObjPath::from("datasets")))
+            .try_collect()
+            .await
+            .map_err(|e| store_error("listing datasets", e))?;
+        let mut out = Vec::new();
+        for meta in listed {
+            if meta.location.filename() == Some("dataset.json") {
+                let parts: Vec<_> = meta.location.parts().collect();
+                if let Some(sha) = parts.get(1) {
+                    out.push(self.dataset(sha.as_ref()).await?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
