@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{petal, Server};
@@ -110,6 +111,17 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
     let server = start(dir.path(), &registry, &[]);
     let client = Client::new();
     let zip = shapes_zip(dir.path());
+
+    // A dry run reads and checks everything, and keeps nothing.
+    let form = multipart::Form::new()
+        .text("spec", shapes_spec("shapes", 5).to_string())
+        .part("dataset", multipart::Part::file(&zip).unwrap());
+    let r = client.post(server.url("/finetune?dry_run=true")).multipart(form).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let check: Value = r.json().unwrap();
+    assert_eq!(check["dataset"]["classes"], json!(["bar", "disc", "square"]));
+    assert_eq!(check["recipe"]["phase1"]["epochs"], 5);
+    assert!(!registry.join("datasets").exists(), "a dry run stores nothing");
 
     let r = submit(&client, &server, &shapes_spec("shapes", 5), Some(&zip));
     assert_eq!(r.status(), 202);
@@ -454,4 +466,64 @@ fn promoting_under_a_commercial_policy_needs_the_terms_acknowledged() {
     let mut spec = shapes_spec("c", 1);
     spec["promote"] = json!("production");
     assert_eq!(code(submit(&client, &server, &spec, Some(&zip))), (403, "licence_not_acknowledged".into()));
+}
+
+/// The committed OpenAPI document is valid, and a Python SDK generated from it by
+/// openapi-python-client drives the whole story against a server with tokens.
+#[test]
+fn a_generated_python_sdk_drives_the_whole_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi/openapi.json");
+    let check = Command::new(common::python())
+        .args([
+            "-c",
+            "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(&spec_path)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "openapi-spec-validator: {}", String::from_utf8_lossy(&check.stderr));
+    let sdk = dir.path().join("sdk");
+    let hooks = dir.path().join("generator.yaml");
+    std::fs::write(&hooks, "post_hooks: []\n").unwrap();
+    let generator = common::python().parent().unwrap().join("openapi-python-client");
+    let out = Command::new(generator)
+        .args(["generate", "--meta", "none", "--path"])
+        .arg(&spec_path)
+        .arg("--config")
+        .arg(&hooks)
+        .arg("--output-path")
+        .arg(sdk.join("petal_client"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let generated = String::from_utf8_lossy(&out.stdout);
+    assert!(!generated.contains("will not be generated"), "an endpoint was skipped:\n{generated}");
+
+    let config = dir.path().join("petal.toml");
+    std::fs::write(
+        &config,
+        "[[auth.tokens]]\nname = \"sdk\"\ntoken = \"sdk-token-0123456789abcdef\"\nscopes = [\"admin\"]\n",
+    )
+    .unwrap();
+    let registry = dir.path().join("registry");
+    let server = start(dir.path(), &registry, &[("PETAL_CONFIG", config.to_str().unwrap())]);
+    let zip = shapes_zip(dir.path());
+    let held_out = dir.path().join("held-out.png");
+    std::fs::write(&held_out, png(1, 77)).unwrap();
+    let out = Command::new(common::python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles/sdk_story.py"))
+        .args([&server.base, "sdk-token-0123456789abcdef", zip.to_str().unwrap()])
+        .arg(shapes_spec("sdk-shapes", 5).to_string())
+        .args([held_out.to_str().unwrap(), "square"])
+        .env("PYTHONPATH", &sdk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK story failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -100,7 +100,7 @@ const RAW_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "applicat
                    own eval transform. Pick the model with `model`, and a version with `version` or `alias`.",
     params(ClassifyQuery),
     request_body(description = "The image(s).", content(
-        (Vec<u8> = "application/octet-stream"),
+        (crate::api::Binary = "application/octet-stream"),
         (ClassifyForm = "multipart/form-data"),
         (ClassifyJson = "application/json")
     )),

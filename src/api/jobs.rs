@@ -33,6 +33,24 @@ pub struct FinetuneForm {
     dataset: Option<Vec<u8>>,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct FinetuneQuery {
+    /// Check the spec and the dataset, answer 200 with what petal read, and stop: nothing is
+    /// stored and no job is queued.
+    pub dry_run: Option<bool>,
+}
+
+/// What a dry run found.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FinetuneCheck {
+    /// sha256 of the archive (the dataset's id once stored).
+    pub sha256: String,
+    pub size: u64,
+    pub dataset: crate::dataset::DatasetSummary,
+    /// The recipe the job would run.
+    pub recipe: crate::train::recipe::Recipe,
+}
+
 #[utoipa::path(
     post,
     path = "/finetune",
@@ -44,11 +62,13 @@ pub struct FinetuneForm {
                    already in the registry (`dataset.sha256`) or in S3 (`dataset.uri`). The dataset is read and checked \
                    before the job is queued; every problem is listed in the 422. On success the winner is exported to \
                    ONNX and published as a new version of `spec.model`, promoted only when `spec.promote` names an alias.",
+    params(FinetuneQuery),
     request_body(description = "The job spec and its dataset.", content(
         (FinetuneForm = "multipart/form-data"),
         (JobSpec = "application/json")
     )),
     responses(
+        (status = 200, description = "Dry run: the spec and the dataset pass every check.", body = FinetuneCheck),
         (status = 202, description = "Queued; follow it at the Location.", body = Job,
          headers(("Location" = String, description = "`/jobs/{id}`"))),
         (status = 400, description = "A part is missing or unknown, or the body is malformed.", body = ErrorBody,
@@ -71,7 +91,12 @@ pub struct FinetuneForm {
     security(("bearer" = ["train"]))
 )]
 #[post("/finetune")]
-pub async fn finetune(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
+pub async fn finetune(
+    req: HttpRequest,
+    query: web::Query<FinetuneQuery>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
     let runner = state.runner()?;
     let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -101,6 +126,17 @@ pub async fn finetune(req: HttpRequest, payload: web::Payload, state: web::Data<
         crate::train::finetune::resolve_weights(arch, spec.weights.get(arch.name()).map(String::as_str), &store)?;
     }
     let registry = runner.registry();
+    if query.dry_run == Some(true) {
+        let (sha256, size, dataset) = match (upload, &spec.dataset.sha256, &spec.dataset.uri) {
+            (Some((sha, size)), None, None) => (sha, size, check(&spec, staged.path()).await?),
+            (None, Some(sha), None) => {
+                let d = registry.dataset(sha).await?;
+                (d.sha256, d.size, d.summary)
+            }
+            _ => return Err(Error::invalid_request("a dry run checks an uploaded `dataset` part or dataset.sha256")),
+        };
+        return Ok(HttpResponse::Ok().json(FinetuneCheck { sha256, size, dataset, recipe: spec.recipe() }));
+    }
     let dataset = match (upload, &spec.dataset.sha256, &spec.dataset.uri) {
         (Some(sha256), None, None) => check_and_store(runner, &spec, staged.path(), sha256).await?,
         (None, Some(sha), None) => registry.dataset(sha).await?,
@@ -152,12 +188,7 @@ async fn check_and_store(
     if let Ok(existing) = registry.dataset(&sha256).await {
         return Ok(existing);
     }
-    let opts = spec.ingest_options(&Default::default());
-    let eval = spec.recipe().eval_transform;
-    let owned = path.to_path_buf();
-    let summary = web::block(move || crate::dataset::load(&owned, &opts, &eval).map(|d| d.summary()))
-        .await
-        .map_err(|e| Error::internal(e.to_string()))??;
+    let summary = check(spec, path).await?;
     let record = StoredDataset {
         name: if spec.dataset.name.is_empty() {
             format!("dataset-{}", &sha256[..12])
@@ -172,6 +203,16 @@ async fn check_and_store(
     };
     registry.put_dataset(path, &record).await?;
     Ok(record)
+}
+
+/// Reads the dataset at `path` as training will; every problem is a 4xx.
+async fn check(spec: &JobSpec, path: &std::path::Path) -> Result<crate::dataset::DatasetSummary> {
+    let opts = spec.ingest_options(&Default::default());
+    let eval = spec.recipe().eval_transform;
+    let owned = path.to_path_buf();
+    web::block(move || crate::dataset::load(&owned, &opts, &eval).map(|d| d.summary()))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?
 }
 
 fn parse_spec(bytes: &[u8]) -> Result<JobSpec> {

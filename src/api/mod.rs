@@ -18,6 +18,12 @@ pub mod meta;
 pub mod models;
 pub mod observe;
 
+/// Raw bytes in a request or response body (an image, an ONNX file).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct Binary(Vec<u8>);
+
 /// State shared by every worker.
 pub struct AppState {
     pub config: Config,
@@ -66,7 +72,7 @@ impl AppState {
     components(schemas(
         ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check,
         classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
-        crate::jobs::runner::JobEvent
+        crate::jobs::runner::JobEvent, Binary
     )),
     modifiers(&BearerAuth),
     tags(

@@ -198,7 +198,7 @@ pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>
     description = "The bytes are checked against the manifest's sha256 and size before they are sent; the ETag is the sha256.",
     params(("name" = String, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
     responses(
-        (status = 200, description = "The ONNX model.", content_type = "application/octet-stream", body = Vec<u8>,
+        (status = 200, description = "The ONNX model.", content_type = "application/octet-stream", body = crate::api::Binary,
          headers(("ETag" = String, description = "The sha256 of the file, quoted."))),
         (status = 400, description = "The version is not a number.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter"}})),
