@@ -68,6 +68,7 @@ error_codes! {
     DatasetTooLarge       => ("dataset_too_large", 413, "The dataset exceeds a limit: archive size, file count, one file's or all files' uncompressed bytes."),
     DatasetLayout         => ("dataset_layout", 422, "The dataset's layout is not recognised (ImageFolder, train/ + val/, or Oxford Flowers 102) or its label files are malformed."),
     DatasetInvalid        => ("dataset_invalid", 422, "The dataset fails validation: fewer than 2 classes, a class missing from train or validation, bad images (every problem is listed)."),
+    InvalidArguments      => ("invalid_arguments", 422, "The request is well-formed but asks for something impossible: a value out of range, weights not among the backbones, no dataset or two, a version and an alias at once."),
     JobFinished           => ("job_finished", 409, "The job has already succeeded, failed or been canceled (or another process runs it); it cannot be canceled."),
     JobInterrupted        => ("job_interrupted", 500, "petal stopped while the job was running; jobs do not resume from a checkpoint: submit the spec again (found in a job's `error`, never as an HTTP answer)."),
     Unauthorized          => ("unauthorized", 401, "No bearer token, or one petal does not know (WWW-Authenticate: Bearer)."),

@@ -292,7 +292,7 @@ fn training_and_model_errors_have_their_codes() {
     assert_eq!(code(post("{", "application/json")), (400, "invalid_json".into()));
     assert_eq!(code(post(r#"{"model": "m", "colour": 1}"#, "application/json")), (400, "invalid_json".into()));
     assert_eq!(code(post(r#"{"model": "Bad Name"}"#, "application/json")), (422, "invalid_name".into()));
-    assert_eq!(code(post(r#"{"model": "m"}"#, "application/json")), (400, "invalid_request".into()));
+    assert_eq!(code(post(r#"{"model": "m"}"#, "application/json")), (422, "invalid_arguments".into()));
     let unknown = json!({"model": "m", "dataset": {"sha256": "0".repeat(64)}});
     assert_eq!(code(post(&unknown.to_string(), "application/json")), (404, "not_found".into()));
     let weights = json!({"model": "m", "weights": {"mobilenet_v2": "NOPE"}});
@@ -302,7 +302,9 @@ fn training_and_model_errors_have_their_codes() {
     let arch = json!({"model": "m", "backbones": ["lenet"]});
     assert_eq!(code(post(&arch.to_string(), "application/json")), (400, "invalid_json".into()));
     let uri = json!({"model": "m", "dataset": {"uri": "http://x/y"}});
-    assert_eq!(code(post(&uri.to_string(), "application/json")), (400, "invalid_json".into()));
+    assert_eq!(code(post(&uri.to_string(), "application/json")), (422, "invalid_arguments".into()));
+    let big = json!({"model": "m", "epochs1": 5000});
+    assert_eq!(code(post(&big.to_string(), "application/json")), (422, "invalid_arguments".into()));
 
     // Multipart: a missing spec, an unknown part, and datasets that fail their checks.
     let form = multipart::Form::new().part("dataset", multipart::Part::bytes(b"PK".to_vec()).file_name("d.zip"));
@@ -526,4 +528,35 @@ fn a_generated_python_sdk_drives_the_whole_story() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// schemathesis (every check, every phase, a fixed seed and a bounded number of examples) against
+/// a live server with tokens finds no failure.
+#[test]
+fn schemathesis_finds_no_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("petal.toml");
+    std::fs::write(
+        &config,
+        "[[auth.tokens]]\nname = \"st\"\ntoken = \"schemathesis-token-0123456789\"\nscopes = [\"admin\"]\n",
+    )
+    .unwrap();
+    let registry = dir.path().join("registry");
+    let server = start(dir.path(), &registry, &[("PETAL_CONFIG", config.to_str().unwrap())]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(common::python().parent().unwrap().join("schemathesis"))
+        .current_dir(dir.path())
+        .arg("--config-file")
+        .arg(root.join("tests/schemathesis.toml"))
+        .arg("run")
+        .arg(root.join("openapi/openapi.json"))
+        .args(["--url", &server.base, "-H", "Authorization: Bearer schemathesis-token-0123456789"])
+        .args(["--checks", "all", "--max-examples", "25", "--seed", "20261128", "--workers", "2"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schemathesis found failures:\n{report}");
+    assert!(report.contains("passed"), "{report}");
+    assert!(server.log_text().lines().all(|l| !l.contains("\"level\":\"ERROR\"") || !l.contains("panicked")));
 }

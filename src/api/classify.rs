@@ -21,12 +21,16 @@ pub const MAX_IMAGES: usize = 64;
 pub struct ClassifyQuery {
     /// A model's name (default: the first of `inference.models`). Served models answer at once;
     /// any other model in the registry is loaded on demand.
+    #[param(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub model: Option<String>,
     /// A version of the model (default: the served one).
+    #[param(minimum = 1, maximum = 9223372036854775807_i64)]
     pub version: Option<u64>,
     /// An alias of the model, resolved now (e.g. `staging`).
+    #[param(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub alias: Option<String>,
     /// How many classes to return, 1–100 (default 5).
+    #[param(minimum = 1, maximum = 100)]
     pub top_k: Option<usize>,
 }
 
@@ -69,16 +73,16 @@ pub struct ClassifyResponse {
 /// `application/json`: images as base64 (a `data:` URI prefix is allowed).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"images": ["/9j/4AAQSkZJRgABAQ…"]}))]
+#[schema(example = json!({"images": ["iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGM8ISfHwMDAxMDAwMDAAAANBAEIfXHKZgAAAABJRU5ErkJggg=="]}))]
 pub struct ClassifyJson {
-    /// One image.
-    pub image: Option<String>,
-    /// Several images.
-    pub images: Option<Vec<String>>,
+    /// The images, base64-encoded (standard alphabet, padded).
+    #[schema(min_items = 1, max_items = 64, value_type = Vec<String>, format = Byte)]
+    pub images: Vec<String>,
 }
 
 /// `multipart/form-data`: one or more `image` parts.
-#[derive(ToSchema)]
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ClassifyForm {
     /// An image (JPEG, PNG or WebP); repeat the part for several.
@@ -106,7 +110,7 @@ const RAW_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "applicat
     )),
     responses(
         (status = 200, description = "The most probable classes of every image.", body = ClassifyResponse),
-        (status = 400, description = "Bad query parameters, base64 or form.", body = ErrorBody,
+        (status = 400, description = "Malformed query parameters, base64 or form.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "top_k must be between 1 and 100"}})),
         (status = 401, description = "No valid bearer token.", body = ErrorBody,
          example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
@@ -120,7 +124,7 @@ const RAW_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "applicat
          example = json!({"error": {"code": "payload_too_large", "message": "the body exceeds 20971520 bytes"}})),
         (status = 415, description = "Not an image, multipart or JSON body.", body = ErrorBody,
          example = json!({"error": {"code": "unsupported_media_type", "message": "send image/jpeg, image/png, image/webp, application/octet-stream, multipart/form-data or application/json"}})),
-        (status = 422, description = "An image cannot be decoded, or the model or alias name is invalid.", body = ErrorBody,
+        (status = 422, description = "An image cannot be decoded, a name is invalid, or version and alias are both given.", body = ErrorBody,
          example = json!({"error": {"code": "undecodable_image", "message": "image 0: cannot decode the image"}})),
         (status = 429, description = "The inference queue is full; see Retry-After.", body = ErrorBody,
          example = json!({"error": {"code": "queue_full", "message": "the inference queue is full"}})),
@@ -140,6 +144,18 @@ pub async fn classify(
     let top_k = query.top_k.unwrap_or(5);
     if !(1..=100).contains(&top_k) {
         return Err(Error::invalid_request("top_k must be between 1 and 100"));
+    }
+    if query.version.is_some_and(|v| v == 0 || v > i64::MAX as u64) {
+        return Err(Error::invalid_request("version must be between 1 and 9223372036854775807"));
+    }
+    if let Some(m) = &query.model {
+        crate::registry::check_name("model", m)?;
+    }
+    if let Some(a) = &query.alias {
+        crate::registry::check_name("alias", a)?;
+    }
+    if query.version.is_some() && query.alias.is_some() {
+        return Err(Error::new(ErrorCode::InvalidArguments, "give version or alias, not both"));
     }
     let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -207,12 +223,6 @@ pub async fn classify(
 
 /// The model version a request asks for: the served one, or one loaded on demand.
 async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHandle> {
-    if q.version.is_some() && q.alias.is_some() {
-        return Err(Error::invalid_request("give version or alias, not both"));
-    }
-    if let Some(m) = &q.model {
-        crate::registry::check_name("model", m)?;
-    }
     let served = state.serving.get(q.model.as_deref());
     let name = match (&q.model, &served) {
         (Some(m), _) => m.clone(),
@@ -222,7 +232,6 @@ async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHan
     let wanted = match (q.version, &q.alias) {
         (Some(v), _) => Some(v),
         (None, Some(a)) => {
-            crate::registry::check_name("alias", a)?;
             let r = ModelRef::Alias(name.clone(), a.clone());
             Some(Registry::open(&state.config.registry)?.resolve(&r).await?)
         }
@@ -295,8 +304,7 @@ async fn read_form(req: &HttpRequest, body: web::Payload, limit: usize) -> Resul
 fn from_json(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let body: ClassifyJson =
         serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("the body: {e}")))?;
-    let encoded: Vec<String> = body.image.into_iter().chain(body.images.unwrap_or_default()).collect();
-    encoded
+    body.images
         .iter()
         .enumerate()
         .map(|(i, s)| {

@@ -22,7 +22,8 @@ use crate::registry::datasets::StoredDataset;
 const MAX_SPEC_BYTES: usize = 256 << 10;
 
 /// The multipart form of `POST /finetune`.
-#[derive(ToSchema)]
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct FinetuneForm {
     /// The job spec, as JSON.
@@ -71,8 +72,8 @@ pub struct FinetuneCheck {
         (status = 200, description = "Dry run: the spec and the dataset pass every check.", body = FinetuneCheck),
         (status = 202, description = "Queued; follow it at the Location.", body = Job,
          headers(("Location" = String, description = "`/jobs/{id}`"))),
-        (status = 400, description = "A part is missing or unknown, or the body is malformed.", body = ErrorBody,
-         example = json!({"error": {"code": "invalid_request", "message": "send the dataset archive as the `dataset` part, or name one with dataset.sha256 or dataset.uri"}})),
+        (status = 400, description = "The spec part is missing, a part is unknown, or the JSON is malformed.", body = ErrorBody,
+         example = json!({"error": {"code": "invalid_json", "message": "the job spec: expected value at line 1 column 1"}})),
         (status = 401, description = "No valid bearer token.", body = ErrorBody,
          example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
         (status = 403, description = "The token lacks the `train` scope, or the licence terms were not acknowledged.", body = ErrorBody,
@@ -83,7 +84,7 @@ pub struct FinetuneCheck {
          example = json!({"error": {"code": "dataset_too_large", "message": "the upload exceeds 4294967296 bytes (jobs.max_upload_bytes)"}})),
         (status = 415, description = "Neither multipart/form-data nor application/json.", body = ErrorBody,
          example = json!({"error": {"code": "unsupported_media_type", "message": "send multipart/form-data or application/json"}})),
-        (status = 422, description = "The spec or the dataset fails validation (every problem listed).", body = ErrorBody,
+        (status = 422, description = "The spec asks for something impossible (`invalid_arguments`, `invalid_name`), or the dataset fails validation (every problem listed).", body = ErrorBody,
          example = json!({"error": {"code": "dataset_invalid", "message": "the dataset has 2 problem(s): class \"tulip\" has no validation image; b/x.jpg: cannot decode the image"}})),
         (status = 503, description = "The registry or the job runner is not ready.", body = ErrorBody,
          example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
@@ -133,7 +134,12 @@ pub async fn finetune(
                 let d = registry.dataset(sha).await?;
                 (d.sha256, d.size, d.summary)
             }
-            _ => return Err(Error::invalid_request("a dry run checks an uploaded `dataset` part or dataset.sha256")),
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::InvalidArguments,
+                    "a dry run checks an uploaded `dataset` part or dataset.sha256",
+                ))
+            }
         };
         return Ok(HttpResponse::Ok().json(FinetuneCheck { sha256, size, dataset, recipe: spec.recipe() }));
     }
@@ -148,12 +154,14 @@ pub async fn finetune(
             check_and_store(runner, &spec, staged.path(), fetched).await?
         }
         (None, None, None) => {
-            return Err(Error::invalid_request(
+            return Err(Error::new(
+                ErrorCode::InvalidArguments,
                 "send the dataset archive as the `dataset` part, or name one with dataset.sha256 or dataset.uri",
             ))
         }
         _ => {
-            return Err(Error::invalid_request(
+            return Err(Error::new(
+                ErrorCode::InvalidArguments,
                 "give one dataset: an uploaded `dataset` part, dataset.sha256 or dataset.uri",
             ))
         }
@@ -216,7 +224,7 @@ async fn check(spec: &JobSpec, path: &std::path::Path) -> Result<crate::dataset:
 }
 
 fn parse_spec(bytes: &[u8]) -> Result<JobSpec> {
-    serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("the job spec: {e}")))
+    crate::api::parse_json(bytes, "the job spec")
 }
 
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>> {
@@ -295,6 +303,7 @@ pub struct JobsQuery {
     /// Only jobs in this state.
     pub state: Option<JobState>,
     /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

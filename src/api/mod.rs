@@ -18,6 +18,28 @@ pub mod meta;
 pub mod models;
 pub mod observe;
 
+/// Parses a JSON body. JSON Schema counts `5.0` as an integer, and so does petal: numbers with no
+/// fractional part are read as integers wherever the type is an integer.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
+    fn integral(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    *v = serde_json::Value::from(f as i64);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(integral),
+            serde_json::Value::Object(map) => map.values_mut().for_each(integral),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{what}: {e}")))?;
+    integral(&mut value);
+    serde_json::from_value(value).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{what}: {e}")))
+}
+
 /// Raw bytes in a request or response body (an image, an ONNX file).
 #[derive(utoipa::ToSchema)]
 #[schema(value_type = String, format = Binary)]
@@ -74,7 +96,7 @@ impl AppState {
         classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
         crate::jobs::runner::JobEvent, Binary
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ClosedVariants),
     tags(
         (name = "inference", description = "Classifying images with the served models."),
         (name = "training", description = "Fine-tuning jobs: upload a dataset, follow the job, get a published model."),
@@ -83,6 +105,27 @@ impl AppState {
     )
 )]
 pub struct ApiDoc;
+
+/// utoipa leaves the variants of tagged enums open; petal refuses unknown fields in them
+/// (`deny_unknown_fields`), and says so.
+struct ClosedVariants;
+
+impl utoipa::Modify for ClosedVariants {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else { return };
+        for name in ["Decay"] {
+            if let Some(RefOr::T(Schema::OneOf(one))) = components.schemas.get_mut(name) {
+                for item in &mut one.items {
+                    if let RefOr::T(Schema::Object(obj)) = item {
+                        obj.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The `bearer` security scheme: tokens from `auth.tokens`, each with scopes.
 struct BearerAuth;

@@ -94,7 +94,7 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
 
 #[utoipa::path(
     get, path = "/models/{name}", tag = "models", operation_id = "get_model", summary = "A model's versions and aliases",
-    params(("name" = String, Path, description = "The model name.")),
+    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")),
     responses(
         (status = 200, description = "The model.", body = ModelDetail),
         (status = 401, description = "No valid bearer token.", body = ErrorBody,
@@ -139,7 +139,7 @@ fn version_of(path: &(String, u64)) -> Result<(&str, u64)> {
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}", tag = "models", operation_id = "get_version",
     summary = "A version's manifest: artifacts, provenance, metrics, licences",
-    params(("name" = String, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("version" = u64, Path, description = "The version number.")),
     responses(
         (status = 200, description = "The manifest.", body = Manifest),
         (status = 400, description = "The version is not a number.", body = ErrorBody,
@@ -166,7 +166,7 @@ pub async fn get_version(path: web::Path<(String, u64)>, state: web::Data<AppSta
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}/card", tag = "models", operation_id = "get_card",
     summary = "A version's model card (Markdown)",
-    params(("name" = String, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("version" = u64, Path, description = "The version number.")),
     responses(
         (status = 200, description = "The card.", content_type = "text/markdown", body = String,
          example = "# flowers102 — version 1\n\n**Use:** non-commercial only, …"),
@@ -196,7 +196,7 @@ pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>
     get, path = "/models/{name}/versions/{version}/onnx", tag = "models", operation_id = "download_onnx",
     summary = "Download a version's ONNX model",
     description = "The bytes are checked against the manifest's sha256 and size before they are sent; the ETag is the sha256.",
-    params(("name" = String, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("version" = u64, Path, description = "The version number.")),
     responses(
         (status = 200, description = "The ONNX model.", content_type = "application/octet-stream", body = crate::api::Binary,
          headers(("ETag" = String, description = "The sha256 of the file, quoted."))),
@@ -231,6 +231,17 @@ pub async fn download_onnx(path: web::Path<(String, u64)>, state: web::Data<AppS
         .body(bytes))
 }
 
+/// The precondition of a promotion.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct PromoteHeaders {
+    /// The alias's current seq (its ETag); `0` if the alias must not exist yet.
+    #[serde(rename = "If-Match")]
+    #[param(required = false, pattern = "^(W/)?\"?[0-9]{1,19}\"?$")]
+    if_match: String,
+}
+
 /// Where an alias should point.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -261,8 +272,8 @@ fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
     description = "Compare-and-swap: send `If-Match` with the alias's current seq (its ETag; `0` when the alias must not \
                    exist yet) to move it only if nobody else did in between. Every move is kept in the alias's history. \
                    Servers following the alias swap in the new version without failing requests.",
-    params(("name" = String, Path, description = "The model name."), ("alias" = String, Path, description = "The alias, e.g. production."),
-           ("If-Match" = Option<String>, Header, description = "The alias's current seq (ETag); `0` if it must not exist.")),
+    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("alias" = String, Path, description = "The alias, e.g. production.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"),
+           PromoteHeaders),
     request_body(content = PromoteRequest, description = "The version and why."),
     responses(
         (status = 200, description = "Moved; the ETag is the new seq.", body = AliasEntry,
@@ -292,10 +303,16 @@ fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
 pub async fn promote(
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    body: web::Json<PromoteRequest>,
+    body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (name, alias) = alias_of(&path)?;
+    let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if !content_type.is_some_and(|c| c.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+    {
+        return Err(Error::new(ErrorCode::UnsupportedMediaType, "send the promotion as application/json"));
+    }
+    let body: PromoteRequest = crate::api::parse_json(&body, "the promotion")?;
     let if_match = match req.headers().get(IF_MATCH) {
         None => None,
         Some(v) => {
@@ -320,7 +337,7 @@ pub async fn promote(
 #[utoipa::path(
     get, path = "/models/{name}/aliases/{alias}/history", tag = "models", operation_id = "alias_history",
     summary = "Every move of an alias, oldest first",
-    params(("name" = String, Path, description = "The model name."), ("alias" = String, Path, description = "The alias.")),
+    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("alias" = String, Path, description = "The alias.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")),
     responses(
         (status = 200, description = "The history; the ETag is the current seq.", body = AliasHistory),
         (status = 401, description = "No valid bearer token.", body = ErrorBody,

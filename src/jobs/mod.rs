@@ -30,9 +30,11 @@ use crate::train::trainer::EpochMetrics;
     "dataset": {"name": "Oxford Flowers 102", "terms": "research use only"}}))]
 pub struct JobSpec {
     /// The model the winner is published as (a new version of it).
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub model: String,
     /// Backbones to train; the best validation accuracy wins.
     #[serde(default = "default_backbones")]
+    #[schema(min_items = 1, max_items = 8)]
     pub backbones: Vec<Arch>,
     /// Starting weights per backbone name: a catalog name (`IMAGENET1K_V1`) or `scratch`.
     /// Default: each backbone's catalog default, which must be in the weights cache.
@@ -42,12 +44,17 @@ pub struct JobSpec {
     #[serde(default)]
     pub recipe: Option<Recipe>,
     /// Epochs of phase 1 (head only) and phase 2 (every layer).
+    #[schema(minimum = 1, maximum = 1000)]
     pub epochs1: Option<usize>,
+    #[schema(minimum = 0, maximum = 1000)]
     pub epochs2: Option<usize>,
+    #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: Option<usize>,
     /// Phase 1's learning rate (the head).
+    #[schema(exclusive_minimum = 0.0, maximum = 10.0)]
     pub lr1: Option<f64>,
     /// Phase 2's learning rate of the top group (the head); lower groups decay from it.
+    #[schema(exclusive_minimum = 0.0, maximum = 10.0)]
     pub lr2: Option<f64>,
     /// Augmentation of phase 2 (and of phase 1 unless `cached_features`).
     #[serde(default)]
@@ -58,6 +65,7 @@ pub struct JobSpec {
     pub seed: Option<u64>,
     /// `auto` (CUDA when present), `cpu` or `cuda`.
     #[serde(default = "default_device")]
+    #[schema(pattern = "^(auto|cpu|cuda)$")]
     pub device: String,
     #[serde(default)]
     pub split: SplitSpec,
@@ -67,6 +75,7 @@ pub struct JobSpec {
     #[serde(default)]
     pub dataset: DatasetSpec,
     /// Move this alias to the published version when the job succeeds (e.g. `production`).
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
     pub promote: Option<String>,
     /// Acknowledge the lineage's non-commercial terms, for `promote` under a commercial policy.
     #[serde(default)]
@@ -86,6 +95,7 @@ fn default_device() -> String {
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
     /// Share of each class held out for validation (default 0.2).
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub val_fraction: Option<f64>,
     /// Oxford Flowers 102: `reference` (train on tstid) or `papers`.
     pub oxford_split: Option<OxfordSplit>,
@@ -102,9 +112,11 @@ pub struct DatasetSpec {
     /// as not allowing commercial use).
     pub terms: Option<String>,
     /// A dataset already in the registry (the sha256 of its archive), instead of an upload.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: Option<String>,
     /// An archive in an S3 bucket (`s3://bucket/key`, read with the registry's S3 endpoint and
     /// credentials), instead of an upload.
+    #[schema(pattern = "^s3://[^/]+/.*[^/]$")]
     pub uri: Option<String>,
 }
 
@@ -116,18 +128,21 @@ impl JobSpec {
             check_name("alias", alias)?;
         }
         if self.backbones.is_empty() {
-            return Err(Error::new(ErrorCode::InvalidJson, "backbones: name at least one"));
+            return Err(Error::new(ErrorCode::InvalidArguments, "backbones: name at least one"));
         }
         if !["auto", "cpu", "cuda"].contains(&self.device.as_str()) {
             return Err(Error::new(
-                ErrorCode::InvalidJson,
+                ErrorCode::InvalidArguments,
                 format!("device: auto, cpu or cuda, not {:?}", self.device),
             ));
         }
         for (key, name) in &self.weights {
             let arch: Arch = key.parse()?;
             if !self.backbones.contains(&arch) {
-                return Err(Error::new(ErrorCode::InvalidJson, format!("weights: {key} is not among the backbones")));
+                return Err(Error::new(
+                    ErrorCode::InvalidArguments,
+                    format!("weights: {key} is not among the backbones"),
+                ));
             }
             // A catalog name or `scratch`, never a path on the server.
             if name != "scratch" {
@@ -143,25 +158,62 @@ impl JobSpec {
         ];
         for (name, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(Error::new(ErrorCode::InvalidJson, format!("{name} must be positive")));
+                return Err(Error::new(ErrorCode::InvalidArguments, format!("{name} must be positive")));
             }
+        }
+        let finite_pos = |v: f64| v.is_finite() && v > 0.0;
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        let a = &recipe.augment;
+        let checks = [
+            ("phase1.step_size", recipe.phase1.step_size >= 1),
+            ("phase2.step_size", recipe.phase2.step_size >= 1),
+            ("phase1.gamma", finite_pos(recipe.phase1.gamma) && recipe.phase1.gamma <= 1.0),
+            ("phase2.gamma", finite_pos(recipe.phase2.gamma) && recipe.phase2.gamma <= 1.0),
+            ("phase2.rest_lr", recipe.phase2.rest_lr.is_finite() && recipe.phase2.rest_lr >= 0.0),
+            ("adam.beta1", (0.0..1.0).contains(&recipe.adam.beta1)),
+            ("adam.beta2", (0.0..1.0).contains(&recipe.adam.beta2)),
+            ("adam.eps", finite_pos(recipe.adam.eps)),
+            ("adam.weight_decay", recipe.adam.weight_decay.is_finite() && recipe.adam.weight_decay >= 0.0),
+            ("augment.hflip", unit(a.hflip)),
+            ("augment.brightness", unit(a.brightness)),
+            ("augment.contrast", unit(a.contrast)),
+            ("augment.degrees", (0.0..=180.0).contains(&a.degrees)),
+            ("augment.shear", (0.0..=89.0).contains(&a.shear)),
+            (
+                "eval_transform.mean/std",
+                recipe.eval_transform.mean.iter().all(|m| m.is_finite())
+                    && recipe.eval_transform.std.iter().all(|s| s.is_finite() && *s > 0.0),
+            ),
+        ];
+        if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
+            return Err(Error::new(ErrorCode::InvalidArguments, format!("recipe: {name} is out of range")));
+        }
+        let t = &recipe.eval_transform;
+        if !(16..=1024).contains(&t.crop) || !(t.crop..=1024).contains(&t.resize) {
+            return Err(Error::new(
+                ErrorCode::InvalidArguments,
+                "eval_transform: crop in 16–1024 and crop ≤ resize ≤ 1024",
+            ));
+        }
+        if recipe.loader_threads > 64 {
+            return Err(Error::new(ErrorCode::InvalidArguments, "loader_threads: at most 64"));
         }
         if recipe.phase1.epochs > 1000 || recipe.phase2.epochs > 1000 || recipe.batch_size > 4096 {
             return Err(Error::new(
-                ErrorCode::InvalidJson,
+                ErrorCode::InvalidArguments,
                 "epochs (≤ 1000 per phase) or batch_size (≤ 4096) too large",
             ));
         }
         if let Some(f) = self.split.val_fraction {
             if !(f > 0.0 && f < 1.0) {
-                return Err(Error::new(ErrorCode::InvalidJson, "split.val_fraction must be in (0, 1)"));
+                return Err(Error::new(ErrorCode::InvalidArguments, "split.val_fraction must be in (0, 1)"));
             }
         }
         if let Some(sha) = &self.dataset.sha256 {
             crate::registry::datasets::check_sha256(sha)?;
         }
         if self.dataset.sha256.is_some() && self.dataset.uri.is_some() {
-            return Err(Error::new(ErrorCode::InvalidJson, "dataset: give sha256 or uri, not both"));
+            return Err(Error::new(ErrorCode::InvalidArguments, "dataset: give sha256 or uri, not both"));
         }
         if let Some(uri) = &self.dataset.uri {
             parse_s3_uri(uri)?;
@@ -218,12 +270,12 @@ impl JobSpec {
 pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
     let rest = uri
         .strip_prefix("s3://")
-        .ok_or_else(|| Error::new(ErrorCode::InvalidJson, format!("dataset.uri: {uri:?} is not an s3:// URI")))?;
+        .ok_or_else(|| Error::new(ErrorCode::InvalidArguments, format!("dataset.uri: {uri:?} is not an s3:// URI")))?;
     match rest.split_once('/') {
         Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() && !key.ends_with('/') => {
             Ok((bucket.to_string(), key.to_string()))
         }
-        _ => Err(Error::new(ErrorCode::InvalidJson, format!("dataset.uri: {uri:?} is not s3://bucket/key"))),
+        _ => Err(Error::new(ErrorCode::InvalidArguments, format!("dataset.uri: {uri:?} is not s3://bucket/key"))),
     }
 }
 

@@ -120,7 +120,6 @@ pub struct Recipe {
     pub phase2: Phase2,
     pub augment: Augment,
     pub adam: AdamSpec,
-    #[schema(value_type = Object)]
     pub eval_transform: EvalTransform,
     /// Also measure loss and accuracy on the whole train set (eval transform) after each epoch,
     /// as the reference does.

@@ -101,7 +101,7 @@ fn to_rgb8(img: DynamicImage) -> RgbImage {
 }
 
 /// Resampling filters, as PIL defines them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     #[default]
@@ -227,15 +227,19 @@ pub fn round_half_even(x: f64) -> i64 {
 }
 
 /// torchvision's eval transform for one set of weights.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EvalTransform {
     /// Shorter side after resizing.
+    #[schema(minimum = 16, maximum = 1024)]
     pub resize: u32,
     /// Square centre crop.
+    #[schema(minimum = 16, maximum = 1024)]
     pub crop: u32,
     #[serde(default)]
     pub interpolation: Interpolation,
+    #[schema(value_type = Vec<f32>, min_items = 3, max_items = 3)]
     pub mean: [f32; 3],
+    #[schema(value_type = Vec<f32>, min_items = 3, max_items = 3)]
     pub std: [f32; 3],
 }
 
