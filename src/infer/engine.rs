@@ -48,8 +48,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             provider: ProviderMode::Auto,
-            max_batch: 16,
-            max_delay_ms: 2,
+            max_batch: 0,
+            max_delay_ms: 0,
             queue_capacity: 256,
             decode: DecodeLimits::default(),
         }
