@@ -161,9 +161,9 @@ pub async fn classify(
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let limit = state.config.inference.max_body_bytes;
     let images: Vec<Vec<u8>> = match mime.as_str() {
-        m if RAW_TYPES.contains(&m) => vec![read_all(body, limit).await?],
+        m if RAW_TYPES.contains(&m) => vec![crate::api::read_body(body, limit).await?],
         "multipart/form-data" => read_form(&req, body, limit).await?,
-        "application/json" => from_json(&read_all(body, limit).await?)?,
+        "application/json" => from_json(&crate::api::read_body(body, limit).await?)?,
         _ => {
             return Err(Error::new(
                 ErrorCode::UnsupportedMediaType,
@@ -254,18 +254,6 @@ async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHan
             Ok(h)
         }
     }
-}
-
-async fn read_all(mut body: web::Payload, limit: usize) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Error::invalid_request(format!("reading the body: {e}")))?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
 }
 
 async fn read_form(req: &HttpRequest, body: web::Payload, limit: usize) -> Result<Vec<Vec<u8>>> {

@@ -106,7 +106,7 @@ pub async fn finetune(
     let limit = state.config.jobs.max_upload_bytes;
     let (spec, upload) = match mime.as_str() {
         "multipart/form-data" => read_form(&req, payload, staged.as_file(), limit).await?,
-        "application/json" => (parse_spec(&read_body(payload, MAX_SPEC_BYTES).await?)?, None),
+        "application/json" => (parse_spec(&crate::api::read_body(payload, MAX_SPEC_BYTES).await?)?, None),
         _ => {
             return Err(Error::new(
                 ErrorCode::UnsupportedMediaType,
@@ -225,18 +225,6 @@ async fn check(spec: &JobSpec, path: &std::path::Path) -> Result<crate::dataset:
 
 fn parse_spec(bytes: &[u8]) -> Result<JobSpec> {
     crate::api::parse_json(bytes, "the job spec")
-}
-
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Error::invalid_request(format!("reading the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the JSON body exceeds {limit} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// The `spec` and `dataset` parts; the archive goes to `file` (sha256 and size counted as it

@@ -18,6 +18,20 @@ pub mod meta;
 pub mod models;
 pub mod observe;
 
+/// Reads a whole request body, refusing more than `limit` bytes (413).
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, Error> {
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::invalid_request(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Parses a JSON body. JSON Schema counts `5.0` as an integer, and so does petal: numbers with no
 /// fractional part are read as integers wherever the type is an integer.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {

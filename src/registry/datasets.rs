@@ -1,13 +1,12 @@
 //! The registry's dataset area: uploaded archives, content-addressed by their sha256
 //! (`datasets/{sha256}/archive`), each with a record of what it is (`datasets/{sha256}/dataset.json`).
 //! Archives move between disk and the store in parts, never whole in memory.
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::{store_error, Registry};
@@ -106,19 +105,7 @@ impl Registry {
         let record = self.dataset(sha256).await?;
         let what = format!("dataset {sha256}");
         let got = self.store.get(&archive_path(sha256)).await.map_err(|e| store_error(&what, e))?;
-        let mut stream = got.into_stream();
-        let mut f = std::fs::File::create(to)?;
-        let mut hash = Sha256::new();
-        let mut size = 0u64;
-        use futures_util::StreamExt;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| store_error(&what, e))?;
-            hash.update(&chunk);
-            size += chunk.len() as u64;
-            f.write_all(&chunk)?;
-        }
-        f.flush()?;
-        let sha = hex::encode(hash.finalize());
+        let (sha, size) = super::download(got, to, u64::MAX, &what).await?;
         if sha != sha256 || size != record.size {
             return Err(Error::new(
                 ErrorCode::IntegrityError,

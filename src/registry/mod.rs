@@ -113,8 +113,6 @@ pub async fn fetch_s3_object(
     to: &std::path::Path,
     limit: u64,
 ) -> Result<(String, u64)> {
-    use futures_util::StreamExt;
-    use std::io::Write;
     let what = format!("s3://{bucket}/{key}");
     let store = s3_builder(s3, bucket).build().map_err(|e| Error::invalid_request(format!("{what}: {e}")))?;
     let got = store.get(&ObjPath::from(key)).await.map_err(|e| store_error(&what, e))?;
@@ -124,12 +122,25 @@ pub async fn fetch_s3_object(
             format!("{what} has {} bytes; the limit is {limit} (jobs.max_upload_bytes)", got.meta.size),
         ));
     }
+    download(got, to, limit, &what).await
+}
+
+/// Streams an object to the file `to` as it arrives, counting its sha256 and size; refuses more
+/// than `limit` bytes.
+pub(crate) async fn download(
+    got: object_store::GetResult,
+    to: &std::path::Path,
+    limit: u64,
+    what: &str,
+) -> Result<(String, u64)> {
+    use futures_util::StreamExt;
+    use std::io::Write;
     let mut stream = got.into_stream();
-    let mut f = std::fs::File::create(to)?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(to)?);
     let mut hash = Sha256::new();
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| store_error(&what, e))?;
+        let chunk = chunk.map_err(|e| store_error(what, e))?;
         size += chunk.len() as u64;
         if size > limit {
             return Err(Error::new(ErrorCode::DatasetTooLarge, format!("{what} exceeds {limit} bytes")));
