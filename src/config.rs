@@ -40,11 +40,14 @@ pub struct JobsConfig {
     pub work_dir: PathBuf,
     /// Largest dataset archive `POST /finetune` accepts.
     pub max_upload_bytes: u64,
+    /// S3 buckets a job spec's `dataset.uri` may read from, with the registry's S3 endpoint and
+    /// credentials. Empty: none (a spec cannot make petal read buckets it was not told about).
+    pub dataset_buckets: Vec<String>,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self { workers: 1, work_dir: PathBuf::from("var/work"), max_upload_bytes: 4 << 30 }
+        Self { workers: 1, work_dir: PathBuf::from("var/work"), max_upload_bytes: 4 << 30, dataset_buckets: Vec::new() }
     }
 }
 

@@ -68,7 +68,15 @@ pub async fn publish_run(registry: &Registry, run_dir: &Path, opts: &PublishRun,
             ),
             acknowledge_terms: opts.acknowledge_terms,
         };
-        registry.promote(&opts.model, alias, &promotion, usage).await?;
+        registry.promote(&opts.model, alias, &promotion, usage).await.map_err(|e| {
+            Error::new(
+                e.code,
+                format!(
+                    "{} version {} was published, but moving {alias} to it failed: {}",
+                    manifest.model, manifest.version, e.message
+                ),
+            )
+        })?;
     }
     Ok(manifest)
 }

@@ -303,6 +303,10 @@ fn training_and_model_errors_have_their_codes() {
     assert_eq!(code(post(&arch.to_string(), "application/json")), (400, "invalid_json".into()));
     let uri = json!({"model": "m", "dataset": {"uri": "http://x/y"}});
     assert_eq!(code(post(&uri.to_string(), "application/json")), (422, "invalid_arguments".into()));
+    let bucket = json!({"model": "m", "dataset": {"uri": "s3://not-allowed/data.zip"}});
+    assert_eq!(code(post(&bucket.to_string(), "application/json")), (422, "invalid_arguments".into()));
+    let twice = json!({"model": "m", "backbones": ["resnet18", "resnet18"]});
+    assert_eq!(code(post(&twice.to_string(), "application/json")), (422, "invalid_arguments".into()));
     let big = json!({"model": "m", "epochs1": 5000});
     assert_eq!(code(post(&big.to_string(), "application/json")), (422, "invalid_arguments".into()));
 
@@ -413,6 +417,11 @@ scopes = ["classify"]
 name = "ops"
 token = "admin-token-0123456789ab"
 scopes = ["admin"]
+
+[[auth.tokens]]
+name = "pipeline"
+token = "train-token-0123456789abc"
+scopes = ["train"]
 "#,
     )
     .unwrap();
@@ -445,6 +454,17 @@ scopes = ["admin"]
         .send()
         .unwrap();
     assert_eq!(code(r), (403, "forbidden".into()));
+    // The router decodes percent-escapes; so does the token check.
+    let r = client.post(server.url("/%63lassify")).header("content-type", "image/png").body("x").send().unwrap();
+    assert_eq!(code(r), (401, "unauthorized".into()));
+    assert_eq!(code(get("/nowhere", None)), (401, "unauthorized".into()));
+    assert_eq!(code(get("/nowhere", Some("classify-token-0123456789"))), (404, "route_not_found".into()));
+    // Promoting through a job moves an alias: admin only.
+    let spec = json!({"model": "m", "promote": "production", "dataset": {"sha256": "0".repeat(64)}});
+    let r = client.post(server.url("/finetune")).bearer_auth("train-token-0123456789abc").json(&spec).send().unwrap();
+    assert_eq!(code(r), (403, "forbidden".into()));
+    let r = client.post(server.url("/finetune")).bearer_auth("admin-token-0123456789ab").json(&spec).send().unwrap();
+    assert_eq!(code(r), (404, "unknown_weights".into()), "an admin gets past the scope check (to no cached weights here)");
     assert!(!server.log_text().contains("classify-token-0123456789"), "tokens never reach the logs");
 }
 

@@ -14,29 +14,43 @@ use crate::api::AppState;
 use crate::config::{ApiToken, Scope};
 use crate::error::{Error, ErrorCode};
 
-/// Who is calling, for audit fields (alias history, logs).
+/// Who is calling, for audit fields (alias history, logs) and scope checks inside handlers.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: String,
+    /// `None` when no token is configured (the API is open, on loopback only).
+    pub scopes: Option<Vec<Scope>>,
 }
 
-/// The scopes that may call `method path` (any one suffices; `admin` always does); empty: open.
-pub fn required(method: &Method, path: &str) -> &'static [Scope] {
+impl Caller {
+    /// Whether the caller may do what `scope` allows.
+    pub fn may(&self, scope: Scope) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.contains(&Scope::Admin) || s.contains(&scope))
+    }
+}
+
+/// Who may call `method path` — `path` decoded as the router decodes it. `None`: open to anyone;
+/// otherwise any one of the scopes (`admin` always). Paths no route serves need a valid token of any
+/// scope (then answer 404): only the probes, metrics and API description are open.
+pub fn required(method: &Method, path: &str) -> Option<&'static [Scope]> {
+    const ANY: &[Scope] = &[Scope::Classify, Scope::Train, Scope::Admin];
     let open = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
     if open.contains(&path) || path == "/docs" || path.starts_with("/docs/") {
-        return &[];
+        return None;
     }
-    if path == "/classify" {
-        return &[Scope::Classify];
-    }
-    if path == "/finetune" || path == "/jobs" || path.starts_with("/jobs/") {
-        return &[Scope::Train];
-    }
-    if path == "/models" || path.starts_with("/models/") {
-        return if method == Method::GET { &[Scope::Classify, Scope::Train] } else { &[Scope::Admin] };
-    }
-    // Unknown routes answer 404 to anyone.
-    &[]
+    Some(if path == "/classify" {
+        &[Scope::Classify]
+    } else if path == "/finetune" || path == "/jobs" || path.starts_with("/jobs/") {
+        &[Scope::Train]
+    } else if path == "/models" || path.starts_with("/models/") {
+        if method == Method::GET {
+            &[Scope::Classify, Scope::Train]
+        } else {
+            &[Scope::Admin]
+        }
+    } else {
+        ANY
+    })
 }
 
 /// The configured token matching `given`, compared in constant time against every token.
@@ -57,17 +71,19 @@ pub async fn authorize(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+        return Ok(req.error_response(Error::internal("the application state is missing")));
     };
     let tokens = &state.config.auth.tokens;
     if tokens.is_empty() {
-        req.extensions_mut().insert(Caller { name: "anonymous (no tokens configured; loopback only)".into() });
+        let caller = Caller { name: "anonymous (no tokens configured; loopback only)".into(), scopes: None };
+        req.extensions_mut().insert(caller);
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     }
-    let needed = required(req.method(), req.path());
-    if needed.is_empty() {
+    // The path as the router sees it (percent-decoded), so `/%63lassify` is `/classify` here too.
+    let path = actix_web::dev::Url::new(req.uri().clone()).path().to_string();
+    let Some(needed) = required(req.method(), &path) else {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
-    }
+    };
     let given = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -91,7 +107,7 @@ pub async fn authorize(
         return Ok(req.error_response(e));
     }
     tracing::debug!(caller = %token.name, "authorized");
-    req.extensions_mut().insert(Caller { name: token.name.clone() });
+    req.extensions_mut().insert(Caller { name: token.name.clone(), scopes: Some(token.scopes.clone()) });
     next.call(req).await.map(ServiceResponse::map_into_boxed_body)
 }
 
@@ -122,11 +138,12 @@ mod tests {
 
     #[test]
     fn routes_need_their_scopes() {
-        assert!(required(&Method::GET, "/healthz").is_empty());
-        assert!(required(&Method::GET, "/docs/index.html").is_empty());
-        assert_eq!(required(&Method::POST, "/classify"), &[Scope::Classify]);
-        assert_eq!(required(&Method::GET, "/jobs/x/events"), &[Scope::Train]);
-        assert_eq!(required(&Method::PUT, "/models/m/aliases/production"), &[Scope::Admin]);
-        assert_eq!(required(&Method::GET, "/models/m"), &[Scope::Classify, Scope::Train]);
+        assert!(required(&Method::GET, "/healthz").is_none());
+        assert!(required(&Method::GET, "/docs/index.html").is_none());
+        assert_eq!(required(&Method::POST, "/classify"), Some(&[Scope::Classify][..]));
+        assert_eq!(required(&Method::GET, "/jobs/x/events"), Some(&[Scope::Train][..]));
+        assert_eq!(required(&Method::PUT, "/models/m/aliases/production"), Some(&[Scope::Admin][..]));
+        assert_eq!(required(&Method::GET, "/models/m"), Some(&[Scope::Classify, Scope::Train][..]));
+        assert_eq!(required(&Method::GET, "/anything/else").map(<[Scope]>::len), Some(3), "unknown paths need a token");
     }
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use actix_web::http::header::{CONTENT_TYPE, LOCATION};
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -115,6 +115,19 @@ pub async fn finetune(
         }
     };
     spec.validate()?;
+    let caller = req.extensions().get::<crate::api::auth::Caller>().cloned();
+    if spec.promote.is_some() && !caller.is_some_and(|c| c.may(crate::config::Scope::Admin)) {
+        return Err(Error::new(ErrorCode::Forbidden, "`promote` moves an alias, which needs the admin scope"));
+    }
+    if let Some(uri) = &spec.dataset.uri {
+        let (bucket, _) = crate::jobs::parse_s3_uri(uri)?;
+        if !state.config.jobs.dataset_buckets.contains(&bucket) {
+            return Err(Error::new(
+                ErrorCode::InvalidArguments,
+                format!("bucket {bucket:?} is not in jobs.dataset_buckets, the buckets datasets may be read from"),
+            ));
+        }
+    }
     if state.config.registry.usage == Usage::Commercial && spec.promote.is_some() && !spec.acknowledge_terms {
         return Err(Error::new(
             ErrorCode::LicenceNotAcknowledged,
@@ -123,9 +136,15 @@ pub async fn finetune(
         ));
     }
     let store = crate::train::weights::store::WeightStore::new(&state.config.weights.cache);
-    for &arch in &spec.backbones {
-        crate::train::finetune::resolve_weights(arch, spec.weights.get(arch.name()).map(String::as_str), &store)?;
-    }
+    let wanted: Vec<_> = spec.backbones.iter().map(|&a| (a, spec.weights.get(a.name()).cloned())).collect();
+    web::block(move || {
+        for (arch, w) in wanted {
+            crate::train::finetune::resolve_weights(arch, w.as_deref(), &store)?;
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .map_err(|e| Error::internal(e.to_string()))??;
     let registry = runner.registry();
     if query.dry_run == Some(true) {
         let (sha256, size, dataset) = match (upload, &spec.dataset.sha256, &spec.dataset.uri) {

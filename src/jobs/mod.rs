@@ -127,8 +127,9 @@ impl JobSpec {
         if let Some(alias) = &self.promote {
             check_name("alias", alias)?;
         }
-        if self.backbones.is_empty() {
-            return Err(Error::new(ErrorCode::InvalidArguments, "backbones: name at least one"));
+        let unique: std::collections::BTreeSet<_> = self.backbones.iter().collect();
+        if self.backbones.is_empty() || self.backbones.len() > 8 || unique.len() != self.backbones.len() {
+            return Err(Error::new(ErrorCode::InvalidArguments, "backbones: 1 to 8 different backbones"));
         }
         if !["auto", "cpu", "cuda"].contains(&self.device.as_str()) {
             return Err(Error::new(
@@ -194,6 +195,10 @@ impl JobSpec {
                 ErrorCode::InvalidArguments,
                 "eval_transform: crop in 16–1024 and crop ≤ resize ≤ 1024",
             ));
+        }
+        // One input batch stays under ~1 GB of float32.
+        if recipe.batch_size as u64 * u64::from(t.crop).pow(2) > 256 * 512 * 512 {
+            return Err(Error::new(ErrorCode::InvalidArguments, "batch_size × crop² is over 256 × 512²"));
         }
         if recipe.loader_threads > 64 {
             return Err(Error::new(ErrorCode::InvalidArguments, "loader_threads: at most 64"));
@@ -433,7 +438,13 @@ impl Registry {
         for meta in listed {
             if let Some(id) = meta.location.filename().and_then(|f| f.strip_suffix(".json")) {
                 if check_job_id(id).is_ok() {
-                    jobs.push(self.job(id).await?);
+                    match self.job(id).await {
+                        Ok(j) => jobs.push(j),
+                        Err(e) if e.code == ErrorCode::IntegrityError => {
+                            tracing::warn!(job = id, error = %e, "an unreadable job record is left out")
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }

@@ -84,6 +84,20 @@ impl Runner {
                 stopping: AtomicBool::new(false),
             }),
         };
+        // Uploads and job folders a killed process left behind.
+        if let Ok(entries) = std::fs::read_dir(&config.jobs.work_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("upload-") || name.starts_with("job-") {
+                    let _ = if e.path().is_dir() {
+                        std::fs::remove_dir_all(e.path())
+                    } else {
+                        std::fs::remove_file(e.path())
+                    };
+                    tracing::info!(path = %e.path().display(), "removed a leftover of a previous run");
+                }
+            }
+        }
         for mut job in runner.registry.jobs().await? {
             match job.state {
                 JobState::Running => {
@@ -185,20 +199,28 @@ impl Runner {
             q.len() != before
         };
         if was_queued {
-            let job = self.update(id, |j| {
-                j.state = JobState::Canceled;
-                j.finished_at = Some(crate::clock::now_rfc3339());
-                j.progress.stage = "canceled".into();
-                j.error = Some(JobError {
-                    code: ErrorCode::TrainingCanceled.as_str().into(),
-                    message: "canceled before it started".into(),
-                });
+            let mut canceled = job.clone();
+            canceled.state = JobState::Canceled;
+            canceled.finished_at = Some(crate::clock::now_rfc3339());
+            canceled.progress.stage = "canceled".into();
+            canceled.error = Some(JobError {
+                code: ErrorCode::TrainingCanceled.as_str().into(),
+                message: "canceled before it started".into(),
             });
-            self.registry.put_job(&job).await?;
+            if let Err(e) = self.registry.put_job(&canceled).await {
+                // Not recorded: the job stays queued, where it was.
+                self.shared.queue.lock().unwrap().push_back(id.to_string());
+                self.shared.wake.notify_one();
+                return Err(e);
+            }
+            let job = self.update(id, |j| *j = canceled);
             self.finish_live(id);
             return Ok(job);
         }
         if let Some(l) = self.shared.live.lock().unwrap().get(id) {
+            if l.job.progress.stage == "publishing" {
+                return Err(Error::new(ErrorCode::JobFinished, format!("job {id} is publishing its result")));
+            }
             l.cancel.store(true, Ordering::Relaxed);
             return Ok(l.job.clone());
         }
@@ -234,6 +256,15 @@ impl Runner {
 
     fn work(&self) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        // The worker's own client: a connection pool shared with the HTTP runtimes would park
+        // connections on a runtime that only runs while this thread is inside `block_on`.
+        let registry = match Registry::open(&self.config.registry) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "a job worker cannot open the registry; it stops");
+                return;
+            }
+        };
         loop {
             let id = {
                 let mut q = self.shared.queue.lock().unwrap();
@@ -247,11 +278,11 @@ impl Runner {
                     q = self.shared.wake.wait(q).unwrap();
                 }
             };
-            self.run(&rt, &id);
+            self.run(&rt, &registry, &id);
         }
     }
 
-    fn run(&self, rt: &tokio::runtime::Runtime, id: &str) {
+    fn run(&self, rt: &tokio::runtime::Runtime, registry: &Registry, id: &str) {
         let cancel = match self.shared.live.lock().unwrap().get(id) {
             Some(l) => l.cancel.clone(),
             None => return,
@@ -261,11 +292,22 @@ impl Runner {
             j.started_at = Some(crate::clock::now_rfc3339());
             j.progress.stage = "reading the dataset".into();
         });
-        if let Err(e) = rt.block_on(self.registry.put_job(&job)) {
+        if let Err(e) = rt.block_on(registry.put_job(&job)) {
             tracing::error!(job = id, error = %e, "cannot record that the job started");
         }
         tracing::info!(job = id, "job started");
-        let outcome = self.train_and_publish(rt, &job, &cancel);
+        // A panic inside libtorch (an allocation that fails, say) fails this job, not the worker.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.train_and_publish(rt, registry, &job, &cancel)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(Error::new(ErrorCode::TrainingFailed, format!("training stopped: {what}")))
+        });
         let job = self.update(id, |j| {
             j.finished_at = Some(crate::clock::now_rfc3339());
             match &outcome {
@@ -292,19 +334,43 @@ impl Runner {
             Ok(r) => tracing::info!(job = id, model = %r.model, version = r.version, "job succeeded"),
             Err(e) => tracing::warn!(job = id, code = e.code.as_str(), error = %e, "job did not succeed"),
         }
-        if let Err(e) = rt.block_on(self.registry.put_job(&job)) {
-            tracing::error!(job = id, error = %e, "cannot record the job's end");
+        // The end must reach the registry, or the job would read `running` forever.
+        for attempt in 1..=5 {
+            match rt.block_on(registry.put_job(&job)) {
+                Ok(()) => {
+                    self.finish_live(id);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(job = id, attempt, error = %e, "cannot record the job's end");
+                    std::thread::sleep(Duration::from_secs(attempt));
+                }
+            }
         }
-        self.finish_live(id);
+        // Still not recorded: the live (terminal) record keeps answering for it.
     }
 
-    fn train_and_publish(&self, rt: &tokio::runtime::Runtime, job: &Job, cancel: &AtomicBool) -> Result<JobResult> {
+    fn train_and_publish(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        registry: &Registry,
+        job: &Job,
+        cancel: &AtomicBool,
+    ) -> Result<JobResult> {
+        let canceled = || {
+            if cancel.load(Ordering::Relaxed) {
+                Err(Error::new(ErrorCode::TrainingCanceled, "canceled"))
+            } else {
+                Ok(())
+            }
+        };
+        canceled()?;
         use crate::train::finetune;
         let spec = &job.spec;
         std::fs::create_dir_all(&self.config.jobs.work_dir)?;
         let work = tempfile::Builder::new().prefix("job-").tempdir_in(&self.config.jobs.work_dir)?;
         let archive = work.path().join("dataset.archive");
-        rt.block_on(self.registry.fetch_dataset(&job.dataset.sha256, &archive))?;
+        rt.block_on(registry.fetch_dataset(&job.dataset.sha256, &archive))?;
         let recipe = spec.recipe();
         let data = crate::dataset::load(&archive, &spec.ingest_options(&Default::default()), &recipe.eval_transform)?;
         std::fs::remove_file(&archive)?;
@@ -355,7 +421,7 @@ impl Runner {
                 };
                 self.send(&job.id, JobEvent::Epoch(m.clone()));
                 if let Some(j) = snapshot {
-                    if let Err(e) = rt.block_on(self.registry.put_job(&j)) {
+                    if let Err(e) = rt.block_on(registry.put_job(&j)) {
                         tracing::warn!(job = %j.id, error = %e, "cannot record an epoch");
                     }
                 }
@@ -363,6 +429,7 @@ impl Runner {
         };
         let summary = finetune::finetune(&data, &backbones, &recipe, device, &run_dir, None, cancel, &mut on_event)?;
         drop(data);
+        canceled()?;
         self.update(&job.id, |j| j.progress.stage = "publishing".into());
         let opts = crate::publish::PublishRun {
             model: spec.model.clone(),

@@ -58,24 +58,28 @@ impl Registry {
         let what = format!("dataset {}", record.sha256);
         let mut upload =
             self.store.put_multipart(&archive_path(&record.sha256)).await.map_err(|e| store_error(&what, e))?;
-        let mut f = std::fs::File::open(file)?;
-        loop {
-            let mut buf = vec![0u8; PART];
-            let mut n = 0;
-            while n < PART {
-                match f.read(&mut buf[n..])? {
-                    0 => break,
-                    k => n += k,
+        let sent: Result<()> = async {
+            let mut f = std::fs::File::open(file)?;
+            loop {
+                let mut buf = vec![0u8; PART];
+                let mut n = 0;
+                while n < PART {
+                    match f.read(&mut buf[n..])? {
+                        0 => break,
+                        k => n += k,
+                    }
                 }
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                upload.put_part(PutPayload::from(buf)).await.map_err(|e| store_error(&what, e))?;
             }
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            if let Err(e) = upload.put_part(PutPayload::from(buf)).await {
-                let _ = upload.abort().await;
-                return Err(store_error(&what, e));
-            }
+        }
+        .await;
+        if let Err(e) = sent {
+            let _ = upload.abort().await;
+            return Err(e);
         }
         upload.complete().await.map_err(|e| store_error(&what, e))?;
         let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
