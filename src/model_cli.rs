@@ -36,6 +36,10 @@ pub struct PublishArgs {
     /// The command that reproduces the run, for runs whose summary does not record it.
     #[arg(long, value_name = "TEXT")]
     pub command: Option<String>,
+    /// Record this machine as the one the run used, for runs whose summary does not record it
+    /// (only true when the run ran here).
+    #[arg(long)]
+    pub ran_here: bool,
     /// Who publishes (default: $USER).
     #[arg(long)]
     pub by: Option<String>,
@@ -58,6 +62,11 @@ pub async fn publish(config: &Config, args: PublishArgs) -> Result<()> {
         fp16: args.fp16,
         with_checkpoint: args.with_checkpoint,
         command: args.command,
+        hardware: args.ran_here.then(|| {
+            let mut h = petal::train::device::hardware(tch::Device::Cpu);
+            h["recorded"] = "at publish time, on the machine that ran the training (--ran-here)".into();
+            h
+        }),
         acknowledge_terms: args.acknowledge_terms,
     };
     let m = petal::publish::publish_run(&registry, &args.run, &opts, config.registry.usage).await?;

@@ -30,6 +30,8 @@ pub struct PublishRun {
     pub with_checkpoint: bool,
     /// The command that reproduces the run, when the run's summary does not record it.
     pub command: Option<String>,
+    /// The machine the run used, when the run's summary does not record it.
+    pub hardware: Option<serde_json::Value>,
     /// Acknowledge non-commercial terms when promoting under a commercial policy.
     pub acknowledge_terms: bool,
 }
@@ -139,7 +141,7 @@ pub fn provenance(summary: &Summary, winner: &BackboneResult, opts: &PublishRun,
             "started_at": summary.started_at,
         }),
         metrics: Metrics { best, per_epoch },
-        hardware: summary.hardware.clone().unwrap_or(serde_json::Value::Null),
+        hardware: summary.hardware.clone().or_else(|| opts.hardware.clone()).unwrap_or(serde_json::Value::Null),
         timings,
         command: summary.command.clone().or_else(|| opts.command.clone()),
         ..Default::default()

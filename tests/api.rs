@@ -464,7 +464,11 @@ scopes = ["train"]
     let r = client.post(server.url("/finetune")).bearer_auth("train-token-0123456789abc").json(&spec).send().unwrap();
     assert_eq!(code(r), (403, "forbidden".into()));
     let r = client.post(server.url("/finetune")).bearer_auth("admin-token-0123456789ab").json(&spec).send().unwrap();
-    assert_eq!(code(r), (404, "unknown_weights".into()), "an admin gets past the scope check (to no cached weights here)");
+    assert_eq!(
+        code(r),
+        (404, "unknown_weights".into()),
+        "an admin gets past the scope check (to no cached weights here)"
+    );
     assert!(!server.log_text().contains("classify-token-0123456789"), "tokens never reach the logs");
 }
 
@@ -488,6 +492,56 @@ fn promoting_under_a_commercial_policy_needs_the_terms_acknowledged() {
     let mut spec = shapes_spec("c", 1);
     spec["promote"] = json!("production");
     assert_eq!(code(submit(&client, &server, &spec, Some(&zip))), (403, "licence_not_acknowledged".into()));
+
+    // Trained without promotion, then promoted by hand: refused until the terms are acknowledged.
+    spec.as_object_mut().unwrap().remove("promote");
+    let job: Value = submit(&client, &server, &spec, Some(&zip)).json().unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = wait_for(&client, &server, &id, |j| ["succeeded", "failed"].contains(&j["state"].as_str().unwrap()));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let put = |ack: bool| {
+        client
+            .put(server.url("/models/c/aliases/production"))
+            .json(&json!({"version": 1, "acknowledge_terms": ack}))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(code(put(false)), (403, "licence_not_acknowledged".into()));
+    let r = put(true);
+    assert_eq!(r.status(), 200);
+    let entry: Value = r.json().unwrap();
+    assert!(!entry["acknowledged_terms"].as_array().unwrap().is_empty(), "{entry}");
+}
+
+/// A dataset read from an allowed S3 bucket, trained with the registry itself on S3 (s3s-fs).
+#[test]
+fn a_dataset_in_s3_trains_with_the_registry_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3_root = dir.path().join("s3");
+    let zip = shapes_zip(dir.path());
+    std::fs::create_dir_all(s3_root.join("petal/incoming")).unwrap();
+    std::fs::copy(&zip, s3_root.join("petal/incoming/shapes.zip")).unwrap();
+    let s3 = common::S3Server::start(&s3_root);
+    let mut env: Vec<(String, String)> = s3.env("reg");
+    env.push(("PETAL__JOBS__DATASET_BUCKETS".into(), "[\"petal\"]".into()));
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = start(dir.path(), &dir.path().join("unused"), &env_ref);
+    let client = Client::new();
+    let mut spec = shapes_spec("from-s3", 3);
+    spec["dataset"] = json!({"name": "shapes", "uri": "s3://petal/incoming/shapes.zip"});
+    let r = client.post(server.url("/finetune")).json(&spec).send().unwrap();
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().unwrap();
+    assert_eq!(job["dataset"]["sha256"].as_str().unwrap(), petal::registry::sha256_hex(&std::fs::read(&zip).unwrap()));
+    let id = job["id"].as_str().unwrap().to_string();
+    let events = follow(&client, &server, &id);
+    assert_eq!(events.last().unwrap().1["state"], "succeeded", "{:?}", events.last());
+    let model: Value = client.get(server.url("/models/from-s3")).send().unwrap().json().unwrap();
+    assert_eq!(model["versions"][0]["version"], 1);
+    // The job record and the dataset live in the bucket, under the registry's prefix.
+    assert!(s3_root.join(format!("petal/reg/jobs/{id}.json")).exists());
+    let missing = json!({"model": "m", "dataset": {"uri": "s3://petal/incoming/nope.zip"}});
+    assert_eq!(code(client.post(server.url("/finetune")).json(&missing).send().unwrap()), (404, "not_found".into()));
 }
 
 /// The committed OpenAPI document is valid, and a Python SDK generated from it by

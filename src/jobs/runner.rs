@@ -443,6 +443,7 @@ impl Runner {
                 "POST /finetune with the spec of job {} (registry jobs/{}.json) on dataset sha256 {}",
                 job.id, job.id, job.dataset.sha256
             )),
+            hardware: None,
             acknowledge_terms: spec.acknowledge_terms,
         };
         let manifest =
