@@ -43,6 +43,11 @@ pub struct FinetuneQuery {
 
 /// What a dry run found.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "size": 168873216,
+    "dataset": {"digest": "e878390adb05ac1a…", "layout": "oxford102", "split": "Oxford Flowers 102 setid.mat, the reference's",
+                "classes": ["1", "2"], "class_names": ["pink primrose", "hard-leaved pocket orchid"],
+                "train_images": 6149, "val_images": 2040, "warnings": 0},
+    "recipe": {"batch_size": 16}}))]
 pub struct FinetuneCheck {
     /// sha256 of the archive (the dataset's id once stored).
     pub sha256: String,
@@ -315,6 +320,12 @@ pub struct JobsQuery {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"jobs": [{"id": "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10", "state": "succeeded",
+    "spec": {"model": "flowers", "backbones": ["mobilenet_v2"], "device": "auto"},
+    "dataset": {"sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "name": "flowers"},
+    "created_at": "2026-11-28T10:00:00Z", "progress": {"stage": "done", "percent": 100.0}, "epochs": [],
+    "result": {"model": "flowers", "version": 2, "winner": "mobilenet_v2", "best_val_accuracy": 0.9544,
+               "backbones": {"mobilenet_v2": 0.9544}, "promoted": null}}]}))]
 pub struct JobList {
     pub jobs: Vec<Job>,
 }

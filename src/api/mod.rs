@@ -56,7 +56,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> R
 
 /// Raw bytes in a request or response body (an image, an ONNX file).
 #[derive(utoipa::ToSchema)]
-#[schema(value_type = String, format = Binary)]
+#[schema(value_type = String, format = Binary, example = "(binary)")]
 #[allow(dead_code)]
 pub struct Binary(Vec<u8>);
 
@@ -298,5 +298,31 @@ mod tests {
                 assert!(!op.responses.responses.is_empty(), "{path} documents no response");
             }
         }
+    }
+
+    #[test]
+    fn every_response_has_an_example() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let mut missing = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    for (media_type, media) in response["content"].as_object().into_iter().flatten() {
+                        let referenced = media["schema"]["$ref"]
+                            .as_str()
+                            .and_then(|r| r.rsplit('/').next())
+                            .map(|name| &schemas[name]);
+                        let has = media.get("example").is_some()
+                            || media.get("examples").is_some()
+                            || referenced.is_some_and(|s| s.get("example").is_some() || s.get("examples").is_some());
+                        if !has {
+                            missing.push(format!("{method} {path} {status} {media_type}"));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "responses without an example: {missing:#?}");
     }
 }

@@ -30,6 +30,7 @@ pub struct ModelSummary {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"models": [{"name": "flowers102", "versions": [1], "latest": 1, "aliases": {"production": 1}}]}))]
 pub struct ModelList {
     pub models: Vec<ModelSummary>,
 }
@@ -256,6 +257,8 @@ pub struct PromoteRequest {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"entries": [{"model": "flowers102", "alias": "production", "seq": 1, "from": null, "version": 1,
+    "at": "2026-11-28T03:20:00Z", "by": "ops", "reason": "first", "promotion_id": "5d0c…"}]}))]
 pub struct AliasHistory {
     pub entries: Vec<AliasEntry>,
 }

@@ -17,6 +17,8 @@ use crate::registry::{check_name, store_error, Registry};
 
 /// One move of an alias.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(example = json!({"model": "flowers102", "alias": "production", "seq": 1, "from": null, "version": 1,
+    "at": "2026-11-28T03:20:00Z", "by": "ops", "reason": "first", "promotion_id": "5d0c…"}))]
 pub struct AliasEntry {
     pub model: String,
     pub alias: String,

@@ -12,6 +12,18 @@ use crate::train::catalog::Licence;
 pub const MANIFEST_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(example = json!({"format": 1, "model": "flowers102", "version": 1, "created_at": "2026-11-28T03:20:00Z",
+    "upload_id": "6c1f…", "artifacts": [{"name": "model.onnx", "path": "models/flowers102/uploads/6c1f…/model.onnx",
+    "sha256": "…", "size": 9080090, "media_type": "application/onnx"}],
+    "provenance": {"base_weights": {"catalog": "MobileNet_V2_Weights.IMAGENET1K_V1", "arch": "mobilenet_v2",
+        "url": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth", "sha256": "b0353104…",
+        "licences": [{"component": "weights", "spdx": null, "url": "https://image-net.org/download.php",
+                      "commercial_use": false, "terms": "ImageNet: non-commercial research and educational use"}]},
+        "dataset": {"digest": "e878390a…", "name": "Oxford Flowers 102", "class_names": ["pink primrose"],
+                    "counts": {"train": 6149, "val": 2040}, "terms": "research use", "licences": []},
+        "recipe": {}, "hyperparameters": {}, "metrics": {"best": {"val_top1": 0.9544}, "per_epoch": []},
+        "code": {"petal_version": "0.1.0"}, "hardware": {}, "timings": {"run_s": 4700.0},
+        "command": "petal finetune --data flowers102 --backbone mobilenet_v2 --cached-features"}}))]
 pub struct Manifest {
     pub format: u32,
     pub model: String,
