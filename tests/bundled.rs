@@ -67,7 +67,8 @@ fn the_bundled_model_is_small_intact_and_documented() {
     for needle in ["# flowers102", "Oxford Flowers 102", "Non-commercial use only", "## Reproduce", "val_top1"] {
         assert!(card.contains(needle), "the card lacks {needle:?}:\n{card}");
     }
-    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/flowers102_model_card.md")).unwrap();
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/flowers102_model_card.md")).unwrap();
     assert_eq!(committed, card, "docs/flowers102_model_card.md differs from the manifest's card: regenerate it");
 }
 
