@@ -69,32 +69,22 @@ pub struct FinetuneArgs {
 }
 
 pub fn recipe_from(args: &FinetuneArgs) -> Result<Recipe> {
-    let mut recipe: Recipe = match &args.recipe {
+    let recipe: Recipe = match &args.recipe {
         Some(p) => serde_json::from_slice(&std::fs::read(p)?)
             .map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{}: {e}", p.display())))?,
         None => Recipe::default(),
     };
-    if let Some(e) = args.epochs1 {
-        recipe.phase1.epochs = e;
-    }
-    if let Some(e) = args.epochs2 {
-        recipe.phase2.epochs = e;
-    }
-    if let Some(b) = args.batch_size {
-        recipe.batch_size = b;
-    }
-    if let Some(s) = args.seed {
-        recipe.seed = s;
-    }
-    if let Some(r) = args.resize {
-        recipe.eval_transform.resize = r;
-    }
-    if let Some(c) = args.crop {
-        recipe.eval_transform.crop = c;
-    }
-    recipe.phase1.cached_features |= args.cached_features;
-    recipe.eval_train |= args.eval_train;
-    Ok(recipe)
+    Ok(recipe.with(&petal::train::recipe::Overrides {
+        epochs1: args.epochs1,
+        epochs2: args.epochs2,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        resize: args.resize,
+        crop: args.crop,
+        cached_features: args.cached_features,
+        eval_train: args.eval_train,
+        ..Default::default()
+    }))
 }
 
 pub fn run(config: &petal::config::Config, args: FinetuneArgs) -> Result<()> {

@@ -228,30 +228,17 @@ impl JobSpec {
 
     /// The recipe as run: `recipe` (or the reference) with the overrides applied.
     pub fn recipe(&self) -> Recipe {
-        let mut r = self.recipe.clone().unwrap_or_default();
-        if let Some(e) = self.epochs1 {
-            r.phase1.epochs = e;
-        }
-        if let Some(e) = self.epochs2 {
-            r.phase2.epochs = e;
-        }
-        if let Some(b) = self.batch_size {
-            r.batch_size = b;
-        }
-        if let Some(lr) = self.lr1 {
-            r.phase1.lr = lr;
-        }
-        if let Some(lr) = self.lr2 {
-            r.phase2.top_lr = lr;
-        }
-        if let Some(a) = &self.augment {
-            r.augment = a.clone();
-        }
-        if let Some(s) = self.seed {
-            r.seed = s;
-        }
-        r.phase1.cached_features |= self.cached_features;
-        r
+        self.recipe.clone().unwrap_or_default().with(&crate::train::recipe::Overrides {
+            epochs1: self.epochs1,
+            epochs2: self.epochs2,
+            batch_size: self.batch_size,
+            lr1: self.lr1,
+            lr2: self.lr2,
+            seed: self.seed,
+            augment: self.augment.clone(),
+            cached_features: self.cached_features,
+            ..Default::default()
+        })
     }
 
     /// How the dataset is read and split.

@@ -219,8 +219,62 @@ pub fn step_lr(base: f64, epoch: usize, step_size: usize, gamma: f64) -> f64 {
     base * gamma.powi((epoch / step_size.max(1)) as i32)
 }
 
+/// The knobs people turn most, over a whole recipe (`petal finetune` flags, a job spec's fields);
+/// `None` and `false` leave the recipe as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub epochs1: Option<usize>,
+    pub epochs2: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr1: Option<f64>,
+    pub lr2: Option<f64>,
+    pub seed: Option<u64>,
+    pub augment: Option<Augment>,
+    pub resize: Option<u32>,
+    pub crop: Option<u32>,
+    pub cached_features: bool,
+    pub eval_train: bool,
+}
+
+impl Recipe {
+    /// This recipe with `o` applied.
+    pub fn with(mut self, o: &Overrides) -> Recipe {
+        let set = |slot: &mut usize, v: Option<usize>| v.into_iter().for_each(|v| *slot = v);
+        set(&mut self.phase1.epochs, o.epochs1);
+        set(&mut self.phase2.epochs, o.epochs2);
+        set(&mut self.batch_size, o.batch_size);
+        self.phase1.lr = o.lr1.unwrap_or(self.phase1.lr);
+        self.phase2.top_lr = o.lr2.unwrap_or(self.phase2.top_lr);
+        self.seed = o.seed.unwrap_or(self.seed);
+        if let Some(a) = &o.augment {
+            self.augment = a.clone();
+        }
+        self.eval_transform.resize = o.resize.unwrap_or(self.eval_transform.resize);
+        self.eval_transform.crop = o.crop.unwrap_or(self.eval_transform.crop);
+        self.phase1.cached_features |= o.cached_features;
+        self.eval_train |= o.eval_train;
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn overrides_touch_only_what_they_name() {
+        let base = Recipe::default();
+        assert_eq!(base.clone().with(&Overrides::default()), base);
+        let r = base.clone().with(&Overrides {
+            epochs1: Some(3),
+            lr2: Some(5e-5),
+            crop: Some(64),
+            cached_features: true,
+            ..Default::default()
+        });
+        assert_eq!((r.phase1.epochs, r.phase2.top_lr, r.eval_transform.crop), (3, 5e-5, 64));
+        assert!(r.phase1.cached_features);
+        assert_eq!((r.phase2.epochs, r.batch_size, r.seed), (base.phase2.epochs, base.batch_size, base.seed));
+    }
     use super::*;
 
     fn lrs(arch: Arch) -> Vec<(String, f64)> {
