@@ -79,8 +79,7 @@ pub struct FinetuneCheck {
          headers(("Location" = String, description = "`/jobs/{id}`"))),
         (status = 400, description = "The spec part is missing, a part is unknown, or the JSON is malformed.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_json", "message": "the job spec: expected value at line 1 column 1"}})),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
+        (status = 401, response = crate::api::responses::Unauthorized),
         (status = 403, description = "The token lacks the `train` scope, or the licence terms were not acknowledged.", body = ErrorBody,
          example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
         (status = 404, description = "The named dataset, weights or backbone is unknown.", body = ErrorBody,
@@ -341,12 +340,9 @@ pub struct JobList {
         (status = 200, description = "Jobs, newest first.", body = JobList),
         (status = 400, description = "Bad query parameters.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "invalid query string: unknown variant `done`"}})),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
-        (status = 403, description = "The token lacks the `train` scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
-        (status = 503, description = "The job runner is not ready.", body = ErrorBody,
-         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenTrain),
+        (status = 503, response = crate::api::responses::RunnerNotReady)
     ),
     security(("bearer" = ["train"]))
 )]
@@ -371,14 +367,10 @@ pub async fn list_jobs(query: web::Query<JobsQuery>, state: web::Data<AppState>)
     params(("id" = String, Path, description = "The job id (a UUID).")),
     responses(
         (status = 200, description = "The job.", body = Job),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
-        (status = 403, description = "The token lacks the `train` scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
-        (status = 404, description = "No such job.", body = ErrorBody,
-         example = json!({"error": {"code": "not_found", "message": "no job 0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10"}})),
-        (status = 503, description = "The job runner is not ready.", body = ErrorBody,
-         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenTrain),
+        (status = 404, response = crate::api::responses::JobNotFound),
+        (status = 503, response = crate::api::responses::RunnerNotReady)
     ),
     security(("bearer" = ["train"]))
 )]
@@ -398,16 +390,12 @@ pub async fn get_job(id: web::Path<String>, state: web::Data<AppState>) -> Resul
     params(("id" = String, Path, description = "The job id (a UUID).")),
     responses(
         (status = 202, description = "Canceled, or asked to stop.", body = Job),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
-        (status = 403, description = "The token lacks the `train` scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
-        (status = 404, description = "No such job.", body = ErrorBody,
-         example = json!({"error": {"code": "not_found", "message": "no job 0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10"}})),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenTrain),
+        (status = 404, response = crate::api::responses::JobNotFound),
         (status = 409, description = "The job has already finished.", body = ErrorBody,
          example = json!({"error": {"code": "job_finished", "message": "job 0b6f… has already succeeded and cannot be canceled"}})),
-        (status = 503, description = "The job runner is not ready.", body = ErrorBody,
-         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+        (status = 503, response = crate::api::responses::RunnerNotReady)
     ),
     security(("bearer" = ["train"]))
 )]
@@ -430,14 +418,10 @@ pub async fn cancel_job(id: web::Path<String>, state: web::Data<AppState>) -> Re
     responses(
         (status = 200, description = "The event stream.", content_type = "text/event-stream", body = String,
          example = "event: state\ndata: {\"id\":\"0b6f…\",\"state\":\"running\",…}\n\nevent: progress\ndata: {\"stage\":\"training\",\"phase\":1,\"epoch\":2,\"percent\":12.5,…}\n\n"),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}})),
-        (status = 403, description = "The token lacks the `train` scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
-        (status = 404, description = "No such job.", body = ErrorBody,
-         example = json!({"error": {"code": "not_found", "message": "no job 0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10"}})),
-        (status = 503, description = "The job runner is not ready.", body = ErrorBody,
-         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenTrain),
+        (status = 404, response = crate::api::responses::JobNotFound),
+        (status = 503, response = crate::api::responses::RunnerNotReady)
     ),
     security(("bearer" = ["train"]))
 )]

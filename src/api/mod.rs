@@ -54,6 +54,46 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> R
     serde_json::from_value(value).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{what}: {e}")))
 }
 
+/// Error responses many operations share (`components/responses`).
+pub mod responses {
+    use crate::error::ErrorBody;
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "No valid bearer token (`WWW-Authenticate: Bearer`).",
+               example = json!({"error": {"code": "unauthorized", "message": "send Authorization: Bearer <token>"}}))]
+    pub struct Unauthorized(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "The token lacks the `train` scope.",
+               example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}}))]
+    pub struct ForbiddenTrain(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "The token lacks the `classify` or `train` scope.",
+               example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}}))]
+    pub struct ForbiddenRead(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "The job runner is not ready.",
+               example = json!({"error": {"code": "not_ready", "message": "the job runner is starting (see GET /readyz)"}}))]
+    pub struct RunnerNotReady(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "No such job.",
+               example = json!({"error": {"code": "not_found", "message": "no job 0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10"}}))]
+    pub struct JobNotFound(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "A model or alias name is not a valid name.",
+               example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}}))]
+    pub struct InvalidName(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "The registry cannot be reached.",
+               example = json!({"error": {"code": "registry_unavailable", "message": "reading a manifest: connection refused"}}))]
+    pub struct RegistryUnavailable(#[allow(dead_code)] ErrorBody);
+}
+
 /// Raw bytes in a request or response body (an image, an ONNX file).
 #[derive(utoipa::ToSchema)]
 #[schema(value_type = String, format = Binary, example = "(binary)")]
@@ -109,6 +149,9 @@ impl AppState {
         ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check,
         classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
         crate::jobs::runner::JobEvent, Binary
+    ), responses(
+        responses::Unauthorized, responses::ForbiddenTrain, responses::ForbiddenRead, responses::RunnerNotReady,
+        responses::JobNotFound, responses::InvalidName, responses::RegistryUnavailable
     )),
     modifiers(&BearerAuth, &ClosedVariants),
     tags(

@@ -68,18 +68,13 @@ async fn summary(r: &Registry, name: &str) -> Result<ModelSummary> {
     Ok(ModelSummary { name: name.to_string(), latest: versions.last().copied(), versions, aliases })
 }
 
-const E401: &str = "send Authorization: Bearer <token>";
-
 #[utoipa::path(
     get, path = "/models", tag = "models", operation_id = "list_models", summary = "Every model",
     responses(
         (status = 200, description = "Models with their versions and aliases.", body = ModelList),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": E401}})),
-        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
-        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
-         example = json!({"error": {"code": "registry_unavailable", "message": "listing models: connection refused"}}))
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
     ),
     security(("bearer" = ["classify", "train"]))
 )]
@@ -98,16 +93,12 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
     params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")),
     responses(
         (status = 200, description = "The model.", body = ModelDetail),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": E401}})),
-        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
         (status = 404, description = "No such model.", body = ErrorBody,
          example = json!({"error": {"code": "not_found", "message": "model nope has no versions"}})),
-        (status = 422, description = "The name is not a valid model name.", body = ErrorBody,
-         example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}})),
-        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
-         example = json!({"error": {"code": "registry_unavailable", "message": "listing versions: connection refused"}}))
+        (status = 422, response = crate::api::responses::InvalidName),
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
     ),
     security(("bearer" = ["classify", "train"]))
 )]
@@ -145,16 +136,12 @@ fn version_of(path: &(String, u64)) -> Result<(&str, u64)> {
         (status = 200, description = "The manifest.", body = Manifest),
         (status = 400, description = "The version is not a number.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter: can not parse \"x\" to a u64"}})),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": E401}})),
-        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
         (status = 404, description = "No such model or version.", body = ErrorBody,
          example = json!({"error": {"code": "not_found", "message": "flowers102 version 9: not found"}})),
-        (status = 422, description = "The name is not a valid model name.", body = ErrorBody,
-         example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}})),
-        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
-         example = json!({"error": {"code": "registry_unavailable", "message": "reading a manifest: connection refused"}}))
+        (status = 422, response = crate::api::responses::InvalidName),
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
     ),
     security(("bearer" = ["classify", "train"]))
 )]
@@ -173,16 +160,12 @@ pub async fn get_version(path: web::Path<(String, u64)>, state: web::Data<AppSta
          example = "# flowers102 — version 1\n\n**Use:** non-commercial only, …"),
         (status = 400, description = "The version is not a number.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter"}})),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": E401}})),
-        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
         (status = 404, description = "No such model or version.", body = ErrorBody,
          example = json!({"error": {"code": "not_found", "message": "flowers102 version 9: not found"}})),
-        (status = 422, description = "The name is not a valid model name.", body = ErrorBody,
-         example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}})),
-        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
-         example = json!({"error": {"code": "registry_unavailable", "message": "reading a manifest: connection refused"}}))
+        (status = 422, response = crate::api::responses::InvalidName),
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
     ),
     security(("bearer" = ["classify", "train"]))
 )]
@@ -203,18 +186,14 @@ pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>
          headers(("ETag" = String, description = "The sha256 of the file, quoted."))),
         (status = 400, description = "The version is not a number.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter"}})),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": E401}})),
-        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
         (status = 404, description = "No such model, version or ONNX artifact.", body = ErrorBody,
          example = json!({"error": {"code": "not_found", "message": "flowers102 version 9: not found"}})),
-        (status = 422, description = "The name is not a valid model name.", body = ErrorBody,
-         example = json!({"error": {"code": "invalid_name", "message": "model name \"Bad Name\" is invalid"}})),
+        (status = 422, response = crate::api::responses::InvalidName),
         (status = 500, description = "The stored file differs from its manifest.", body = ErrorBody,
          example = json!({"error": {"code": "integrity_error", "message": "flowers102 version 1 artifact model.onnx has sha256 …, the manifest says …"}})),
-        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
-         example = json!({"error": {"code": "registry_unavailable", "message": "reading an artifact: connection refused"}}))
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
     ),
     security(("bearer" = ["classify", "train"]))
 )]
@@ -283,8 +262,7 @@ fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
          headers(("ETag" = String, description = "The alias's new seq, quoted."))),
         (status = 400, description = "The body or If-Match is malformed.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_json", "message": "missing field `version`"}})),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": E401}})),
+        (status = 401, response = crate::api::responses::Unauthorized),
         (status = 403, description = "The token lacks the admin scope, or the licence terms were not acknowledged.", body = ErrorBody,
          example = json!({"error": {"code": "licence_not_acknowledged", "message": "this deployment's use is commercial, and flowers102 version 1 carries non-commercial terms"}})),
         (status = 404, description = "No such model or version.", body = ErrorBody,
@@ -297,8 +275,7 @@ fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
          example = json!({"error": {"code": "unsupported_media_type", "message": "Content type error"}})),
         (status = 422, description = "The model or alias name is invalid.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_name", "message": "alias name \"Prod!\" is invalid"}})),
-        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
-         example = json!({"error": {"code": "registry_unavailable", "message": "writing the alias entry: connection refused"}}))
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
     ),
     security(("bearer" = ["admin"]))
 )]
@@ -343,16 +320,13 @@ pub async fn promote(
     params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("alias" = String, Path, description = "The alias.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")),
     responses(
         (status = 200, description = "The history; the ETag is the current seq.", body = AliasHistory),
-        (status = 401, description = "No valid bearer token.", body = ErrorBody,
-         example = json!({"error": {"code": "unauthorized", "message": E401}})),
-        (status = 403, description = "The token lacks the classify or train scope.", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}})),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
         (status = 404, description = "The alias was never set.", body = ErrorBody,
          example = json!({"error": {"code": "not_found", "message": "flowers102 has no alias staging"}})),
         (status = 422, description = "The model or alias name is invalid.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_name", "message": "alias name \"Prod!\" is invalid"}})),
-        (status = 503, description = "The registry cannot be reached.", body = ErrorBody,
-         example = json!({"error": {"code": "registry_unavailable", "message": "listing alias entries: connection refused"}}))
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
     ),
     security(("bearer" = ["classify", "train"]))
 )]
