@@ -89,6 +89,16 @@ pub mod responses {
     pub struct InvalidName(#[allow(dead_code)] ErrorBody);
 
     #[derive(utoipa::ToResponse)]
+    #[response(description = "The version is not a number.",
+               example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter: can not parse \"x\" to a u64"}}))]
+    pub struct BadVersion(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "No such model or version.",
+               example = json!({"error": {"code": "not_found", "message": "flowers102 version 9: not found"}}))]
+    pub struct VersionNotFound(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
     #[response(description = "The registry cannot be reached.",
                example = json!({"error": {"code": "registry_unavailable", "message": "reading a manifest: connection refused"}}))]
     pub struct RegistryUnavailable(#[allow(dead_code)] ErrorBody);
@@ -151,7 +161,8 @@ impl AppState {
         crate::jobs::runner::JobEvent, Binary
     ), responses(
         responses::Unauthorized, responses::ForbiddenTrain, responses::ForbiddenRead, responses::RunnerNotReady,
-        responses::JobNotFound, responses::InvalidName, responses::RegistryUnavailable
+        responses::JobNotFound, responses::InvalidName, responses::RegistryUnavailable, responses::BadVersion,
+        responses::VersionNotFound
     )),
     modifiers(&BearerAuth, &ClosedVariants),
     tags(
