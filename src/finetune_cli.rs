@@ -3,7 +3,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use petal::dataset::{self, IngestOptions, OnBadImage, OxfordSplit};
+use petal::dataset::{self, IngestOptions, OnBadImage};
 use petal::error::{Error, ErrorCode, Result};
 use petal::train::arch::Arch;
 use petal::train::finetune;
@@ -97,11 +97,7 @@ pub fn run(config: &petal::config::Config, args: FinetuneArgs) -> Result<()> {
         on_bad_image: if args.skip_bad_images { OnBadImage::Skip } else { OnBadImage::Fail },
         val_fraction: args.val_fraction,
         seed: recipe.seed,
-        oxford_split: match args.oxford_split.as_str() {
-            "reference" => OxfordSplit::Reference,
-            "papers" => OxfordSplit::Papers,
-            other => return Err(Error::invalid_request(format!("--oxford-split: reference or papers, not {other:?}"))),
-        },
+        oxford_split: args.oxford_split.parse()?,
         ..Default::default()
     };
     let archs: Vec<Arch> = args.backbone.iter().map(|b| b.parse()).collect::<Result<_>>()?;

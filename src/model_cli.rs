@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use petal::config::Config;
-use petal::dataset::{self, EvalSplit, IngestOptions, OxfordSplit};
+use petal::dataset::{self, EvalSplit, IngestOptions};
 use petal::error::Result;
 use petal::infer::engine::ModelHandle;
 use petal::infer::runtime::OrtRuntime;
@@ -120,15 +120,7 @@ pub fn eval(config: &Config, args: EvalArgs) -> Result<()> {
     let opts = IngestOptions {
         val_fraction: args.val_fraction,
         seed: args.seed,
-        oxford_split: match args.oxford_split.as_str() {
-            "reference" => OxfordSplit::Reference,
-            "papers" => OxfordSplit::Papers,
-            other => {
-                return Err(petal::Error::invalid_request(format!(
-                    "--oxford-split: reference or papers, not {other:?}"
-                )))
-            }
-        },
+        oxford_split: args.oxford_split.parse()?,
         ..Default::default()
     };
     let split: EvalSplit = args.split.parse()?;

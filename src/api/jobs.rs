@@ -238,7 +238,7 @@ async fn check_and_store(
 
 /// Reads the dataset at `path` as training will; every problem is a 4xx.
 async fn check(spec: &JobSpec, path: &std::path::Path) -> Result<crate::dataset::DatasetSummary> {
-    let opts = spec.ingest_options(&Default::default());
+    let opts = spec.ingest_options();
     let eval = spec.recipe().eval_transform;
     let owned = path.to_path_buf();
     web::block(move || crate::dataset::load(&owned, &opts, &eval).map(|d| d.summary()))

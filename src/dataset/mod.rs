@@ -57,6 +57,17 @@ pub enum OxfordSplit {
     Papers,
 }
 
+impl std::str::FromStr for OxfordSplit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "reference" => Ok(OxfordSplit::Reference),
+            "papers" => Ok(OxfordSplit::Papers),
+            other => Err(Error::invalid_request(format!("oxford split: reference or papers, not {other:?}"))),
+        }
+    }
+}
+
 /// How a dataset is read and checked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]

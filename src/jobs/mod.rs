@@ -242,19 +242,15 @@ impl JobSpec {
     }
 
     /// How the dataset is read and split.
-    pub fn ingest_options(&self, base: &IngestOptions) -> IngestOptions {
-        let mut o = base.clone();
-        o.seed = self.recipe().seed;
-        if let Some(f) = self.split.val_fraction {
-            o.val_fraction = f;
+    pub fn ingest_options(&self) -> IngestOptions {
+        let defaults = IngestOptions::default();
+        IngestOptions {
+            seed: self.recipe().seed,
+            val_fraction: self.split.val_fraction.unwrap_or(defaults.val_fraction),
+            oxford_split: self.split.oxford_split.unwrap_or(defaults.oxford_split),
+            on_bad_image: if self.skip_bad_images { OnBadImage::Skip } else { defaults.on_bad_image },
+            ..defaults
         }
-        if let Some(s) = self.split.oxford_split {
-            o.oxford_split = s;
-        }
-        if self.skip_bad_images {
-            o.on_bad_image = OnBadImage::Skip;
-        }
-        o
     }
 }
 
@@ -379,6 +375,17 @@ pub struct JobDataset {
     /// sha256 of the archive in the registry's dataset area.
     pub sha256: String,
     pub name: String,
+}
+
+impl Job {
+    /// Ends the job: its final state, the stage it reports, why (when it did not succeed).
+    pub fn end(&mut self, state: JobState, stage: &str, error: Option<JobError>) {
+        debug_assert!(state.is_terminal());
+        self.state = state;
+        self.finished_at = Some(crate::clock::now_rfc3339());
+        self.progress.stage = stage.into();
+        self.error = error;
+    }
 }
 
 fn job_path(id: &str) -> ObjPath {

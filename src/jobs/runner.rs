@@ -59,7 +59,6 @@ struct Shared {
     live: Mutex<HashMap<String, Live>>,
     queue: Mutex<VecDeque<String>>,
     wake: Condvar,
-    stopping: AtomicBool,
 }
 
 /// The job runner of one process.
@@ -81,7 +80,6 @@ impl Runner {
                 live: Mutex::new(HashMap::new()),
                 queue: Mutex::new(VecDeque::new()),
                 wake: Condvar::new(),
-                stopping: AtomicBool::new(false),
             }),
         };
         // Uploads and job folders a killed process left behind.
@@ -105,16 +103,14 @@ impl Runner {
                         (Some(p), Some(e)) => format!(" at phase {p} epoch {e}"),
                         _ => format!(" while {}", job.progress.stage),
                     };
-                    job.state = JobState::Failed;
-                    job.finished_at = Some(crate::clock::now_rfc3339());
-                    job.error = Some(JobError {
+                    let error = JobError {
                         code: ErrorCode::JobInterrupted.as_str().into(),
                         message: format!(
                             "petal stopped while this job was running{at}; jobs do not resume from a checkpoint: \
                              submit the spec again"
                         ),
-                    });
-                    job.progress.stage = "interrupted".into();
+                    };
+                    job.end(JobState::Failed, "interrupted", Some(error));
                     runner.registry.put_job(&job).await?;
                     tracing::warn!(job = %job.id, "a job was running when petal stopped: marked failed (job_interrupted)");
                 }
@@ -200,13 +196,11 @@ impl Runner {
         };
         if was_queued {
             let mut canceled = job.clone();
-            canceled.state = JobState::Canceled;
-            canceled.finished_at = Some(crate::clock::now_rfc3339());
-            canceled.progress.stage = "canceled".into();
-            canceled.error = Some(JobError {
+            let why = JobError {
                 code: ErrorCode::TrainingCanceled.as_str().into(),
                 message: "canceled before it started".into(),
-            });
+            };
+            canceled.end(JobState::Canceled, "canceled", Some(why));
             if let Err(e) = self.registry.put_job(&canceled).await {
                 // Not recorded: the job stays queued, where it was.
                 self.shared.queue.lock().unwrap().push_back(id.to_string());
@@ -248,12 +242,6 @@ impl Runner {
         self.shared.live.lock().unwrap().remove(id);
     }
 
-    /// Stops taking new jobs (the running ones finish or are interrupted).
-    pub fn stop(&self) {
-        self.shared.stopping.store(true, Ordering::Relaxed);
-        self.shared.wake.notify_all();
-    }
-
     fn work(&self) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
         // The worker's own client: a connection pool shared with the HTTP runtimes would park
@@ -269,9 +257,6 @@ impl Runner {
             let id = {
                 let mut q = self.shared.queue.lock().unwrap();
                 loop {
-                    if self.shared.stopping.load(Ordering::Relaxed) {
-                        return;
-                    }
                     if let Some(id) = q.pop_front() {
                         break id;
                     }
@@ -308,27 +293,15 @@ impl Runner {
                 .unwrap_or("a panic");
             Err(Error::new(ErrorCode::TrainingFailed, format!("training stopped: {what}")))
         });
-        let job = self.update(id, |j| {
-            j.finished_at = Some(crate::clock::now_rfc3339());
-            match &outcome {
-                Ok(r) => {
-                    j.state = JobState::Succeeded;
-                    j.progress.stage = "done".into();
-                    j.progress.percent = 100.0;
-                    j.progress.eta_s = Some(0.0);
-                    j.result = Some(r.clone());
-                }
-                Err(e) if e.code == ErrorCode::TrainingCanceled => {
-                    j.state = JobState::Canceled;
-                    j.progress.stage = "canceled".into();
-                    j.error = Some(e.into());
-                }
-                Err(e) => {
-                    j.state = JobState::Failed;
-                    j.progress.stage = "failed".into();
-                    j.error = Some(e.into());
-                }
+        let job = self.update(id, |j| match &outcome {
+            Ok(r) => {
+                j.end(JobState::Succeeded, "done", None);
+                j.progress.percent = 100.0;
+                j.progress.eta_s = Some(0.0);
+                j.result = Some(r.clone());
             }
+            Err(e) if e.code == ErrorCode::TrainingCanceled => j.end(JobState::Canceled, "canceled", Some(e.into())),
+            Err(e) => j.end(JobState::Failed, "failed", Some(e.into())),
         });
         match &outcome {
             Ok(r) => tracing::info!(job = id, model = %r.model, version = r.version, "job succeeded"),
@@ -372,7 +345,7 @@ impl Runner {
         let archive = work.path().join("dataset.archive");
         rt.block_on(registry.fetch_dataset(&job.dataset.sha256, &archive))?;
         let recipe = spec.recipe();
-        let data = crate::dataset::load(&archive, &spec.ingest_options(&Default::default()), &recipe.eval_transform)?;
+        let data = crate::dataset::load(&archive, &spec.ingest_options(), &recipe.eval_transform)?;
         std::fs::remove_file(&archive)?;
         let device = crate::train::device::select(&spec.device)?;
         let store = crate::train::weights::store::WeightStore::new(&self.config.weights.cache);
