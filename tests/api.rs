@@ -625,7 +625,9 @@ fn schemathesis_finds_no_failure() {
         .arg("run")
         .arg(root.join("openapi/openapi.json"))
         .args(["--url", &server.base, "-H", "Authorization: Bearer schemathesis-token-0123456789"])
-        .args(["--checks", "all", "--max-examples", "25", "--seed", "20261128", "--workers", "2"])
+        // One worker: with two, hypothesis's source inspection races in Python 3.11 and schemathesis
+        // reports a SystemError ("AST constructor recursion depth mismatch") about half the time.
+        .args(["--checks", "all", "--max-examples", "25", "--seed", "20261128", "--workers", "1"])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
