@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod publish;
 pub mod registry;
 pub mod server;
+pub mod streams;
 pub mod telemetry;
 pub mod train;
 pub mod vision;

@@ -2,7 +2,6 @@
 //! classes out, from the served model or any version of any model in the registry.
 use std::time::Instant;
 
-use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use base64::Engine;
 use futures_util::StreamExt;
@@ -156,8 +155,7 @@ pub async fn classify(
     if query.version.is_some() && query.alias.is_some() {
         return Err(Error::new(ErrorCode::InvalidArguments, "give version or alias, not both"));
     }
-    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (content_type, mime) = crate::api::media_type(&req);
     let limit = state.config.inference.max_body_bytes;
     let images: Vec<Vec<u8>> = match mime.as_str() {
         m if RAW_TYPES.contains(&m) => vec![crate::api::read_body(body, limit).await?],
@@ -268,15 +266,9 @@ async fn read_form(req: &HttpRequest, body: web::Payload, limit: usize) -> Resul
                 field.name().unwrap_or("")
             )));
         }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(bad)?;
-            total += chunk.len();
-            if total > limit {
-                return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let too_large = || Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes"));
+        let bytes = crate::streams::collect(&mut field, limit - total, too_large, bad).await?;
+        total += bytes.len();
         images.push(bytes);
         if images.len() > MAX_IMAGES {
             return Err(Error::new(

@@ -1,14 +1,12 @@
 //! Fine-tuning over HTTP: `POST /finetune` (an uploaded archive, or a dataset already in the
 //! registry or in S3, plus a job spec), and the jobs it creates — list, status, cancel and
 //! server-sent events.
-use std::io::Write;
 use std::time::Duration;
 
-use actix_web::http::header::{CONTENT_TYPE, LOCATION};
+use actix_web::http::header::LOCATION;
 use actix_web::{get, post, web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
@@ -103,8 +101,7 @@ pub async fn finetune(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let runner = state.runner()?;
-    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (content_type, mime) = crate::api::media_type(&req);
     std::fs::create_dir_all(runner.work_dir())?;
     let staged = tempfile::Builder::new().prefix("upload-").tempfile_in(runner.work_dir())?;
     let limit = state.config.jobs.max_upload_bytes;
@@ -267,40 +264,23 @@ async fn read_form(
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
             "spec" => {
-                let mut bytes = Vec::new();
-                while let Some(chunk) = field.next().await {
-                    let chunk = chunk.map_err(multipart_error)?;
-                    if bytes.len() + chunk.len() > MAX_SPEC_BYTES {
-                        return Err(Error::new(
-                            ErrorCode::PayloadTooLarge,
-                            format!("the spec part exceeds {MAX_SPEC_BYTES} bytes"),
-                        ));
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
-                spec = Some(parse_spec(&bytes)?);
+                let too_large =
+                    || Error::new(ErrorCode::PayloadTooLarge, format!("the spec part exceeds {MAX_SPEC_BYTES} bytes"));
+                spec = Some(parse_spec(
+                    &crate::streams::collect(&mut field, MAX_SPEC_BYTES, too_large, multipart_error).await?,
+                )?);
             }
             "dataset" => {
                 if upload.is_some() {
                     return Err(Error::invalid_request("send one `dataset` part"));
                 }
-                let mut hash = Sha256::new();
-                let mut size = 0u64;
-                let mut out = std::io::BufWriter::new(file);
-                while let Some(chunk) = field.next().await {
-                    let chunk = chunk.map_err(multipart_error)?;
-                    size += chunk.len() as u64;
-                    if size > limit {
-                        return Err(Error::new(
-                            ErrorCode::DatasetTooLarge,
-                            format!("the upload exceeds {limit} bytes (jobs.max_upload_bytes)"),
-                        ));
-                    }
-                    hash.update(&chunk);
-                    out.write_all(&chunk)?;
-                }
-                out.flush()?;
-                upload = Some((hex::encode(hash.finalize()), size));
+                let too_large = || {
+                    Error::new(
+                        ErrorCode::DatasetTooLarge,
+                        format!("the upload exceeds {limit} bytes (jobs.max_upload_bytes)"),
+                    )
+                };
+                upload = Some(crate::streams::to_file(&mut field, file, limit, too_large, multipart_error).await?);
             }
             other => return Err(Error::invalid_request(format!("unknown part {other:?}: send `spec` and `dataset`"))),
         }

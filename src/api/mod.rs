@@ -18,18 +18,22 @@ pub mod meta;
 pub mod models;
 pub mod observe;
 
+/// The request's Content-Type as sent (for messages) and its media type: lowercase, without
+/// parameters (`multipart/form-data; boundary=…` → `multipart/form-data`).
+pub fn media_type(req: &HttpRequest) -> (&str, String) {
+    let sent = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    (sent, sent.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
 /// Reads a whole request body, refusing more than `limit` bytes (413).
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, Error> {
-    use futures_util::StreamExt;
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| Error::invalid_request(format!("reading the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, Error> {
+    crate::streams::collect(
+        payload,
+        limit,
+        || Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")),
+        |e| Error::invalid_request(format!("reading the body: {e}")),
+    )
+    .await
 }
 
 /// Parses a JSON body. JSON Schema counts `5.0` as an integer, and so does petal: numbers with no

@@ -282,9 +282,7 @@ pub async fn promote(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (name, alias) = alias_of(&path)?;
-    let content_type = req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    if !content_type.is_some_and(|c| c.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
-    {
+    if crate::api::media_type(&req).1 != "application/json" {
         return Err(Error::new(ErrorCode::UnsupportedMediaType, "send the promotion as application/json"));
     }
     let body: PromoteRequest = crate::api::parse_json(&body, "the promotion")?;

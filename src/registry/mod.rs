@@ -133,23 +133,9 @@ pub(crate) async fn download(
     limit: u64,
     what: &str,
 ) -> Result<(String, u64)> {
-    use futures_util::StreamExt;
-    use std::io::Write;
-    let mut stream = got.into_stream();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(to)?);
-    let mut hash = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| store_error(what, e))?;
-        size += chunk.len() as u64;
-        if size > limit {
-            return Err(Error::new(ErrorCode::DatasetTooLarge, format!("{what} exceeds {limit} bytes")));
-        }
-        hash.update(&chunk);
-        f.write_all(&chunk)?;
-    }
-    f.flush()?;
-    Ok((hex::encode(hash.finalize()), size))
+    let file = std::fs::File::create(to)?;
+    let too_large = || Error::new(ErrorCode::DatasetTooLarge, format!("{what} exceeds {limit} bytes"));
+    crate::streams::to_file(got.into_stream(), &file, limit, too_large, |e| store_error(what, e)).await
 }
 
 /// Model and alias names: 1–64 of `a-z 0-9 - _ .`, starting with a letter or digit.
