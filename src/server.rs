@@ -80,7 +80,7 @@ async fn startup_checks(state: web::Data<AppState>) {
         }
         Err(e) => state.readiness.set("onnxruntime", false, format!("check failed: {e}")),
     }
-    match open_and_seed_registry(&state.config).await {
+    match open_and_seed_registry(&state).await {
         Ok(detail) => {
             state.readiness.set("registry", true, detail);
             start_jobs(&state).await;
@@ -106,7 +106,7 @@ async fn startup_checks(state: web::Data<AppState>) {
 
 /// Starts the job runner (recovering the registry's jobs); a readiness check.
 async fn start_jobs(state: &web::Data<AppState>) {
-    let started = match Registry::open(&state.config.registry) {
+    let started = match state.registry() {
         Ok(registry) => crate::jobs::runner::Runner::start(&state.config, registry).await,
         Err(e) => Err(e),
     };
@@ -174,7 +174,7 @@ async fn follow_aliases(state: web::Data<AppState>) {
                 continue;
             }
             let Ok(current) = state.serving.get(Some(r.model())) else { continue };
-            let target = match Registry::open(&state.config.registry) {
+            let target = match state.registry() {
                 Ok(registry) => registry.resolve(&r).await,
                 Err(e) => Err(e),
             };
@@ -194,18 +194,19 @@ async fn follow_aliases(state: web::Data<AppState>) {
 
 async fn load_model(state: &web::Data<AppState>, reference: &str) -> crate::Result<crate::infer::engine::ModelHandle> {
     let r: crate::registry::ModelRef = reference.parse()?;
-    let version = Registry::open(&state.config.registry)?.resolve(&r).await?;
-    load_version(&state.config, r.model(), version).await
+    let registry = state.registry()?;
+    let version = registry.resolve(&r).await?;
+    load_version(&state.config, &registry, r.model(), version).await
 }
 
 /// Loads and warms up one version of a model from the registry (its ONNX file checked against
 /// the manifest).
 pub(crate) async fn load_version(
     config: &Config,
+    registry: &Registry,
     name: &str,
     version: u64,
 ) -> crate::Result<crate::infer::engine::ModelHandle> {
-    let registry = Registry::open(&config.registry)?;
     let manifest = registry.manifest(name, version).await?;
     let onnx = registry.read_artifact(&manifest, "model.onnx").await?;
     let config = config.clone();
@@ -219,8 +220,9 @@ pub(crate) async fn load_version(
 }
 
 /// Opens the registry, proves it writable, and seeds it from `registry.seed`.
-async fn open_and_seed_registry(config: &Config) -> crate::Result<String> {
-    let registry = Registry::open(&config.registry)?;
+async fn open_and_seed_registry(state: &AppState) -> crate::Result<String> {
+    let config = &state.config;
+    let registry = state.registry()?;
     registry.check().await?;
     for (model, version) in registry.seed_from_config(&config.registry).await? {
         tracing::info!(model, version, seed = %config.registry.seed.display(), "seeded the registry");

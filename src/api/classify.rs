@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::AppState;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
 use crate::infer::engine::{ModelHandle, Prediction};
-use crate::registry::{ModelRef, Registry};
+use crate::registry::ModelRef;
 
 /// Most images in one request.
 pub const MAX_IMAGES: usize = 64;
@@ -230,7 +230,7 @@ async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHan
         (Some(v), _) => Some(v),
         (None, Some(a)) => {
             let r = ModelRef::Alias(name.clone(), a.clone());
-            Some(Registry::open(&state.config.registry)?.resolve(&r).await?)
+            Some(state.registry()?.resolve(&r).await?)
         }
         (None, None) => None,
     };
@@ -240,12 +240,12 @@ async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHan
         (wanted, _) => {
             let version = match wanted {
                 Some(v) => v,
-                None => Registry::open(&state.config.registry)?.resolve(&ModelRef::Latest(name.clone())).await?,
+                None => state.registry()?.resolve(&ModelRef::Latest(name.clone())).await?,
             };
             if let Some(h) = state.serving.version(&name, version) {
                 return Ok(h);
             }
-            let h = crate::server::load_version(&state.config, &name, version).await?;
+            let h = crate::server::load_version(&state.config, &state.registry()?, &name, version).await?;
             tracing::info!(model = %name, version, "loaded on demand");
             state.serving.keep(h.clone());
             Ok(h)

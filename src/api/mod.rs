@@ -123,6 +123,8 @@ pub struct AppState {
     pub started: Instant,
     /// The job runner, once the registry is up.
     pub runner: std::sync::OnceLock<crate::jobs::runner::Runner>,
+    /// The registry client, opened on first use and shared (one connection pool).
+    registry: std::sync::OnceLock<crate::registry::Registry>,
     routes: RouteTable,
 }
 
@@ -134,9 +136,19 @@ impl AppState {
             serving: crate::infer::serving::Serving::new(config.inference.models.len()),
             started: Instant::now(),
             runner: std::sync::OnceLock::new(),
+            registry: std::sync::OnceLock::new(),
             routes: RouteTable::from_openapi(&ApiDoc::openapi()),
             config,
         }
+    }
+
+    /// The configured registry, opened once.
+    pub fn registry(&self) -> Result<crate::registry::Registry, Error> {
+        if let Some(r) = self.registry.get() {
+            return Ok(r.clone());
+        }
+        let opened = crate::registry::Registry::open(&self.config.registry)?;
+        Ok(self.registry.get_or_init(|| opened).clone())
     }
 
     /// The job runner, or 503 while it starts.

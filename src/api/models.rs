@@ -14,10 +14,6 @@ use crate::registry::alias::{AliasEntry, Promotion};
 use crate::registry::manifest::Manifest;
 use crate::registry::Registry;
 
-fn registry(state: &AppState) -> Result<Registry> {
-    Registry::open(&state.config.registry)
-}
-
 /// One model at a glance.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"name": "flowers102", "versions": [1], "latest": 1, "aliases": {"production": 1}}))]
@@ -80,7 +76,7 @@ async fn summary(r: &Registry, name: &str) -> Result<ModelSummary> {
 )]
 #[get("/models")]
 pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
-    let r = registry(&state)?;
+    let r = state.registry()?;
     let mut models = Vec::new();
     for name in r.models().await? {
         models.push(summary(&r, &name).await?);
@@ -105,7 +101,7 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
 #[get("/models/{name}")]
 pub async fn get_model(name: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse> {
     crate::registry::check_name("model", &name)?;
-    let r = registry(&state)?;
+    let r = state.registry()?;
     let s = summary(&r, &name).await?;
     if s.versions.is_empty() {
         return Err(Error::new(ErrorCode::NotFound, format!("model {name} has no versions")));
@@ -147,7 +143,7 @@ fn version_of(path: &(String, u64)) -> Result<(&str, u64)> {
 #[get("/models/{name}/versions/{version}")]
 pub async fn get_version(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
     let (name, v) = version_of(&path)?;
-    Ok(HttpResponse::Ok().json(registry(&state)?.manifest(name, v).await?))
+    Ok(HttpResponse::Ok().json(state.registry()?.manifest(name, v).await?))
 }
 
 #[utoipa::path(
@@ -169,7 +165,7 @@ pub async fn get_version(path: web::Path<(String, u64)>, state: web::Data<AppSta
 #[get("/models/{name}/versions/{version}/card")]
 pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
     let (name, v) = version_of(&path)?;
-    let m = registry(&state)?.manifest(name, v).await?;
+    let m = state.registry()?.manifest(name, v).await?;
     Ok(HttpResponse::Ok().content_type("text/markdown; charset=utf-8").body(m.card()))
 }
 
@@ -196,7 +192,7 @@ pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>
 #[get("/models/{name}/versions/{version}/onnx")]
 pub async fn download_onnx(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
     let (name, v) = version_of(&path)?;
-    let r = registry(&state)?;
+    let r = state.registry()?;
     let m = r.manifest(name, v).await?;
     let bytes = r.read_artifact(&m, "model.onnx").await?;
     let sha = m.artifact("model.onnx").map(|a| a.sha256.clone()).unwrap_or_default();
@@ -303,7 +299,7 @@ pub async fn promote(
         reason: body.reason.clone(),
         acknowledge_terms: body.acknowledge_terms,
     };
-    let entry = registry(&state)?.promote(name, alias, &p, state.config.registry.usage).await?;
+    let entry = state.registry()?.promote(name, alias, &p, state.config.registry.usage).await?;
     Ok(HttpResponse::Ok().insert_header((ETAG, format!("\"{}\"", entry.seq))).json(entry))
 }
 
@@ -326,7 +322,7 @@ pub async fn promote(
 #[get("/models/{name}/aliases/{alias}/history")]
 pub async fn alias_history(path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse> {
     let (name, alias) = alias_of(&path)?;
-    let entries = registry(&state)?.history(name, alias).await?;
+    let entries = state.registry()?.history(name, alias).await?;
     let Some(last) = entries.last() else {
         return Err(Error::new(ErrorCode::NotFound, format!("{name} has no alias {alias}")));
     };
