@@ -7,7 +7,18 @@ pub fn unix_now() -> i64 {
 
 /// Now as RFC 3339 UTC with seconds, e.g. `2026-11-27T22:18:00Z`.
 pub fn now_rfc3339() -> String {
-    let secs = unix_now();
+    rfc3339(unix_now())
+}
+
+/// Now as RFC 3339 UTC with milliseconds, e.g. `2026-11-27T22:18:00.125Z` (lease records, where
+/// order within a second matters); sorts as text.
+pub fn now_rfc3339_millis() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let s = rfc3339((ms / 1000) as i64);
+    format!("{}.{:03}Z", s.trim_end_matches('Z'), ms % 1000)
+}
+
+fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -28,6 +39,9 @@ mod tests {
     fn timestamps() {
         let t = super::now_rfc3339();
         assert_eq!(t.len(), 20, "{t}");
+        let m = super::now_rfc3339_millis();
+        assert_eq!(m.len(), 24, "{m}");
+        assert_eq!(m.as_bytes()[19], b'.');
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }
 }

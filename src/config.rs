@@ -43,11 +43,45 @@ pub struct JobsConfig {
     /// S3 buckets a job spec's `dataset.uri` may read from, with the registry's S3 endpoint and
     /// credentials. Empty: none (a spec cannot make petal read buckets it was not told about).
     pub dataset_buckets: Vec<String>,
+    /// `petal worker`: seconds without a heartbeat after which another worker takes a job over.
+    pub lease_ttl_s: f64,
+    /// `petal worker`: seconds between heartbeats of a running job (also how often its record,
+    /// progress included, reaches the registry, and how soon a cancel request is seen).
+    pub heartbeat_s: f64,
+    /// `petal worker`: milliseconds between looks at the registry's queue when idle; also how
+    /// often an API replica re-reads a job it streams events of.
+    pub poll_ms: u64,
+    /// `petal worker`: the name written into claims and job records. Empty: `HOST-PID`.
+    pub worker_name: String,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
-        Self { workers: 1, work_dir: PathBuf::from("var/work"), max_upload_bytes: 4 << 30, dataset_buckets: Vec::new() }
+        Self {
+            workers: 1,
+            work_dir: PathBuf::from("var/work"),
+            max_upload_bytes: 4 << 30,
+            dataset_buckets: Vec::new(),
+            lease_ttl_s: 60.0,
+            heartbeat_s: 10.0,
+            poll_ms: 2000,
+            worker_name: String::new(),
+        }
+    }
+}
+
+impl JobsConfig {
+    /// `worker_name`, or `HOST-PID`.
+    pub fn worker_name(&self) -> String {
+        if !self.worker_name.trim().is_empty() {
+            return self.worker_name.trim().to_string();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".into());
+        format!("{host}-{}", std::process::id())
     }
 }
 
@@ -403,6 +437,17 @@ impl Config {
         }
         if !(1..=64).contains(&self.jobs.workers) {
             problems.push(format!("jobs.workers: {} is not between 1 and 64", self.jobs.workers));
+        }
+        let (ttl, beat) = (self.jobs.lease_ttl_s, self.jobs.heartbeat_s);
+        if !(beat.is_finite() && (0.05..=3600.0).contains(&beat)) {
+            problems.push(format!("jobs.heartbeat_s: {beat} is not between 0.05 and 3600"));
+        } else if !(ttl.is_finite() && ttl >= 2.0 * beat && ttl <= 86_400.0) {
+            problems.push(format!(
+                "jobs.lease_ttl_s: {ttl} must be at least twice jobs.heartbeat_s ({beat}) and at most 86400"
+            ));
+        }
+        if !(10..=3_600_000).contains(&self.jobs.poll_ms) {
+            problems.push(format!("jobs.poll_ms: {} is not between 10 and 3600000", self.jobs.poll_ms));
         }
         if self.jobs.work_dir.as_os_str().is_empty() {
             problems.push("jobs.work_dir: must not be empty".to_string());

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use petal::config::{Config, LogFormat, Overrides};
+use petal::jobs::runner::Role;
 use utoipa::OpenApi;
 
 #[derive(Parser)]
@@ -22,6 +23,17 @@ struct Cli {
     log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `petal serve` does with jobs.
+#[derive(Clone, Copy, Default, clap::ValueEnum)]
+enum ServeRole {
+    /// Accept, train and serve in this one process (the embedded default).
+    #[default]
+    All,
+    /// Accept jobs into the registry's shared queue and serve /classify; train nothing
+    /// (`petal worker`s train).
+    Api,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -47,6 +59,33 @@ enum Command {
         /// Local registry folder (registry.path).
         #[arg(long, value_name = "DIR")]
         registry: Option<PathBuf>,
+        /// `all`: one process does everything; `api`: an API replica in front of `petal worker`s
+        /// sharing the registry (S3 when there is more than one machine).
+        #[arg(long, value_enum, default_value_t)]
+        role: ServeRole,
+    },
+    /// Train jobs of the registry's shared queue, each under a lease renewed by heartbeat; serve
+    /// only /healthz, /readyz and /metrics. SIGTERM stops the running job at its next step and
+    /// releases it to another worker.
+    Worker {
+        /// Address of the health endpoints (server.host).
+        #[arg(long)]
+        host: Option<String>,
+        /// Port of the health endpoints; 0 picks a free one (server.port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Local registry folder (registry.path), for workers on one machine.
+        #[arg(long, value_name = "DIR")]
+        registry: Option<PathBuf>,
+    },
+    /// GET a URL (default: this host's /healthz); exit 0 on a 2xx answer, else 1. For container
+    /// health checks, where there is no curl.
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
     },
     /// Report versions, devices, execution providers and the registry; exits 1 when something is wrong.
     Doctor {
@@ -280,6 +319,39 @@ enum WeightsCommand {
     },
 }
 
+fn serve(config: Config, role: Role) -> ExitCode {
+    match actix_web::rt::System::new().block_on(petal::server::serve(config, role)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("petal: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `petal probe`: 0 when `url` answers 2xx within `timeout_s`.
+fn probe(url: &str, timeout_s: u64) -> ExitCode {
+    let client = match reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(timeout_s)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("petal probe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(url).send() {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("petal probe: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("petal probe: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut overrides = Overrides {
@@ -291,11 +363,19 @@ fn main() -> ExitCode {
         }),
         ..Default::default()
     };
-    if let Command::Serve { host, port, workers, registry } = &cli.command {
+    if let Command::Serve { host, port, workers, registry, .. } = &cli.command {
         overrides.host = host.clone();
         overrides.port = *port;
         overrides.workers = *workers;
         overrides.registry_path = registry.clone();
+    }
+    if let Command::Worker { host, port, registry } = &cli.command {
+        overrides.host = host.clone();
+        overrides.port = *port;
+        overrides.registry_path = registry.clone();
+    }
+    if let Command::Probe { url, timeout } = &cli.command {
+        return probe(url, *timeout);
     }
     if let Command::Registry { registry, .. }
     | Command::Export { registry, .. }
@@ -321,14 +401,15 @@ fn main() -> ExitCode {
     petal::telemetry::init(&config.log);
 
     match cli.command {
-        Command::Serve { .. } => match actix_web::rt::System::new().block_on(petal::server::serve(config)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "server failed");
-                eprintln!("petal: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve { role, .. } => serve(
+            config,
+            match role {
+                ServeRole::All => Role::All,
+                ServeRole::Api => Role::Api,
+            },
+        ),
+        Command::Worker { .. } => serve(config, Role::Worker),
+        Command::Probe { .. } => unreachable!("answered before the configuration is loaded"),
         Command::Doctor { json } => {
             let report = petal::doctor::run(&config);
             if json {

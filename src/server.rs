@@ -1,4 +1,5 @@
-//! `petal serve`: the actix-web server, its start-up checks and graceful shutdown.
+//! `petal serve` and `petal worker`: the actix-web server, its start-up checks and graceful
+//! shutdown. A worker serves only `/healthz`, `/readyz` and `/metrics`.
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -6,26 +7,27 @@ use actix_web::{web, App, HttpServer};
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::infer::runtime::OrtRuntime;
+use crate::jobs::runner::Role;
 use crate::registry::Registry;
 
 /// Binds, serves until SIGTERM/SIGINT, then drains in-flight requests (up to
-/// `server.shutdown_timeout_s`) and returns. Must run inside an actix system.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let state = web::Data::new(AppState::new(config.clone()));
+/// `server.shutdown_timeout_s`) and returns; a worker first stops its running jobs and releases
+/// them to other workers. Must run inside an actix system.
+pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    let state = web::Data::new(AppState::new(config.clone(), role));
     let factory_state = state.clone();
     let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(factory_state.clone())
-            .configure(api::configure)
-            .wrap(from_fn(api::auth::authorize))
-            .wrap(from_fn(api::observe::observe))
+        let app = App::new().app_data(factory_state.clone());
+        let app =
+            if role == Role::Worker { app.configure(api::configure_worker) } else { app.configure(api::configure) };
+        app.wrap(from_fn(api::auth::authorize)).wrap(from_fn(api::observe::observe))
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)
     .disable_signals();
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
-    let host = bind_host(&config);
+    let host = if role == Role::Worker { config.server.host.clone() } else { bind_host(&config) };
     let server = server
         .bind((host.as_str(), config.server.port))
         .map_err(|e| anyhow::anyhow!("cannot bind {host}:{}: {e}", config.server.port))?;
@@ -41,6 +43,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let signal = wait_for_signal().await;
         tracing::info!(signal, "shutdown requested: refusing readiness, draining in-flight requests");
         shutdown_state.readiness.set("shutdown", false, "the server is shutting down");
+        if let Some(runner) = shutdown_state.runner.get().filter(|r| r.role() == Role::Worker) {
+            tracing::info!("stopping the running jobs at their next step and releasing them to other workers");
+            runner.shutdown(std::time::Duration::from_secs(600)).await;
+        }
         handle.stop(true).await;
     });
 
@@ -70,15 +76,10 @@ fn bind_host(config: &Config) -> String {
 
 /// Runs each readiness check once at start; `/readyz` reports them.
 async fn startup_checks(state: web::Data<AppState>) {
-    let ort_config = state.config.onnxruntime.clone();
-    let ort = web::block(move || OrtRuntime::init(&ort_config).map(|rt| rt.version.clone())).await;
-    match ort {
-        Ok(Ok(version)) => state.readiness.set("onnxruntime", true, format!("onnxruntime {version} loaded")),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "onnxruntime unavailable");
-            state.readiness.set("onnxruntime", false, e.message)
-        }
-        Err(e) => state.readiness.set("onnxruntime", false, format!("check failed: {e}")),
+    // A worker neither classifies nor loads models: onnxruntime is not its business.
+    let serves = state.role != Role::Worker;
+    if serves {
+        check_onnxruntime(&state).await;
     }
     match open_and_seed_registry(&state).await {
         Ok(detail) => {
@@ -90,9 +91,11 @@ async fn startup_checks(state: web::Data<AppState>) {
             state.readiness.set("registry", false, e.message)
         }
     }
-    load_models(&state).await;
-    if state.config.inference.reload_poll_ms > 0 && !state.config.inference.models.is_empty() {
-        actix_web::rt::spawn(follow_aliases(state.clone()));
+    if serves {
+        load_models(&state).await;
+        if state.config.inference.reload_poll_ms > 0 && !state.config.inference.models.is_empty() {
+            actix_web::rt::spawn(follow_aliases(state.clone()));
+        }
     }
     state.readiness.set("startup", true, "start-up checks done");
     let report = state.readiness.report();
@@ -104,23 +107,49 @@ async fn startup_checks(state: web::Data<AppState>) {
     }
 }
 
+async fn check_onnxruntime(state: &web::Data<AppState>) {
+    let ort_config = state.config.onnxruntime.clone();
+    let ort = web::block(move || OrtRuntime::init(&ort_config).map(|rt| rt.version.clone())).await;
+    match ort {
+        Ok(Ok(version)) => state.readiness.set("onnxruntime", true, format!("onnxruntime {version} loaded")),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "onnxruntime unavailable");
+            state.readiness.set("onnxruntime", false, e.message)
+        }
+        Err(e) => state.readiness.set("onnxruntime", false, format!("check failed: {e}")),
+    }
+}
+
 /// Starts the job runner (recovering the registry's jobs); a readiness check.
 async fn start_jobs(state: &web::Data<AppState>) {
     let started = match state.registry() {
-        Ok(registry) => crate::jobs::runner::Runner::start(&state.config, registry).await,
+        Ok(registry) => crate::jobs::runner::Runner::start(&state.config, registry, state.role).await,
         Err(e) => Err(e),
     };
     match started {
         Ok(runner) => {
             let _ = state.runner.set(runner);
             let workers = state.config.jobs.workers;
-            state.readiness.set("jobs", true, format!("{workers} job worker(s) running"));
+            let detail = match state.role {
+                Role::All => format!("{workers} job worker(s) running"),
+                Role::Api => format!("jobs go to the shared queue of {}", runner_location(state)),
+                Role::Worker => format!(
+                    "{workers} job worker(s) of {} polling the shared queue of {}",
+                    state.runner.get().map_or("", |r| r.name()),
+                    runner_location(state)
+                ),
+            };
+            state.readiness.set("jobs", true, detail);
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start the job runner");
             state.readiness.set("jobs", false, format!("{} [{}]", e.message, e.code.as_str()));
         }
     }
+}
+
+fn runner_location(state: &AppState) -> String {
+    state.runner.get().map(|r| r.registry().location().to_string()).unwrap_or_default()
 }
 
 /// Loads, warms up and starts serving every configured model; each is a readiness check.

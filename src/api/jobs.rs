@@ -195,6 +195,8 @@ pub async fn finetune(
         created_at: crate::clock::now_rfc3339(),
         started_at: None,
         finished_at: None,
+        attempt: 0,
+        worker: None,
         progress: Progress { stage: "queued".into(), ..Default::default() },
         epochs: Vec::new(),
         result: None,

@@ -121,6 +121,8 @@ pub struct AppState {
     pub readiness: health::Readiness,
     pub serving: crate::infer::serving::Serving,
     pub started: Instant,
+    /// What this process does (`petal serve [--role api]`, `petal worker`).
+    pub role: crate::jobs::runner::Role,
     /// The job runner, once the registry is up.
     pub runner: std::sync::OnceLock<crate::jobs::runner::Runner>,
     /// The registry client, opened on first use and shared (one connection pool).
@@ -129,8 +131,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, role: crate::jobs::runner::Role) -> Self {
         Self {
+            role,
             metrics: observe::Metrics::new(),
             readiness: health::Readiness::starting(),
             serving: crate::infer::serving::Serving::new(config.inference.models.len()),
@@ -273,6 +276,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::redirect("/docs", "/docs/"))
     .service(SwaggerUi::new("/docs/{_:.*}").config(utoipa_swagger_ui::Config::new(["/openapi.json"])))
     .default_service(web::to(unmatched));
+}
+
+/// What `petal worker` serves: its health and metrics, nothing else.
+pub fn configure_worker(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::healthz).service(health::readyz).service(meta::metrics).default_service(web::to(
+        |req: HttpRequest| async move {
+            Err::<HttpResponse, _>(Error::new(
+                ErrorCode::RouteNotFound,
+                format!(
+                    "no endpoint at {} {}: a petal worker serves only /healthz, /readyz and /metrics",
+                    req.method(),
+                    req.path()
+                ),
+            ))
+        },
+    ));
 }
 
 /// 405 with `Allow` when the path exists under another method, else 404.

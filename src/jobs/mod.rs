@@ -5,6 +5,7 @@
 //! States: `queued → running → succeeded | failed | canceled`. A job that was running when petal
 //! stopped is failed on the next start with the code `job_interrupted` and the phase and epoch it
 //! had reached; jobs do not resume from a checkpoint. Queued jobs are queued again.
+pub mod lease;
 pub mod runner;
 
 use std::collections::BTreeMap;
@@ -355,6 +356,13 @@ pub struct Job {
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// Which attempt runs (or ran) it: 1 for the first; more when a `petal worker` took the job
+    /// over from one that stopped (the job then restarted from the beginning).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// The `petal worker` that holds (or held) it; absent for jobs of a single-process server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     #[serde(default)]
     pub progress: Progress,
     /// Every finished epoch's metrics, every backbone.
@@ -386,6 +394,10 @@ impl Job {
         self.progress.stage = stage.into();
         self.error = error;
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn job_path(id: &str) -> ObjPath {

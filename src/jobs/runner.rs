@@ -1,22 +1,33 @@
-//! Runs fine-tuning jobs: a bounded pool of worker threads (`jobs.workers`, default one — one job
-//! per device: libtorch's generator and CPU thread pool are per process), fed by a FIFO queue.
-//! Each job's record is kept live in memory for status and server-sent events, and written to the
-//! registry at every state change and every finished epoch.
+//! Runs fine-tuning jobs, in one of three roles:
+//! - `All` (`petal serve`, the embedded default): a bounded pool of worker threads
+//!   (`jobs.workers`, default one — one job per device: libtorch's generator and CPU thread pool
+//!   are per process), fed by an in-process FIFO queue;
+//! - `Api` (`petal serve --role api`): records jobs and puts them in the registry's shared queue,
+//!   never trains; any replica answers for any job from the registry;
+//! - `Worker` (`petal worker`): trains jobs of the shared queue, each under a lease (`lease`).
+//!
+//! A job's record is kept live in memory by the process that runs it, for status and server-sent
+//! events, and written to the registry at every state change, every finished epoch (`All`) or
+//! every heartbeat (`Worker`).
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+use super::lease::LeaseWatch;
 use super::{Job, JobError, JobResult, JobState, Progress};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::registry::Registry;
 use crate::train::trainer::{EpochMetrics, Event};
+
+mod leased;
+use leased::{follow, Lease};
 
 /// What `GET /jobs/{id}/events` streams.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -55,10 +66,27 @@ struct Live {
     events: broadcast::Sender<JobEvent>,
 }
 
+/// What a process does with jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts and trains jobs in one process (`petal serve`).
+    All,
+    /// Accepts jobs into the registry's shared queue; trains none (`petal serve --role api`).
+    Api,
+    /// Trains jobs of the shared queue under leases; accepts none (`petal worker`).
+    Worker,
+}
+
 struct Shared {
     live: Mutex<HashMap<String, Live>>,
     queue: Mutex<VecDeque<String>>,
     wake: Condvar,
+    /// Beats of other workers' leases, as this process has watched them.
+    watch: LeaseWatch,
+    /// `Worker`: shutting down — claim nothing more, release what runs.
+    stopping: AtomicBool,
+    /// `Worker`: threads still claiming or holding a job.
+    threads: AtomicUsize,
 }
 
 /// The job runner of one process.
@@ -67,12 +95,16 @@ pub struct Runner {
     registry: Registry,
     config: Arc<Config>,
     shared: Arc<Shared>,
+    role: Role,
+    /// The name this process gives in claims and job records.
+    name: String,
 }
 
 impl Runner {
-    /// Recovers the registry's jobs (queued ones are queued again; running ones are failed with
-    /// `job_interrupted`) and starts `config.jobs.workers` workers.
-    pub async fn start(config: &Config, registry: Registry) -> Result<Runner> {
+    /// Starts the runner of `role`. `All` recovers the registry's jobs (queued ones are queued
+    /// again; running ones are failed with `job_interrupted`); `All` and `Worker` start
+    /// `config.jobs.workers` worker threads.
+    pub async fn start(config: &Config, registry: Registry, role: Role) -> Result<Runner> {
         let runner = Runner {
             registry,
             config: Arc::new(config.clone()),
@@ -80,7 +112,12 @@ impl Runner {
                 live: Mutex::new(HashMap::new()),
                 queue: Mutex::new(VecDeque::new()),
                 wake: Condvar::new(),
+                watch: LeaseWatch::default(),
+                stopping: AtomicBool::new(false),
+                threads: AtomicUsize::new(0),
             }),
+            role,
+            name: config.jobs.worker_name(),
         };
         // Uploads and job folders a killed process left behind.
         if let Ok(entries) = std::fs::read_dir(&config.jobs.work_dir) {
@@ -96,7 +133,46 @@ impl Runner {
                 }
             }
         }
-        for mut job in runner.registry.jobs().await? {
+        if role == Role::All {
+            runner.recover().await?;
+        }
+        if role != Role::Api {
+            for i in 0..config.jobs.workers.max(1) {
+                let r = runner.clone();
+                r.shared.threads.fetch_add(1, Ordering::SeqCst);
+                std::thread::Builder::new()
+                    .name(format!("job-worker-{i}"))
+                    .spawn(move || {
+                        match r.role {
+                            Role::Worker => r.work_leased(),
+                            _ => r.work(),
+                        }
+                        r.shared.threads.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .map_err(|e| Error::internal(format!("cannot start a job worker: {e}")))?;
+            }
+        }
+        runner.shared.wake.notify_all();
+        Ok(runner)
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The name this process writes into claims and job records.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `All` at start: what the previous run of this process left. Jobs of the shared queue
+    /// belong to `petal worker`s and are left to them.
+    async fn recover(&self) -> Result<()> {
+        let shared: std::collections::HashSet<String> = self.registry.queued().await?.into_iter().collect();
+        for mut job in self.registry.jobs().await? {
+            if shared.contains(&job.id) || job.attempt > 0 {
+                continue;
+            }
             match job.state {
                 JobState::Running => {
                     let at = match (job.progress.phase, job.progress.epoch) {
@@ -111,26 +187,18 @@ impl Runner {
                         ),
                     };
                     job.end(JobState::Failed, "interrupted", Some(error));
-                    runner.registry.put_job(&job).await?;
+                    self.registry.put_job(&job).await?;
                     tracing::warn!(job = %job.id, "a job was running when petal stopped: marked failed (job_interrupted)");
                 }
                 JobState::Queued => {
                     tracing::info!(job = %job.id, "queued again after a restart");
-                    runner.insert_live(job.clone());
-                    runner.shared.queue.lock().unwrap().push_back(job.id.clone());
+                    self.insert_live(job.clone());
+                    self.shared.queue.lock().unwrap().push_back(job.id.clone());
                 }
                 _ => {}
             }
         }
-        for i in 0..config.jobs.workers.max(1) {
-            let r = runner.clone();
-            std::thread::Builder::new()
-                .name(format!("job-worker-{i}"))
-                .spawn(move || r.work())
-                .map_err(|e| Error::internal(format!("cannot start a job worker: {e}")))?;
-        }
-        runner.shared.wake.notify_all();
-        Ok(runner)
+        Ok(())
     }
 
     fn insert_live(&self, job: Job) {
@@ -142,6 +210,16 @@ impl Runner {
     /// Records a new job and queues it.
     pub async fn submit(&self, job: Job) -> Result<Job> {
         self.registry.put_job(&job).await?;
+        if self.role != Role::All {
+            if let Err(e) = self.registry.enqueue(&job.id).await {
+                let mut failed = job.clone();
+                failed.end(JobState::Failed, "failed", Some((&e).into()));
+                let _ = self.registry.put_job(&failed).await;
+                return Err(e);
+            }
+            tracing::info!(job = %job.id, model = %job.spec.model, "job queued for the workers");
+            return Ok(job);
+        }
         self.insert_live(job.clone());
         self.shared.queue.lock().unwrap().push_back(job.id.clone());
         self.shared.wake.notify_one();
@@ -170,13 +248,20 @@ impl Runner {
         Ok(jobs)
     }
 
-    /// The current record and a receiver of what follows, for server-sent events.
+    /// The current record and a receiver of what follows, for server-sent events. A job another
+    /// process runs is followed by re-reading its record every `jobs.poll_ms`.
     pub async fn subscribe(&self, id: &str) -> Result<(Job, Option<broadcast::Receiver<JobEvent>>)> {
         super::check_job_id(id)?;
         if let Some(l) = self.shared.live.lock().unwrap().get(id) {
             return Ok((l.job.clone(), (!l.job.state.is_terminal()).then(|| l.events.subscribe())));
         }
-        Ok((self.registry.job(id).await?, None))
+        let job = self.registry.job(id).await?;
+        if job.state.is_terminal() {
+            return Ok((job, None));
+        }
+        let (tx, rx) = broadcast::channel(256);
+        tokio::spawn(follow(self.registry.clone(), job.clone(), tx, Duration::from_millis(self.config.jobs.poll_ms)));
+        Ok((job, Some(rx)))
     }
 
     /// Cancels a queued job at once, or asks a running one to stop at its next step.
@@ -218,8 +303,7 @@ impl Runner {
             l.cancel.store(true, Ordering::Relaxed);
             return Ok(l.job.clone());
         }
-        // Running in another process (or a record left by one): nothing here can stop it.
-        Err(Error::new(ErrorCode::JobFinished, format!("job {id} is not run by this process")))
+        self.cancel_shared(job).await
     }
 
     /// Applies `f` to the live record and tells subscribers (a state event).
@@ -263,27 +347,44 @@ impl Runner {
                     q = self.shared.wake.wait(q).unwrap();
                 }
             };
-            self.run(&rt, &registry, &id);
+            self.run(&rt, &registry, &id, None);
         }
     }
 
-    fn run(&self, rt: &tokio::runtime::Runtime, registry: &Registry, id: &str) {
+    /// Runs job `id` (already live), under `lease` when a `petal worker` claimed it.
+    fn run(&self, rt: &tokio::runtime::Runtime, registry: &Registry, id: &str, lease: Option<Arc<Lease>>) {
         let cancel = match self.shared.live.lock().unwrap().get(id) {
             Some(l) => l.cancel.clone(),
             None => return,
         };
+        let worker = lease.as_ref().map(|l| l.claim.worker.clone());
         let job = self.update(id, |j| {
             j.state = JobState::Running;
             j.started_at = Some(crate::clock::now_rfc3339());
-            j.progress.stage = "reading the dataset".into();
+            j.progress = Progress { stage: "reading the dataset".into(), ..Default::default() };
+            if let Some(l) = &lease {
+                j.attempt = l.claim.attempt;
+                j.worker = worker.clone();
+            }
         });
         if let Err(e) = rt.block_on(registry.put_job(&job)) {
             tracing::error!(job = id, error = %e, "cannot record that the job started");
         }
-        tracing::info!(job = id, "job started");
+        tracing::info!(job = id, attempt = job.attempt, worker = worker.as_deref().unwrap_or(""), "job started");
+        // The heartbeat runs beside training and stops (its sender dropped) before the end is
+        // written.
+        let heartbeat = lease.as_ref().map(|l| {
+            let (stop, stopped) = mpsc::channel::<()>();
+            let (r, l, c) = (self.clone(), l.clone(), cancel.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("heartbeat-{id}"))
+                .spawn(move || r.heartbeat(&l, &c, stopped))
+                .expect("a heartbeat thread");
+            (stop, thread)
+        });
         // A panic inside libtorch (an allocation that fails, say) fails this job, not the worker.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.train_and_publish(rt, registry, &job, &cancel)
+            self.train_and_publish(rt, registry, &job, &cancel, lease.as_deref())
         }))
         .unwrap_or_else(|panic| {
             let what = panic
@@ -293,6 +394,15 @@ impl Runner {
                 .unwrap_or("a panic");
             Err(Error::new(ErrorCode::TrainingFailed, format!("training stopped: {what}")))
         });
+        if let Some((stop, thread)) = heartbeat {
+            drop(stop);
+            let _ = thread.join();
+        }
+        // Fenced: nothing more is written for a job another worker holds now.
+        let stopped = matches!(&outcome, Err(e) if e.code == ErrorCode::TrainingCanceled);
+        if lease.as_ref().is_some_and(|l| self.after_run(rt, registry, id, l, stopped)) {
+            return;
+        }
         let job = self.update(id, |j| match &outcome {
             Ok(r) => {
                 j.end(JobState::Succeeded, "done", None);
@@ -311,6 +421,9 @@ impl Runner {
         for attempt in 1..=5 {
             match rt.block_on(registry.put_job(&job)) {
                 Ok(()) => {
+                    if let Some(l) = &lease {
+                        rt.block_on(leased::end_lease(registry, &l.claim));
+                    }
                     self.finish_live(id);
                     return;
                 }
@@ -320,7 +433,8 @@ impl Runner {
                 }
             }
         }
-        // Still not recorded: the live (terminal) record keeps answering for it.
+        // Still not recorded: the live (terminal) record keeps answering for it (`All`), or the
+        // lease expires and another worker runs the job again (`Worker`).
     }
 
     fn train_and_publish(
@@ -329,6 +443,7 @@ impl Runner {
         registry: &Registry,
         job: &Job,
         cancel: &AtomicBool,
+        lease: Option<&Lease>,
     ) -> Result<JobResult> {
         let canceled = || {
             if cancel.load(Ordering::Relaxed) {
@@ -357,7 +472,7 @@ impl Runner {
         let warnings = data.warnings.clone();
         self.update(&job.id, |j| {
             j.progress.stage = "training".into();
-            j.warnings = warnings;
+            j.warnings.extend(warnings);
         });
         let run_dir = work.path().join("run");
         let mut last_progress = Instant::now() - Duration::from_secs(1);
@@ -393,7 +508,8 @@ impl Runner {
                     })
                 };
                 self.send(&job.id, JobEvent::Epoch(m.clone()));
-                if let Some(j) = snapshot {
+                // Under a lease the heartbeat writes the record (one writer at a time).
+                if let Some(j) = snapshot.filter(|_| lease.is_none()) {
                     if let Err(e) = rt.block_on(registry.put_job(&j)) {
                         tracing::warn!(job = %j.id, error = %e, "cannot record an epoch");
                     }
@@ -403,6 +519,13 @@ impl Runner {
         let summary = finetune::finetune(&data, &backbones, &recipe, device, &run_dir, None, cancel, &mut on_event)?;
         drop(data);
         canceled()?;
+        if let Some(l) = lease {
+            // The last fence before a model version appears: the claim must still be the newest.
+            if !rt.block_on(registry.holds(&l.claim))? {
+                l.lost.store(true, Ordering::SeqCst);
+                return Err(Error::new(ErrorCode::TrainingCanceled, "another worker took this job over"));
+            }
+        }
         self.update(&job.id, |j| j.progress.stage = "publishing".into());
         let opts = crate::publish::PublishRun {
             model: spec.model.clone(),
@@ -420,7 +543,7 @@ impl Runner {
             acknowledge_terms: spec.acknowledge_terms,
         };
         let manifest =
-            rt.block_on(crate::publish::publish_run(&self.registry, &run_dir, &opts, self.config.registry.usage))?;
+            rt.block_on(crate::publish::publish_run(registry, &run_dir, &opts, self.config.registry.usage))?;
         Ok(JobResult {
             model: manifest.model,
             version: manifest.version,
