@@ -615,26 +615,26 @@ fn check_all_images_pinned(docs: &[Value], dir: &str) {
     }
 }
 
+/// What the base and the gpu overlay share: GPU workers, and Secrets left to the operator.
+fn check_for_operators(dir: &str, name: &str) -> Vec<Value> {
+    let docs = render(dir);
+    check_roles(&docs, name);
+    check_api_plumbing(&docs, name);
+    check_on_gpus(&docs, name);
+    check_references(&docs, name, &USER_CREATED_SECRETS);
+    check_all_images_pinned(&docs, name);
+    assert!(!docs.iter().any(|d| d["kind"] == "Secret"), "{name}: Secrets are the operator's, not the repository's");
+    docs
+}
+
 #[test]
 fn base_renders_validates_and_keeps_secrets_out() {
-    let docs = render("base");
-    check_roles(&docs, "base");
-    check_api_plumbing(&docs, "base");
-    check_on_gpus(&docs, "base");
-    check_references(&docs, "base", &USER_CREATED_SECRETS);
-    check_all_images_pinned(&docs, "base");
-    assert!(!docs.iter().any(|d| d["kind"] == "Secret"), "base: Secrets are the operator's, not the repository's");
+    check_for_operators("base", "base");
 }
 
 #[test]
 fn gpu_overlay_renders_validates_and_trains_on_gpus() {
-    let docs = render("overlays/gpu");
-    check_roles(&docs, "gpu");
-    check_api_plumbing(&docs, "gpu");
-    check_on_gpus(&docs, "gpu");
-    check_references(&docs, "gpu", &USER_CREATED_SECRETS);
-    check_all_images_pinned(&docs, "gpu");
-    assert!(!docs.iter().any(|d| d["kind"] == "Secret"), "gpu: Secrets are the operator's, not the repository's");
+    let docs = check_for_operators("overlays/gpu", "gpu");
     let replicas = worker(&docs).pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
     assert!(replicas >= 1, "gpu: no worker");
     let config = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("gpu: a ConfigMap");

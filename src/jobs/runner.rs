@@ -326,17 +326,22 @@ impl Runner {
         self.shared.live.lock().unwrap().remove(id);
     }
 
-    fn work(&self) {
+    /// A runtime and a registry client of the calling thread's own. A connection pool shared with
+    /// the HTTP runtimes would park connections on a runtime that only runs while this thread is
+    /// inside `block_on`. `None` (logged) when the registry cannot be opened.
+    fn thread_client(&self, who: &str) -> Option<(tokio::runtime::Runtime, Registry)> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-        // The worker's own client: a connection pool shared with the HTTP runtimes would park
-        // connections on a runtime that only runs while this thread is inside `block_on`.
-        let registry = match Registry::open(&self.config.registry) {
-            Ok(r) => r,
+        match Registry::open(&self.config.registry) {
+            Ok(r) => Some((rt, r)),
             Err(e) => {
-                tracing::error!(error = %e, "a job worker cannot open the registry; it stops");
-                return;
+                tracing::error!(error = %e, "{who} cannot open the registry; it stops");
+                None
             }
-        };
+        }
+    }
+
+    fn work(&self) {
+        let Some((rt, registry)) = self.thread_client("a job worker") else { return };
         loop {
             let id = {
                 let mut q = self.shared.queue.lock().unwrap();

@@ -130,14 +130,7 @@ impl Runner {
     /// this worker's (else stops training: `lost`), notices cancel requests, and writes the live
     /// record (progress and epochs) to the registry.
     pub(super) fn heartbeat(&self, lease: &Lease, cancel: &AtomicBool, stopped: mpsc::Receiver<()>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-        let registry = match Registry::open(&self.config.registry) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "the heartbeat cannot open the registry");
-                return;
-            }
-        };
+        let Some((rt, registry)) = self.thread_client("the heartbeat") else { return };
         let claim = &lease.claim;
         let period = Duration::from_secs_f64(self.config.jobs.heartbeat_s);
         let mut seq = 0;
@@ -179,14 +172,7 @@ impl Runner {
 
     /// `Worker`: claims jobs of the shared queue and runs them until shutdown.
     pub(super) fn work_leased(&self) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-        let registry = match Registry::open(&self.config.registry) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "a job worker cannot open the registry; it stops");
-                return;
-            }
-        };
+        let Some((rt, registry)) = self.thread_client("a job worker") else { return };
         let poll = Duration::from_millis(self.config.jobs.poll_ms);
         while !self.shared.stopping.load(Ordering::SeqCst) {
             match rt.block_on(self.claim_next(&registry)) {
