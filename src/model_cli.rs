@@ -68,6 +68,7 @@ pub async fn publish(config: &Config, args: PublishArgs) -> Result<()> {
             h
         }),
         acknowledge_terms: args.acknowledge_terms,
+        job: None,
     };
     let m = petal::publish::publish_run(&registry, &args.run, &opts, config.registry.usage).await?;
     let onnx = m.artifact("model.onnx").expect("published with model.onnx");

@@ -34,6 +34,9 @@ pub struct PublishRun {
     pub hardware: Option<serde_json::Value>,
     /// Acknowledge non-commercial terms when promoting under a commercial policy.
     pub acknowledge_terms: bool,
+    /// The job that ran it (`hyperparameters.job_id`): how a worker that takes a job over finds
+    /// a version its previous holder published before it could record the job's end.
+    pub job: Option<String>,
 }
 
 /// Reads `run_dir/summary.json` (written by `train::finetune::finetune`), exports its winner and
@@ -125,21 +128,25 @@ pub fn provenance(summary: &Summary, winner: &BackboneResult, opts: &PublishRun,
     for r in &summary.results {
         timings.insert(format!("{}_s", r.backbone.name()), r.seconds);
     }
+    let mut hyperparameters = serde_json::json!({
+        "backbones": summary.results.iter().map(|r| r.backbone.name()).collect::<Vec<_>>(),
+        "winner": winner.backbone.name(),
+        "device": summary.device,
+        "dataset_layout": d.layout,
+        "dataset_split": d.split,
+        "image_size": image_size,
+        "fp16_weights": opts.fp16,
+        "trained_by_petal": summary.petal_version,
+        "started_at": summary.started_at,
+    });
+    if let Some(job) = &opts.job {
+        hyperparameters["job_id"] = job.as_str().into();
+    }
     Provenance {
         base_weights,
         dataset: Some(dataset),
         recipe: serde_json::to_value(&summary.recipe).expect("serializes"),
-        hyperparameters: serde_json::json!({
-            "backbones": summary.results.iter().map(|r| r.backbone.name()).collect::<Vec<_>>(),
-            "winner": winner.backbone.name(),
-            "device": summary.device,
-            "dataset_layout": d.layout,
-            "dataset_split": d.split,
-            "image_size": image_size,
-            "fp16_weights": opts.fp16,
-            "trained_by_petal": summary.petal_version,
-            "started_at": summary.started_at,
-        }),
+        hyperparameters,
         metrics: Metrics { best, per_epoch },
         hardware: summary.hardware.clone().or_else(|| opts.hardware.clone()).unwrap_or(serde_json::Value::Null),
         timings,

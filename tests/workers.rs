@@ -32,6 +32,13 @@ fn cluster_env(s3: &S3Server, cache: &Path) -> Vec<(String, String)> {
     env
 }
 
+/// A job of a few seconds: three quick epochs of the head, three of the whole network.
+fn small_job() -> Value {
+    let mut spec = shapes_spec("shapes", 3);
+    spec["epochs2"] = json!(3);
+    spec
+}
+
 fn start(args: &[&str], env: &[(String, String)], name: &str, dir: &Path) -> Server {
     let env = env.to_vec();
     let (name, work) = (name.to_string(), dir.join(format!("work-{name}")));
@@ -104,22 +111,28 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
     assert!(readyz.to_string().contains("polling the shared queue"), "{readyz}");
     let r = client.post(w1.url("/finetune")).send().unwrap();
     assert_eq!(r.status(), 404);
+    // The container health check: `petal probe URL` exits 0 on 2xx only.
+    let probe = |url: &str| common::petal().args(["probe", url, "--timeout", "5"]).status().unwrap().success();
+    assert!(probe(&w1.url("/healthz")));
+    assert!(!probe(&w1.url("/finetune")), "a 404 is not healthy");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    assert!(!probe(&format!("http://{closed}/healthz")), "nothing listening is not healthy");
 
     // Six jobs: the first uploads the dataset, the others name it by sha256.
     let zip = shapes_zip(dir.path());
-    let first: Value = submit(&client, &api, &shapes_spec("shapes", 3), Some(&zip)).json().unwrap();
+    let first: Value = submit(&client, &api, &small_job(), Some(&zip)).json().unwrap();
     assert_eq!(first["state"], "queued", "{first}");
     let sha = first["dataset"]["sha256"].as_str().unwrap().to_string();
     let mut ids = vec![first["id"].as_str().unwrap().to_string()];
     for _ in 1..6 {
-        let mut spec = shapes_spec("shapes", 3);
+        let mut spec = small_job();
         spec["dataset"]["sha256"] = json!(sha);
         let r = submit(&client, &api, &spec, None);
         assert_eq!(r.status(), 202);
         ids.push(r.json::<Value>().unwrap()["id"].as_str().unwrap().to_string());
     }
     // A seventh, canceled through the API replica while it waits: no worker ever runs it.
-    let mut spec = shapes_spec("shapes", 3);
+    let mut spec = small_job();
     spec["dataset"]["sha256"] = json!(sha);
     let extra: Value = submit(&client, &api, &spec, None).json().unwrap();
     let extra_id = extra["id"].as_str().unwrap().to_string();
@@ -139,10 +152,9 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
     let killed = 'found: loop {
         for id in &ids {
             let job: Value = client.get(api.url(&format!("/jobs/{id}"))).send().unwrap().json().unwrap();
-            if job["worker"] == "w1"
-                && job["state"] == "running"
-                && job["epochs"].as_array().is_some_and(|e| !e.is_empty())
-            {
+            // Training (not publishing), an epoch done.
+            let training = job["state"] == "running" && job["progress"]["stage"] == "training";
+            if job["worker"] == "w1" && training && job["epochs"].as_array().is_some_and(|e| !e.is_empty()) {
                 break 'found id.clone();
             }
         }
@@ -165,8 +177,8 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
     assert_eq!(taken_over["attempt"], 2, "{taken_over}");
     let warnings = taken_over["warnings"].to_string();
     assert!(warnings.contains("attempt 1 on worker w1 stopped heartbeating"), "{warnings}");
-    // The restarted attempt trained every epoch again: 3 + 1, none left from attempt 1.
-    assert_eq!(taken_over["epochs"].as_array().unwrap().len(), 4, "{taken_over}");
+    // The restarted attempt trained every epoch again: 3 + 3, none left from attempt 1.
+    assert_eq!(taken_over["epochs"].as_array().unwrap().len(), 6, "{taken_over}");
 
     // Exactly once: six versions, one per job, and nothing left in the queue.
     let versions_dir = bucket.join("models/shapes/versions");
@@ -257,4 +269,57 @@ fn a_live_lease_is_left_alone_and_a_released_one_is_taken_at_once() {
     let warnings = done["warnings"].to_string();
     assert!(warnings.contains("attempt 1 on worker w1 was released when its worker shut down"), "{warnings}");
     assert_never_twice_at_once(&bucket, &done);
+}
+
+/// A worker that published a version and died before recording the job's end: the worker that
+/// takes the job over finds that version (by its job id), records the end and moves the alias the
+/// spec asked for, instead of training and publishing again.
+#[test]
+fn a_version_published_before_the_holder_died_is_not_published_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let bucket = s3.root.join("petal").join(PREFIX);
+    let mut env = cluster_env(&s3, &weights_cache(dir.path()));
+    env.retain(|(k, _)| k != "PETAL__JOBS__LEASE_TTL_S");
+    env.push(("PETAL__JOBS__LEASE_TTL_S".into(), "1".into()));
+    let api = start(&["serve", "--role", "api", "--port", "0"], &env, "api", dir.path());
+    let client = Client::new();
+    let mut spec = shapes_spec("shapes", 1);
+    spec["promote"] = json!("production");
+    let job: Value = submit(&client, &api, &spec, Some(&shapes_zip(dir.path()))).json().unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+
+    // The dead holder: its claim of attempt 1, and the version it published.
+    let claim = json!({"job": id, "attempt": 1, "worker": "ghost", "claimed_at": "2026-01-01T00:00:00.000Z",
+                       "token": "5d0c3b1e-0000-4000-8000-000000000000"});
+    std::fs::create_dir_all(bucket.join("leases").join(&id)).unwrap();
+    std::fs::write(bucket.join("leases").join(&id).join("000001.claim.json"), claim.to_string()).unwrap();
+    let provenance = json!({"hyperparameters": {"job_id": id, "winner": "mobilenet_v2", "backbones": ["mobilenet_v2"]},
+                            "metrics": {"best": {"val_top1": 0.75}}, "code": {"petal_version": "0.1.0"}});
+    let (onnx, prov) = (dir.path().join("model.onnx"), dir.path().join("provenance.json"));
+    std::fs::write(&onnx, b"an ONNX file the ghost exported").unwrap();
+    std::fs::write(&prov, provenance.to_string()).unwrap();
+    let out = common::petal()
+        .args(["registry", "publish", "shapes"])
+        .arg(&onnx)
+        .arg("--provenance")
+        .arg(&prov)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let _w = start(&["worker", "--port", "0"], &env, "w1", dir.path());
+    let done = wait_for(&client, &api, &id, |j| j["state"] != "queued" && j["state"] != "running");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["attempt"].as_u64(), done["worker"].as_str()), (Some(2), Some("w1")), "{done}");
+    assert_eq!(done["result"]["version"], 1, "{done}");
+    assert_eq!(done["result"]["best_val_accuracy"], 0.75, "{done}");
+    assert_eq!(done["result"]["promoted"], "production", "{done}");
+    assert!(done["warnings"].to_string().contains("published by the earlier attempt"), "{done}");
+    assert!(done["epochs"].as_array().unwrap().is_empty(), "nothing was trained again: {done}");
+    assert_eq!(std::fs::read_dir(bucket.join("models/shapes/versions")).unwrap().count(), 1);
+    let model: Value = client.get(api.url("/models/shapes")).send().unwrap().json().unwrap();
+    assert!(model.to_string().contains("production"), "{model}");
+    assert!(!bucket.join("queue").join(&id).exists());
 }

@@ -546,6 +546,7 @@ impl Runner {
             )),
             hardware: None,
             acknowledge_terms: spec.acknowledge_terms,
+            job: Some(job.id.clone()),
         };
         let manifest =
             rt.block_on(crate::publish::publish_run(registry, &run_dir, &opts, self.config.registry.usage))?;

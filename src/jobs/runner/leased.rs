@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::{JobEvent, Runner};
-use crate::error::{ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::jobs::lease::{Beat, Claim};
-use crate::jobs::{Job, JobError, JobState, Progress};
+use crate::jobs::{Job, JobError, JobResult, JobState, Progress};
+use crate::registry::alias::Promotion;
 use crate::registry::Registry;
+use crate::train::arch::Arch;
 
 /// A worker's hold on one attempt of a job.
 pub(super) struct Lease {
@@ -244,6 +246,22 @@ impl Runner {
             }
             job.attempt = attempt;
             job.worker = Some(self.name.clone());
+            if leases.latest().is_some() {
+                if let Some(result) = self.already_published(registry, &job).await? {
+                    // The previous holder published, then died before recording the end.
+                    tracing::info!(job = %id, version = result.version, "already published by an earlier attempt");
+                    job.warnings.push(format!(
+                        "version {} was published by the earlier attempt; this one recorded the end",
+                        result.version
+                    ));
+                    job.end(JobState::Succeeded, "done", None);
+                    job.progress.percent = 100.0;
+                    job.result = Some(result);
+                    registry.put_job(&job).await?;
+                    end_lease(registry, &claim).await;
+                    continue;
+                }
+            }
             if leases.cancel_requested || registry.cancel_requested(&id).await? {
                 job.end(JobState::Canceled, "canceled", Some(canceled_before_start()));
                 registry.put_job(&job).await?;
@@ -252,6 +270,56 @@ impl Runner {
             }
             let lease = Lease { claim, lost: AtomicBool::new(false), cancel_requested: AtomicBool::new(false) };
             return Ok(Some((job, Arc::new(lease))));
+        }
+        Ok(None)
+    }
+
+    /// The version an earlier attempt of `job` published (its manifest's
+    /// `hyperparameters.job_id`), with the alias the spec asked for moved to it.
+    async fn already_published(&self, registry: &Registry, job: &Job) -> Result<Option<JobResult>> {
+        let model = &job.spec.model;
+        let versions = match registry.versions(model).await {
+            Ok(v) => v,
+            Err(e) if e.code == ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for version in versions.into_iter().rev() {
+            let manifest = registry.manifest(model, version).await?;
+            let p = &manifest.provenance;
+            if p.hyperparameters["job_id"].as_str() != Some(job.id.as_str()) {
+                continue;
+            }
+            let best = |key: &str| p.metrics.best.get(key).copied().unwrap_or(f64::NAN);
+            let winner: Arch = serde_json::from_value(p.hyperparameters["winner"].clone())
+                .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("{model} version {version}: {e}")))?;
+            let names: Vec<String> = serde_json::from_value(p.hyperparameters["backbones"].clone()).unwrap_or_default();
+            let backbones = names
+                .iter()
+                .map(|n| {
+                    let key = if names.len() > 1 { format!("val_top1.{n}") } else { "val_top1".into() };
+                    (n.clone(), best(&key))
+                })
+                .collect();
+            if let Some(alias) = &job.spec.promote {
+                if registry.current(model, alias).await?.is_none_or(|e| e.version != version) {
+                    let promotion = Promotion {
+                        version,
+                        if_match: None,
+                        by: format!("job {}", job.id),
+                        reason: format!("published by job {} (recorded by a later attempt)", job.id),
+                        acknowledge_terms: job.spec.acknowledge_terms,
+                    };
+                    registry.promote(model, alias, &promotion, self.config.registry.usage).await?;
+                }
+            }
+            return Ok(Some(JobResult {
+                model: model.clone(),
+                version,
+                winner,
+                best_val_accuracy: best("val_top1"),
+                backbones,
+                promoted: job.spec.promote.clone(),
+            }));
         }
         Ok(None)
     }
