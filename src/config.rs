@@ -53,6 +53,10 @@ pub struct JobsConfig {
     pub poll_ms: u64,
     /// `petal worker`: the name written into claims and job records. Empty: `HOST-PID`.
     pub worker_name: String,
+    /// `petal worker`: attempts a job gets. When that many ended without the job ending (their
+    /// workers died, or lost their leases), the next worker fails it with `job_interrupted`
+    /// instead of running it again: a job that kills its workers does not go round forever.
+    pub max_attempts: u32,
 }
 
 impl Default for JobsConfig {
@@ -66,6 +70,7 @@ impl Default for JobsConfig {
             heartbeat_s: 10.0,
             poll_ms: 2000,
             worker_name: String::new(),
+            max_attempts: 3,
         }
     }
 }
@@ -445,6 +450,9 @@ impl Config {
             problems.push(format!(
                 "jobs.lease_ttl_s: {ttl} must be at least twice jobs.heartbeat_s ({beat}) and at most 86400"
             ));
+        }
+        if !(1..=100).contains(&self.jobs.max_attempts) {
+            problems.push(format!("jobs.max_attempts: {} is not between 1 and 100", self.jobs.max_attempts));
         }
         if !(10..=3_600_000).contains(&self.jobs.poll_ms) {
             problems.push(format!("jobs.poll_ms: {} is not between 10 and 3600000", self.jobs.poll_ms));

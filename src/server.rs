@@ -45,7 +45,8 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         shutdown_state.readiness.set("shutdown", false, "the server is shutting down");
         if let Some(runner) = shutdown_state.runner.get().filter(|r| r.role() == Role::Worker) {
             tracing::info!("stopping the running jobs at their next step and releasing them to other workers");
-            runner.shutdown(std::time::Duration::from_secs(600)).await;
+            // Within the worker Deployment's 120 s grace period (k8s/base), with time left to exit.
+            runner.shutdown(std::time::Duration::from_secs(100)).await;
         }
         handle.stop(true).await;
     });

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,13 +17,14 @@ use serde_json::{json, Value};
 
 const PREFIX: &str = "cluster";
 
-/// Environment shared by every process of the cluster: the bucket, the weights, short leases.
-fn cluster_env(s3: &S3Server, cache: &Path) -> Vec<(String, String)> {
+/// Environment shared by every process of the cluster: the bucket, the weights, short leases
+/// (`ttl_s`).
+fn cluster_env(s3: &S3Server, cache: &Path, ttl_s: &str) -> Vec<(String, String)> {
     let mut env = s3.env(PREFIX);
     env.extend(
         [
             ("PETAL__WEIGHTS__CACHE", cache.to_str().unwrap()),
-            ("PETAL__JOBS__LEASE_TTL_S", "3"),
+            ("PETAL__JOBS__LEASE_TTL_S", ttl_s),
             ("PETAL__JOBS__HEARTBEAT_S", "0.3"),
             ("PETAL__JOBS__POLL_MS", "100"),
         ]
@@ -39,6 +40,41 @@ fn small_job() -> Value {
     spec
 }
 
+/// An API replica on a fresh s3s-fs bucket, with leases of `ttl_s`; workers are started by the
+/// test. Fields drop in order: the API first, the folders last.
+struct Cluster {
+    api: Server,
+    client: Client,
+    s3: S3Server,
+    env: Vec<(String, String)>,
+    /// The bucket's folder on disk, where the tests read the registry's records.
+    bucket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(ttl_s: &str, extra_env: &[(&str, &str)], api_args: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let s3 = S3Server::start(&dir.path().join("s3"));
+        let bucket = s3.root.join("petal").join(PREFIX);
+        let mut env = cluster_env(&s3, &weights_cache(dir.path()), ttl_s);
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let args: Vec<&str> = ["serve", "--role", "api", "--port", "0"].iter().chain(api_args).copied().collect();
+        let api = start(&args, &env, "api", dir.path());
+        Cluster { api, client: Client::new(), s3, env, bucket, dir }
+    }
+
+    fn worker(&self, name: &str) -> Server {
+        start(&["worker", "--port", "0"], &self.env, name, self.dir.path())
+    }
+
+    /// Submits `spec` with the generated shapes dataset uploaded: the new job's id.
+    fn submit_with_upload(&self, spec: &Value) -> String {
+        let job: Value = submit(&self.client, &self.api, spec, Some(&shapes_zip(self.dir.path()))).json().unwrap();
+        job["id"].as_str().unwrap_or_else(|| panic!("{job}")).to_string()
+    }
+}
+
 fn start(args: &[&str], env: &[(String, String)], name: &str, dir: &Path) -> Server {
     let env = env.to_vec();
     let (name, work) = (name.to_string(), dir.join(format!("work-{name}")));
@@ -47,6 +83,26 @@ fn start(args: &[&str], env: &[(String, String)], name: &str, dir: &Path) -> Ser
     });
     server.wait_ready(200);
     server
+}
+
+/// Waits (up to 30 s) for the worker that ended `job` to take it out of the queue: that comes
+/// just after the job's end is recorded.
+fn assert_dequeued(bucket: &Path, job: &str) {
+    let marker = bucket.join("queue").join(job);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while marker.exists() {
+        assert!(Instant::now() < deadline, "job {job} is still queued");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes the claim of attempt `n` of `job` by a worker that is gone.
+fn ghost_claim(bucket: &Path, job: &str, n: u32) {
+    let dir = bucket.join("leases").join(job);
+    std::fs::create_dir_all(&dir).unwrap();
+    let claim = json!({"job": job, "attempt": n, "worker": format!("ghost{n}"),
+                       "claimed_at": "2026-01-01T00:00:00.000Z", "token": format!("token-{n}")});
+    std::fs::write(dir.join(format!("{n:06}.claim.json")), claim.to_string()).unwrap();
 }
 
 fn read_json(path: &Path) -> Value {
@@ -95,14 +151,10 @@ fn assert_never_twice_at_once(bucket: &Path, job: &Value) {
 
 #[test]
 fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(&dir.path().join("s3"));
-    let bucket = s3.root.join("petal").join(PREFIX);
-    let env = cluster_env(&s3, &weights_cache(dir.path()));
-    let api = start(&["serve", "--role", "api", "--port", "0", "--workers", "2"], &env, "api", dir.path());
-    let mut w1 = start(&["worker", "--port", "0"], &env, "w1", dir.path());
-    let w2 = start(&["worker", "--port", "0"], &env, "w2", dir.path());
-    let client = Client::new();
+    let c = Cluster::new("3", &[], &["--workers", "2"]);
+    let (api, client, bucket) = (&c.api, &c.client, &c.bucket);
+    let mut w1 = c.worker("w1");
+    let w2 = c.worker("w2");
 
     // A worker serves its health, nothing else.
     let r = client.get(w1.url("/readyz")).send().unwrap();
@@ -119,22 +171,22 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
     assert!(!probe(&format!("http://{closed}/healthz")), "nothing listening is not healthy");
 
     // Six jobs: the first uploads the dataset, the others name it by sha256.
-    let zip = shapes_zip(dir.path());
-    let first: Value = submit(&client, &api, &small_job(), Some(&zip)).json().unwrap();
+    let zip = shapes_zip(c.dir.path());
+    let first: Value = submit(client, api, &small_job(), Some(&zip)).json().unwrap();
     assert_eq!(first["state"], "queued", "{first}");
     let sha = first["dataset"]["sha256"].as_str().unwrap().to_string();
     let mut ids = vec![first["id"].as_str().unwrap().to_string()];
     for _ in 1..6 {
         let mut spec = small_job();
         spec["dataset"]["sha256"] = json!(sha);
-        let r = submit(&client, &api, &spec, None);
+        let r = submit(client, api, &spec, None);
         assert_eq!(r.status(), 202);
         ids.push(r.json::<Value>().unwrap()["id"].as_str().unwrap().to_string());
     }
     // A seventh, canceled through the API replica while it waits: no worker ever runs it.
     let mut spec = small_job();
     spec["dataset"]["sha256"] = json!(sha);
-    let extra: Value = submit(&client, &api, &spec, None).json().unwrap();
+    let extra: Value = submit(client, api, &spec, None).json().unwrap();
     let extra_id = extra["id"].as_str().unwrap().to_string();
     let r = client.post(api.url(&format!("/jobs/{extra_id}/cancel"))).send().unwrap();
     assert_eq!(r.status(), 202);
@@ -152,9 +204,10 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
     let killed = 'found: loop {
         for id in &ids {
             let job: Value = client.get(api.url(&format!("/jobs/{id}"))).send().unwrap().json().unwrap();
-            // Training (not publishing), an epoch done.
+            // Training (not publishing), an epoch done, some still to go.
             let training = job["state"] == "running" && job["progress"]["stage"] == "training";
-            if job["worker"] == "w1" && training && job["epochs"].as_array().is_some_and(|e| !e.is_empty()) {
+            let epochs = job["epochs"].as_array().map_or(0, Vec::len);
+            if job["worker"] == "w1" && training && (1..5).contains(&epochs) {
                 break 'found id.clone();
             }
         }
@@ -166,7 +219,7 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
 
     let mut finals = Vec::new();
     for id in &ids {
-        let job = wait_for(&client, &api, id, |j| {
+        let job = wait_for(client, api, id, |j| {
             j["state"].as_str().is_some_and(|s| ["succeeded", "failed", "canceled"].contains(&s))
         });
         assert_eq!(job["state"], "succeeded", "{job}");
@@ -193,30 +246,30 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
     assert_eq!(published, expected);
     for (id, job) in ids.iter().zip(&finals) {
         assert_eq!(job["result"]["model"], "shapes");
-        assert!(!bucket.join("queue").join(id).exists(), "job {id} is still queued");
-        assert_never_twice_at_once(&bucket, job);
+        assert_dequeued(bucket, id);
+        assert_never_twice_at_once(bucket, job);
     }
     // Canceled through the API replica while a worker runs it: the worker sees the request at its
     // next heartbeat, stops, and publishes nothing.
     let mut spec = shapes_spec("shapes", 1);
     spec["dataset"]["sha256"] = json!(sha);
     spec["epochs2"] = json!(30);
-    let long: Value = submit(&client, &api, &spec, None).json().unwrap();
+    let long: Value = submit(client, api, &spec, None).json().unwrap();
     let long_id = long["id"].as_str().unwrap();
-    wait_for(&client, &api, long_id, |j| {
+    wait_for(client, api, long_id, |j| {
         j["state"] == "running" && j["epochs"].as_array().is_some_and(|e| !e.is_empty())
     });
     let r = client.post(api.url(&format!("/jobs/{long_id}/cancel"))).send().unwrap();
     assert_eq!(r.status(), 202);
-    let stopped = wait_for(&client, &api, long_id, |j| j["state"] != "running");
+    let stopped = wait_for(client, api, long_id, |j| j["state"] != "running");
     assert_eq!(stopped["state"], "canceled", "{stopped}");
     assert_eq!(stopped["error"]["code"], "training_canceled", "{stopped}");
     assert_eq!(std::fs::read_dir(&versions_dir).unwrap().count(), 6, "a canceled job publishes nothing");
-    assert_never_twice_at_once(&bucket, &stopped);
+    assert_never_twice_at_once(bucket, &stopped);
 
     let canceled: Value = client.get(api.url(&format!("/jobs/{extra_id}"))).send().unwrap().json().unwrap();
     assert_eq!(canceled["state"], "canceled");
-    assert!(lease_records(&bucket, &extra_id).0.values().all(|c| c["worker"].as_str().unwrap().ends_with("(cancel)")));
+    assert!(lease_records(bucket, &extra_id).0.values().all(|c| c["worker"].as_str().unwrap().ends_with("(cancel)")));
 
     // What the API replica streamed of a job run elsewhere: states through to the end.
     let events = follower.join().unwrap();
@@ -229,26 +282,19 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
 
 #[test]
 fn a_live_lease_is_left_alone_and_a_released_one_is_taken_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(&dir.path().join("s3"));
-    let bucket = s3.root.join("petal").join(PREFIX);
-    let mut env = cluster_env(&s3, &weights_cache(dir.path()));
-    env.retain(|(k, _)| k != "PETAL__JOBS__LEASE_TTL_S");
-    env.push(("PETAL__JOBS__LEASE_TTL_S".into(), "2".into()));
-    let api = start(&["serve", "--role", "api", "--port", "0"], &env, "api", dir.path());
-    let mut w1 = start(&["worker", "--port", "0"], &env, "w1", dir.path());
-    let client = Client::new();
+    let c = Cluster::new("4", &[], &[]);
+    let (api, client, bucket) = (&c.api, &c.client, &c.bucket);
+    let mut w1 = c.worker("w1");
     // Phase 2 (the whole network) is the slow part: 30 epochs outlast the watching below.
     let mut spec = shapes_spec("shapes", 1);
     spec["epochs2"] = json!(30);
-    let job: Value = submit(&client, &api, &spec, Some(&shapes_zip(dir.path()))).json().unwrap();
-    let id = job["id"].as_str().unwrap().to_string();
-    wait_for(&client, &api, &id, |j| j["state"] == "running" && j["epochs"].as_array().is_some_and(|e| !e.is_empty()));
+    let id = c.submit_with_upload(&spec);
+    wait_for(client, api, &id, |j| j["state"] == "running" && j["epochs"].as_array().is_some_and(|e| !e.is_empty()));
 
     // w2 watches w1's lease, beating, for longer than the lease's TTL: it must not take it.
-    let _w2 = start(&["worker", "--port", "0"], &env, "w2", dir.path());
+    let _w2 = c.worker("w2");
     let watching = Instant::now();
-    while watching.elapsed() < Duration::from_secs(3) {
+    while watching.elapsed() < Duration::from_secs(6) {
         let j: Value = client.get(api.url(&format!("/jobs/{id}"))).send().unwrap().json().unwrap();
         assert_eq!(
             (j["state"].as_str(), j["worker"].as_str(), j["attempt"].as_u64()),
@@ -261,14 +307,14 @@ fn a_live_lease_is_left_alone_and_a_released_one_is_taken_at_once() {
     // SIGTERM: w1 stops at its next step, puts the job back and releases the lease; w2 restarts it.
     let status = w1.signal_and_wait("TERM");
     assert!(status.success(), "a worker stopped with SIGTERM exits 0: {status}\n{}", w1.log_text());
-    let (_, beats) = lease_records(&bucket, &id);
+    let (_, beats) = lease_records(bucket, &id);
     assert_eq!(beats[&1]["released"], true, "{beats:?}");
-    let done = wait_for(&client, &api, &id, |j| j["state"] == "succeeded" || j["state"] == "failed");
+    let done = wait_for(client, api, &id, |j| j["state"] == "succeeded" || j["state"] == "failed");
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!((done["attempt"].as_u64(), done["worker"].as_str()), (Some(2), Some("w2")));
     let warnings = done["warnings"].to_string();
     assert!(warnings.contains("attempt 1 on worker w1 was released when its worker shut down"), "{warnings}");
-    assert_never_twice_at_once(&bucket, &done);
+    assert_never_twice_at_once(bucket, &done);
 }
 
 /// A worker that published a version and died before recording the job's end: the worker that
@@ -276,27 +322,17 @@ fn a_live_lease_is_left_alone_and_a_released_one_is_taken_at_once() {
 /// spec asked for, instead of training and publishing again.
 #[test]
 fn a_version_published_before_the_holder_died_is_not_published_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(&dir.path().join("s3"));
-    let bucket = s3.root.join("petal").join(PREFIX);
-    let mut env = cluster_env(&s3, &weights_cache(dir.path()));
-    env.retain(|(k, _)| k != "PETAL__JOBS__LEASE_TTL_S");
-    env.push(("PETAL__JOBS__LEASE_TTL_S".into(), "1".into()));
-    let api = start(&["serve", "--role", "api", "--port", "0"], &env, "api", dir.path());
-    let client = Client::new();
+    let c = Cluster::new("1", &[], &[]);
+    let (api, client, bucket) = (&c.api, &c.client, &c.bucket);
     let mut spec = shapes_spec("shapes", 1);
     spec["promote"] = json!("production");
-    let job: Value = submit(&client, &api, &spec, Some(&shapes_zip(dir.path()))).json().unwrap();
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = c.submit_with_upload(&spec);
 
     // The dead holder: its claim of attempt 1, and the version it published.
-    let claim = json!({"job": id, "attempt": 1, "worker": "ghost", "claimed_at": "2026-01-01T00:00:00.000Z",
-                       "token": "5d0c3b1e-0000-4000-8000-000000000000"});
-    std::fs::create_dir_all(bucket.join("leases").join(&id)).unwrap();
-    std::fs::write(bucket.join("leases").join(&id).join("000001.claim.json"), claim.to_string()).unwrap();
+    ghost_claim(bucket, &id, 1);
     let provenance = json!({"hyperparameters": {"job_id": id, "winner": "mobilenet_v2", "backbones": ["mobilenet_v2"]},
                             "metrics": {"best": {"val_top1": 0.75}}, "code": {"petal_version": "0.1.0"}});
-    let (onnx, prov) = (dir.path().join("model.onnx"), dir.path().join("provenance.json"));
+    let (onnx, prov) = (c.dir.path().join("model.onnx"), c.dir.path().join("provenance.json"));
     std::fs::write(&onnx, b"an ONNX file the ghost exported").unwrap();
     std::fs::write(&prov, provenance.to_string()).unwrap();
     let out = common::petal()
@@ -304,13 +340,13 @@ fn a_version_published_before_the_holder_died_is_not_published_twice() {
         .arg(&onnx)
         .arg("--provenance")
         .arg(&prov)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let _w = start(&["worker", "--port", "0"], &env, "w1", dir.path());
-    let done = wait_for(&client, &api, &id, |j| j["state"] != "queued" && j["state"] != "running");
+    let _w = c.worker("w1");
+    let done = wait_for(client, api, &id, |j| j["state"] != "queued" && j["state"] != "running");
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!((done["attempt"].as_u64(), done["worker"].as_str()), (Some(2), Some("w1")), "{done}");
     assert_eq!(done["result"]["version"], 1, "{done}");
@@ -321,5 +357,64 @@ fn a_version_published_before_the_holder_died_is_not_published_twice() {
     assert_eq!(std::fs::read_dir(bucket.join("models/shapes/versions")).unwrap().count(), 1);
     let model: Value = client.get(api.url("/models/shapes")).send().unwrap().json().unwrap();
     assert!(model.to_string().contains("production"), "{model}");
-    assert!(!bucket.join("queue").join(&id).exists());
+    assert_dequeued(bucket, &id);
+}
+
+/// A job whose attempts all died (here: three claims by workers that never beat): the next worker
+/// fails it with `job_interrupted` instead of running it a fourth time. An attempt its worker
+/// released at shutdown does not count.
+#[test]
+fn a_job_that_keeps_losing_its_workers_is_failed_not_retried_forever() {
+    let c = Cluster::new("1", &[("PETAL__JOBS__MAX_ATTEMPTS", "2")], &[]);
+    let (api, client, bucket) = (&c.api, &c.client, &c.bucket);
+    let id = c.submit_with_upload(&small_job());
+    // Attempt 1 died; attempt 2 was released by a worker shutting down; attempt 3 died.
+    for n in 1..=3 {
+        ghost_claim(bucket, &id, n);
+    }
+    let released = json!({"job": id, "attempt": 2, "worker": "ghost2", "seq": 7,
+                          "at": "2026-01-01T00:00:01.000Z", "released": true});
+    std::fs::write(bucket.join("leases").join(&id).join("000002.beat.json"), released.to_string()).unwrap();
+
+    let _w = c.worker("w1");
+    let done = wait_for(client, api, &id, |j| j["state"] != "queued" && j["state"] != "running");
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "job_interrupted", "{done}");
+    assert!(done["error"]["message"].as_str().unwrap().starts_with("2 attempts stopped"), "{done}");
+    assert_eq!(done["attempt"], 4, "{done}");
+    assert!(done["epochs"].as_array().unwrap().is_empty(), "{done}");
+    assert!(!bucket.join("models/shapes").exists(), "nothing published");
+    assert_dequeued(bucket, &id);
+}
+
+/// The store goes away while a worker trains: with no heartbeat reaching it for about the lease's
+/// TTL, the worker stops training (another worker may take the job over by then), and once the
+/// store is back the job is taken over — here by the same worker — and finishes, one attempt
+/// after the other.
+#[test]
+fn a_worker_that_cannot_heartbeat_stops_training() {
+    let mut c = Cluster::new("3", &[], &[]);
+    let w1 = c.worker("w1");
+    let mut spec = shapes_spec("shapes", 1);
+    spec["epochs2"] = json!(30);
+    let id = c.submit_with_upload(&spec);
+    wait_for(&c.client, &c.api, &id, |j| {
+        j["state"] == "running" && j["epochs"].as_array().is_some_and(|e| !e.is_empty())
+    });
+
+    c.s3.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !w1.log_text().contains("lost the job's lease") {
+        assert!(Instant::now() < deadline, "w1 went on training without heartbeats:\n{}", w1.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(w1.log_text().contains("no heartbeat reached the registry for too long"), "{}", w1.log_text());
+    c.s3.restart();
+
+    let done = wait_for(&c.client, &c.api, &id, |j| j["state"] != "queued" && j["state"] != "running");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!((done["attempt"].as_u64(), done["worker"].as_str()), (Some(2), Some("w1")), "{done}");
+    assert_eq!(done["epochs"].as_array().unwrap().len(), 31, "attempt 2 trained from the beginning: {done}");
+    assert_never_twice_at_once(&c.bucket, &done);
+    assert_eq!(std::fs::read_dir(c.bucket.join("models/shapes/versions")).unwrap().count(), 1);
 }

@@ -103,7 +103,9 @@ pub async fn finetune(
     let runner = state.runner()?;
     let (content_type, mime) = crate::api::media_type(&req);
     std::fs::create_dir_all(runner.work_dir())?;
-    let staged = tempfile::Builder::new().prefix("upload-").tempfile_in(runner.work_dir())?;
+    let staged = tempfile::Builder::new()
+        .prefix(&crate::jobs::runner::staging_prefix("upload"))
+        .tempfile_in(runner.work_dir())?;
     let limit = state.config.jobs.max_upload_bytes;
     let (spec, upload) = match mime.as_str() {
         "multipart/form-data" => read_form(&req, payload, staged.as_file(), limit).await?,

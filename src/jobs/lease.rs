@@ -1,8 +1,9 @@
 //! What API replicas and `petal worker`s share in the registry to run jobs with nothing else
 //! between them:
 //!
-//! - `queue/{job}`: the job waits for (or is held by) a worker. An API replica writes it after
-//!   the job record; the worker that ends the job removes it.
+//! - `queue/{job}`: the job waits for (or is held by) a worker. An API replica writes it before
+//!   the job record (workers skip a marker without a record; a `petal serve` recovering its own
+//!   jobs at start skips every record with a marker); the worker that ends the job removes it.
 //! - `leases/{job}/{attempt:06}.claim.json`: attempt `n` of the job belongs to the worker that
 //!   created this object. Creation is conditional (`If-None-Match: *` on S3, an exclusive create
 //!   on a folder), so of two workers claiming the same attempt one wins; the winner reads the
@@ -17,7 +18,10 @@
 //! is short next to the time a lease takes to expire, and a restart needs no checkpoint format
 //! shared between machines. A holder that finds a newer claim has lost the job: it stops
 //! training and writes nothing more but its own attempt's last beat (`lost`, with when it really
-//! stopped); before publishing it checks that its claim is still the newest.
+//! stopped); before publishing it checks that its claim is still the newest. A holder none of
+//! whose beats got through for `lease_ttl_s − heartbeat_s` stops too. After `jobs.max_attempts`
+//! attempts that stopped without ending the job (released ones not counted), the next worker
+//! fails it.
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -69,6 +73,9 @@ pub struct Leases {
     pub claims: Vec<Claim>,
     /// The newest attempt's beat, if it beat yet.
     pub beat: Option<Beat>,
+    /// Attempts their workers released (shut down): they do not count against
+    /// `jobs.max_attempts`.
+    pub released: u32,
     pub cancel_requested: bool,
 }
 
@@ -174,11 +181,12 @@ impl Registry {
                 claims.push(c);
             }
         }
-        let beat = match claims.last() {
-            Some(c) => self.get_json::<Beat>(&beat_path(job, c.attempt)).await?,
-            None => None,
-        };
-        Ok(Leases { claims, beat, cancel_requested })
+        let (mut beat, mut released) = (None, 0);
+        for c in &claims {
+            beat = self.get_json::<Beat>(&beat_path(job, c.attempt)).await?;
+            released += u32::from(beat.as_ref().is_some_and(|b| b.released));
+        }
+        Ok(Leases { claims, beat, released, cancel_requested })
     }
 
     /// Tries to claim `attempt` of `job` for `worker`: `Some(claim)` when this call won it.
@@ -202,9 +210,14 @@ impl Registry {
         Ok(self.holds(&claim).await?.then_some(claim))
     }
 
+    /// The stored claim of `attempt` of `job`.
+    pub async fn claim_of(&self, job: &str, attempt: u32) -> Result<Option<Claim>> {
+        self.get_json(&claim_path(job, attempt)).await
+    }
+
     /// Whether `claim` is still the job's claim of its attempt and no newer attempt exists.
     pub async fn holds(&self, claim: &Claim) -> Result<bool> {
-        let stored: Option<Claim> = self.get_json(&claim_path(&claim.job, claim.attempt)).await?;
+        let stored = self.claim_of(&claim.job, claim.attempt).await?;
         if stored.is_none_or(|s| s.token != claim.token) {
             return Ok(false);
         }
@@ -258,6 +271,11 @@ impl LeaseWatch {
                 false
             }
         }
+    }
+
+    /// Forgets every job but those of `queued` (the others left the queue).
+    pub fn retain(&self, queued: &[String]) {
+        self.seen.lock().unwrap().retain(|job, _| queued.contains(job));
     }
 
     /// Forgets a job (ended, or claimed by this process).

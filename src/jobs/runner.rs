@@ -122,8 +122,7 @@ impl Runner {
         // Uploads and job folders a killed process left behind.
         if let Ok(entries) = std::fs::read_dir(&config.jobs.work_dir) {
             for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("upload-") || name.starts_with("job-") {
+                if is_leftover(&e.file_name().to_string_lossy()) {
                     let _ = if e.path().is_dir() {
                         std::fs::remove_dir_all(e.path())
                     } else {
@@ -143,11 +142,18 @@ impl Runner {
                 std::thread::Builder::new()
                     .name(format!("job-worker-{i}"))
                     .spawn(move || {
+                        // Counted out however the thread ends, a panic included.
+                        struct Out(Arc<Shared>);
+                        impl Drop for Out {
+                            fn drop(&mut self) {
+                                self.0.threads.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                        let _out = Out(r.shared.clone());
                         match r.role {
                             Role::Worker => r.work_leased(),
                             _ => r.work(),
                         }
-                        r.shared.threads.fetch_sub(1, Ordering::SeqCst);
                     })
                     .map_err(|e| Error::internal(format!("cannot start a job worker: {e}")))?;
             }
@@ -168,8 +174,11 @@ impl Runner {
     /// `All` at start: what the previous run of this process left. Jobs of the shared queue
     /// belong to `petal worker`s and are left to them.
     async fn recover(&self) -> Result<()> {
+        // Records first: an API replica writes a job's queue marker before its record, so every
+        // shared job among these records has its marker in the listing that follows.
+        let jobs = self.registry.jobs().await?;
         let shared: std::collections::HashSet<String> = self.registry.queued().await?.into_iter().collect();
-        for mut job in self.registry.jobs().await? {
+        for mut job in jobs {
             if shared.contains(&job.id) || job.attempt > 0 {
                 continue;
             }
@@ -204,22 +213,24 @@ impl Runner {
     fn insert_live(&self, job: Job) {
         let (events, _) = broadcast::channel(256);
         let id = job.id.clone();
-        self.shared.live.lock().unwrap().insert(id, Live { job, cancel: Arc::new(AtomicBool::new(false)), events });
+        // A job claimed while the worker began shutting down stops at once, and is released.
+        let cancel = Arc::new(AtomicBool::new(self.shared.stopping.load(Ordering::SeqCst)));
+        self.shared.live.lock().unwrap().insert(id, Live { job, cancel, events });
     }
 
     /// Records a new job and queues it.
     pub async fn submit(&self, job: Job) -> Result<Job> {
-        self.registry.put_job(&job).await?;
         if self.role != Role::All {
-            if let Err(e) = self.registry.enqueue(&job.id).await {
-                let mut failed = job.clone();
-                failed.end(JobState::Failed, "failed", Some((&e).into()));
-                let _ = self.registry.put_job(&failed).await;
+            // The marker first: a record without one would look like a `petal serve`'s own job.
+            self.registry.enqueue(&job.id).await?;
+            if let Err(e) = self.registry.put_job(&job).await {
+                let _ = self.registry.dequeue(&job.id).await;
                 return Err(e);
             }
             tracing::info!(job = %job.id, model = %job.spec.model, "job queued for the workers");
             return Ok(job);
         }
+        self.registry.put_job(&job).await?;
         self.insert_live(job.clone());
         self.shared.queue.lock().unwrap().push_back(job.id.clone());
         self.shared.wake.notify_one();
@@ -424,6 +435,9 @@ impl Runner {
         }
         // The end must reach the registry, or the job would read `running` forever.
         for attempt in 1..=5 {
+            if lease.as_ref().is_some_and(|l| attempt > 1 && !self.still_holds(rt, registry, id, l)) {
+                return;
+            }
             match rt.block_on(registry.put_job(&job)) {
                 Ok(()) => {
                     if let Some(l) = &lease {
@@ -461,7 +475,7 @@ impl Runner {
         use crate::train::finetune;
         let spec = &job.spec;
         std::fs::create_dir_all(&self.config.jobs.work_dir)?;
-        let work = tempfile::Builder::new().prefix("job-").tempdir_in(&self.config.jobs.work_dir)?;
+        let work = tempfile::Builder::new().prefix(&staging_prefix("job")).tempdir_in(&self.config.jobs.work_dir)?;
         let archive = work.path().join("dataset.archive");
         rt.block_on(registry.fetch_dataset(&job.dataset.sha256, &archive))?;
         let recipe = spec.recipe();
@@ -567,5 +581,47 @@ impl Runner {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+}
+
+/// The name prefix of what this process stages under `jobs.work_dir` (`upload-…`, `job-…`): the
+/// kind and the process id, so that a process starting later removes only what dead processes
+/// left behind — several processes may share the folder.
+pub fn staging_prefix(kind: &str) -> String {
+    format!("{kind}-{}-", std::process::id())
+}
+
+/// Whether `name` under `jobs.work_dir` was staged by a process that is gone: one with this
+/// process's id (an earlier run, in a container where every run is pid 1), or, where `/proc`
+/// tells, one no longer running. Names without a process id come from older versions.
+fn is_leftover(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("upload-").or_else(|| name.strip_prefix("job-")) else { return false };
+    match rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) if pid == std::process::id() => true,
+        Some(pid) => {
+            let proc = std::path::Path::new("/proc");
+            proc.join("self").exists() && !proc.join(pid.to_string()).exists()
+        }
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_gone_processes_staged_is_a_leftover() {
+        let mine = format!("{}x1y2", staging_prefix("job"));
+        assert!(mine.starts_with("job-") && is_leftover(&mine));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let theirs = format!("upload-{}-abc", child.id());
+        assert!(!is_leftover(&theirs), "a live process's upload is not a leftover");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(is_leftover(&theirs), "a dead process's upload is");
+        assert!(is_leftover("job-Ab3xYz"), "older names are");
+        assert!(!is_leftover("dataset.archive"));
+        assert!(!is_leftover("jobs"));
     }
 }

@@ -86,22 +86,34 @@ impl Runner {
         lease: &Lease,
         stopped: bool,
     ) -> bool {
-        let holds = rt.block_on(registry.holds(&lease.claim)).unwrap_or(true);
-        if lease.lost.load(Ordering::SeqCst) || !holds {
-            tracing::warn!(
-                job = id,
-                attempt = lease.claim.attempt,
-                "lost the job's lease to another worker: it stopped here"
-            );
-            let beat = Beat { seq: u64::MAX, lost: true, ..Beat::of(&lease.claim, 0) };
-            let _ = rt.block_on(registry.put_beat(&beat));
-            self.finish_live(id);
+        if !self.still_holds(rt, registry, id, lease) {
             return true;
         }
         if stopped && self.shared.stopping.load(Ordering::SeqCst) && !lease.cancel_requested.load(Ordering::SeqCst) {
             self.release(rt, registry, id, &lease.claim);
             return true;
         }
+        false
+    }
+
+    /// The fence before each write that ends an attempt: `false` — with only this attempt's
+    /// last beat written, and the job out of this process — when the lease was lost (a newer
+    /// claim exists, or the heartbeat gave up). A store that cannot answer counts as held: the
+    /// write that follows fails too, and is retried behind this fence.
+    pub(super) fn still_holds(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        registry: &Registry,
+        id: &str,
+        lease: &Lease,
+    ) -> bool {
+        if !lease.lost.load(Ordering::SeqCst) && rt.block_on(registry.holds(&lease.claim)).unwrap_or(true) {
+            return true;
+        }
+        lease.lost.store(true, Ordering::SeqCst);
+        tracing::warn!(job = id, attempt = lease.claim.attempt, "lost the job's lease: it stopped here");
+        rt.block_on(lost_beat(registry, &lease.claim));
+        self.finish_live(id);
         false
     }
 
@@ -130,46 +142,81 @@ impl Runner {
 
     /// Beats every `jobs.heartbeat_s` until `stopped` says the run ended: proves the lease is still
     /// this worker's (else stops training: `lost`), notices cancel requests, and writes the live
-    /// record (progress and epochs) to the registry.
+    /// record (progress and epochs) to the registry. Training never outlives its heartbeat: when
+    /// no beat got through for `jobs.lease_ttl_s` less one period (others may soon take the job
+    /// over), or this thread ends any other way, the run stops and counts as lost.
     pub(super) fn heartbeat(&self, lease: &Lease, cancel: &AtomicBool, stopped: mpsc::Receiver<()>) {
+        struct StopRun<'a> {
+            lease: &'a Lease,
+            cancel: &'a AtomicBool,
+            armed: bool,
+        }
+        impl Drop for StopRun<'_> {
+            fn drop(&mut self) {
+                if self.armed {
+                    self.lease.lost.store(true, Ordering::SeqCst);
+                    self.cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut guard = StopRun { lease, cancel, armed: true };
         let Some((rt, registry)) = self.thread_client("the heartbeat") else { return };
         let claim = &lease.claim;
         let period = Duration::from_secs_f64(self.config.jobs.heartbeat_s);
+        let give_up = Duration::from_secs_f64(self.config.jobs.lease_ttl_s) - period;
+        let mut last_ok = Instant::now();
         let mut seq = 0;
         loop {
-            match rt.block_on(registry.holds(claim)) {
-                Ok(true) => {}
-                Ok(false) => {
+            seq += 1;
+            // A slow store is waited for as long as the lease can still be trusted.
+            let wait = give_up.saturating_sub(last_ok.elapsed()).max(period);
+            match rt.block_on(async { tokio::time::timeout(wait, self.beat(&registry, lease, cancel, seq)).await }) {
+                Ok(Ok(true)) => last_ok = Instant::now(),
+                Ok(Ok(false)) => {
                     tracing::warn!(job = %claim.job, attempt = claim.attempt, "another worker claimed this job: stopping it");
-                    lease.lost.store(true, Ordering::SeqCst);
-                    cancel.store(true, Ordering::SeqCst);
                     return;
                 }
-                // The store may be back before the lease expires; if not, the claim check above
-                // stops this run once it is.
-                Err(e) => tracing::warn!(job = %claim.job, error = %e, "cannot check the lease"),
+                Ok(Err(e)) => tracing::warn!(job = %claim.job, error = %e, "cannot heartbeat"),
+                Err(_) => tracing::warn!(job = %claim.job, waited_s = wait.as_secs_f64(), "a heartbeat timed out"),
             }
-            if rt.block_on(registry.cancel_requested(&claim.job)).unwrap_or(false)
-                && !lease.cancel_requested.swap(true, Ordering::SeqCst)
-            {
-                tracing::info!(job = %claim.job, "cancel requested: stopping at the next step");
-                cancel.store(true, Ordering::SeqCst);
-            }
-            let snapshot = self.shared.live.lock().unwrap().get(&claim.job).map(|l| l.job.clone());
-            if let Some(job) = snapshot {
-                if let Err(e) = rt.block_on(registry.put_job(&job)) {
-                    tracing::warn!(job = %claim.job, error = %e, "cannot write the job's progress");
-                }
-            }
-            seq += 1;
-            if let Err(e) = rt.block_on(registry.put_beat(&Beat::of(claim, seq))) {
-                tracing::warn!(job = %claim.job, error = %e, "cannot write a heartbeat");
+            if last_ok.elapsed() >= give_up {
+                tracing::error!(
+                    job = %claim.job,
+                    silent_s = last_ok.elapsed().as_secs_f64(),
+                    "no heartbeat reached the registry for too long: another worker may take this job over, so it stops here"
+                );
+                return;
             }
             match stopped.recv_timeout(period) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                _ => return,
+                _ => {
+                    guard.armed = false;
+                    return;
+                }
             }
         }
+    }
+
+    /// One heartbeat: `false` when a newer claim exists. Also notices a cancel request and
+    /// writes the live record.
+    async fn beat(&self, registry: &Registry, lease: &Lease, cancel: &AtomicBool, seq: u64) -> Result<bool> {
+        let claim = &lease.claim;
+        if !registry.holds(claim).await? {
+            return Ok(false);
+        }
+        if registry.cancel_requested(&claim.job).await? && !lease.cancel_requested.swap(true, Ordering::SeqCst) {
+            tracing::info!(job = %claim.job, "cancel requested: stopping at the next step");
+            cancel.store(true, Ordering::SeqCst);
+        }
+        let snapshot = self.shared.live.lock().unwrap().get(&claim.job).map(|l| l.job.clone());
+        if let Some(job) = snapshot {
+            // Progress only: a missed write does not put the lease in doubt.
+            if let Err(e) = registry.put_job(&job).await {
+                tracing::warn!(job = %claim.job, error = %e, "cannot write the job's progress");
+            }
+        }
+        registry.put_beat(&Beat::of(claim, seq)).await?;
+        Ok(true)
     }
 
     /// `Worker`: claims jobs of the shared queue and runs them until shutdown.
@@ -198,80 +245,113 @@ impl Runner {
     /// The oldest job of the shared queue this worker could claim: unclaimed, or its lease
     /// expired or released. The returned record is set up for the new attempt.
     async fn claim_next(&self, registry: &Registry) -> Result<Option<(Job, Arc<Lease>)>> {
-        let ttl = Duration::from_secs_f64(self.config.jobs.lease_ttl_s);
-        for id in registry.queued().await? {
+        let queued = registry.queued().await?;
+        self.shared.watch.retain(&queued);
+        for id in queued {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 return Ok(None);
             }
             if self.shared.live.lock().unwrap().contains_key(&id) {
                 continue;
             }
-            let job = match registry.job(&id).await {
-                Ok(j) => j,
-                // Queued before its record was written, or a record this version cannot read.
-                Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::IntegrityError) => continue,
-                Err(e) => return Err(e),
-            };
-            if job.state.is_terminal() {
-                registry.dequeue(&id).await?;
-                self.shared.watch.forget(&id);
-                continue;
+            // One job the store fails on does not keep this worker from the others. A claim won
+            // before the failure is left without a beat: it expires like a dead holder's, which
+            // retries the job after `jobs.lease_ttl_s`.
+            match self.try_take(registry, &id).await {
+                Ok(Some(taken)) => return Ok(Some(taken)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(job = %id, error = %e, "cannot take this job now; trying the others"),
             }
-            let leases = registry.leases(&id).await?;
-            if leases.latest().is_some() && !self.shared.watch.expired(&id, &leases, ttl) {
-                continue;
-            }
-            let attempt = leases.latest().map_or(1, |c| c.attempt + 1);
-            let Some(claim) = registry.try_claim(&id, attempt, &self.name).await? else { continue };
-            self.shared.watch.forget(&id);
-            tracing::info!(job = %id, attempt, "claimed");
-            // Read again now that it is ours: the previous holder may have ended it just before.
-            let mut job = registry.job(&id).await?;
-            if job.state.is_terminal() {
-                end_lease(registry, &claim).await;
-                continue;
-            }
-            if let Some(previous) = leases.latest() {
-                let how = if leases.beat.as_ref().is_some_and(|b| b.attempt == previous.attempt && b.released) {
-                    "was released when its worker shut down"
-                } else {
-                    "stopped heartbeating (its lease expired)"
-                };
-                tracing::warn!(job = %id, previous = previous.attempt, worker = %previous.worker, "{how}: taking the job over");
-                job.epochs.clear();
-                job.warnings.push(format!(
-                    "attempt {} on worker {} {how}; attempt {} on worker {} restarted the job from the beginning",
-                    previous.attempt, previous.worker, attempt, self.name
-                ));
-            }
-            job.attempt = attempt;
-            job.worker = Some(self.name.clone());
-            if leases.latest().is_some() {
-                if let Some(result) = self.already_published(registry, &job).await? {
-                    // The previous holder published, then died before recording the end.
-                    tracing::info!(job = %id, version = result.version, "already published by an earlier attempt");
-                    job.warnings.push(format!(
-                        "version {} was published by the earlier attempt; this one recorded the end",
-                        result.version
-                    ));
-                    job.end(JobState::Succeeded, "done", None);
-                    job.progress.percent = 100.0;
-                    job.result = Some(result);
-                    registry.put_job(&job).await?;
-                    end_lease(registry, &claim).await;
-                    continue;
-                }
-            }
-            if leases.cancel_requested || registry.cancel_requested(&id).await? {
-                job.end(JobState::Canceled, "canceled", Some(canceled_before_start()));
-                registry.put_job(&job).await?;
-                end_lease(registry, &claim).await;
-                continue;
-            }
-            let lease = Lease { claim, lost: AtomicBool::new(false), cancel_requested: AtomicBool::new(false) };
-            return Ok(Some((job, Arc::new(lease))));
         }
         Ok(None)
+    }
+
+    /// Claims `id` when it is free (unclaimed, or its lease expired or released): the record,
+    /// set up for the new attempt, and the lease. `None` when it is not free, or was ended here
+    /// (found canceled or already published).
+    async fn try_take(&self, registry: &Registry, id: &str) -> Result<Option<(Job, Arc<Lease>)>> {
+        let ttl = Duration::from_secs_f64(self.config.jobs.lease_ttl_s);
+        let job = match registry.job(id).await {
+            Ok(j) => j,
+            // Queued before its record was written, or a record this version cannot read.
+            Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::IntegrityError) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if job.state.is_terminal() {
+            registry.dequeue(id).await?;
+            self.shared.watch.forget(id);
+            return Ok(None);
+        }
+        let leases = registry.leases(id).await?;
+        if leases.latest().is_some() && !self.shared.watch.expired(id, &leases, ttl) {
+            return Ok(None);
+        }
+        let attempt = leases.latest().map_or(1, |c| c.attempt + 1);
+        let Some(claim) = registry.try_claim(id, attempt, &self.name).await? else { return Ok(None) };
+        self.shared.watch.forget(id);
+        tracing::info!(job = %id, attempt, "claimed");
+        // Read again now that it is ours: the previous holder may have ended it just before.
+        let mut job = registry.job(id).await?;
+        if job.state.is_terminal() {
+            end_lease(registry, &claim).await;
+            return Ok(None);
+        }
+        if let Some(previous) = leases.latest() {
+            let how = if leases.beat.as_ref().is_some_and(|b| b.attempt == previous.attempt && b.released) {
+                "was released when its worker shut down"
+            } else {
+                "stopped heartbeating (its lease expired)"
+            };
+            tracing::warn!(job = %id, previous = previous.attempt, worker = %previous.worker, "{how}: taking the job over");
+            job.epochs.clear();
+            job.warnings.push(format!(
+                "attempt {} on worker {} {how}; attempt {} on worker {} restarted the job from the beginning",
+                previous.attempt, previous.worker, attempt, self.name
+            ));
+        }
+        job.attempt = attempt;
+        job.worker = Some(self.name.clone());
+        if leases.latest().is_some() {
+            if let Some(result) = self.already_published(registry, &job).await? {
+                // The previous holder published, then died before recording the end.
+                tracing::info!(job = %id, version = result.version, "already published by an earlier attempt");
+                job.warnings.push(format!(
+                    "version {} was published by the earlier attempt; this one recorded the end",
+                    result.version
+                ));
+                job.end(JobState::Succeeded, "done", None);
+                job.progress.percent = 100.0;
+                job.result = Some(result);
+                registry.put_job(&job).await?;
+                end_lease(registry, &claim).await;
+                return Ok(None);
+            }
+        }
+        // Attempts that stopped without ending the job, their workers' shutdowns not counted.
+        let broken = (attempt - 1).saturating_sub(leases.released);
+        if broken >= self.config.jobs.max_attempts {
+            let error = JobError {
+                code: ErrorCode::JobInterrupted.as_str().into(),
+                message: format!(
+                    "{broken} attempts stopped without ending (their workers died or lost their leases; \
+                     jobs.max_attempts = {}): not run again. Submit the spec again once the cause is fixed",
+                    self.config.jobs.max_attempts
+                ),
+            };
+            tracing::error!(job = %id, attempts = broken, "{}", error.message);
+            job.end(JobState::Failed, "interrupted", Some(error));
+            registry.put_job(&job).await?;
+            end_lease(registry, &claim).await;
+            return Ok(None);
+        }
+        if leases.cancel_requested || registry.cancel_requested(id).await? {
+            job.end(JobState::Canceled, "canceled", Some(canceled_before_start()));
+            registry.put_job(&job).await?;
+            end_lease(registry, &claim).await;
+            return Ok(None);
+        }
+        let lease = Lease { claim, lost: AtomicBool::new(false), cancel_requested: AtomicBool::new(false) };
+        Ok(Some((job, Arc::new(lease))))
     }
 
     /// The version an earlier attempt of `job` published (its manifest's
@@ -301,10 +381,12 @@ impl Runner {
                 })
                 .collect();
             if let Some(alias) = &job.spec.promote {
-                if registry.current(model, alias).await?.is_none_or(|e| e.version != version) {
+                // Moved once already (then perhaps on to a newer version): never moved back.
+                let history = registry.history(model, alias).await?;
+                if !history.iter().any(|e| e.version == version) {
                     let promotion = Promotion {
                         version,
-                        if_match: None,
+                        if_match: Some(history.last().map_or(0, |e| e.seq)),
                         by: format!("job {}", job.id),
                         reason: format!("published by job {} (recorded by a later attempt)", job.id),
                         acknowledge_terms: job.spec.acknowledge_terms,
@@ -335,6 +417,19 @@ impl Runner {
         let deadline = Instant::now() + timeout;
         while self.shared.threads.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The last beat of an attempt that lost its lease (`at`: when its run really stopped). Written
+/// only while the attempt's claim is still this worker's: on a store whose conditional create is
+/// not atomic, two workers may both have written a claim of the same attempt, and the loser must
+/// not overwrite the winner's beat.
+async fn lost_beat(registry: &Registry, claim: &Claim) {
+    if registry.claim_of(&claim.job, claim.attempt).await.ok().flatten().is_some_and(|c| c.token == claim.token) {
+        let beat = Beat { seq: u64::MAX, lost: true, ..Beat::of(claim, 0) };
+        if let Err(e) = registry.put_beat(&beat).await {
+            tracing::warn!(job = %claim.job, error = %e, "cannot write the last heartbeat");
         }
     }
 }
