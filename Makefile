@@ -24,6 +24,7 @@ build: setup
 lint: setup
 	$(ENV) cargo fmt --check
 	$(ENV) cargo clippy --all-targets -- -D warnings
+	$(ENV) cargo deny --offline check licenses bans sources
 
 fmt:
 	cargo fmt

@@ -11,6 +11,7 @@ VENV="$root/.venv"
 TOOLS="$root/tools"
 TORCHVISION_VERSION=0.26.0
 S3S_FS_VERSION=0.14.1
+CARGO_DENY_VERSION=0.20.2
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
@@ -41,6 +42,15 @@ if ! stamp_ok "$TOOLS/.s3s-fs-stamp" "$S3S_FS_VERSION" || [ ! -x "$TOOLS/bin/s3s
   printf '%s' "$S3S_FS_VERSION" > "$TOOLS/.s3s-fs-stamp"
 else
   log "s3s-fs up to date"
+fi
+
+# --- cargo-deny (licences, bans and sources of every dependency; `make lint`) ----------------------
+if ! stamp_ok "$TOOLS/.cargo-deny-stamp" "$CARGO_DENY_VERSION" || [ ! -x "$TOOLS/bin/cargo-deny" ]; then
+  log "installing cargo-deny $CARGO_DENY_VERSION into tools/ (~4 min the first time)"
+  cargo install --quiet --locked "cargo-deny@$CARGO_DENY_VERSION" --root "$TOOLS"
+  printf '%s' "$CARGO_DENY_VERSION" > "$TOOLS/.cargo-deny-stamp"
+else
+  log "cargo-deny up to date"
 fi
 
 # --- files that registry packages ship: real ImageNet weights and real photos ---------------------

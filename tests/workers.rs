@@ -277,6 +277,10 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
         events.iter().filter(|(e, _)| e == "state").filter_map(|(_, d)| d["state"].as_str()).collect();
     assert_eq!(states.last(), Some(&"succeeded"), "{events:?}");
     assert!(events.iter().any(|(e, _)| e == "epoch"), "{events:?}");
+    // Every process read the S3 secret from its environment; none wrote it to its log.
+    for server in [api, &w1, &w2] {
+        assert!(!server.log_text().contains(common::S3_SECRET_KEY), "the S3 secret key reached a log");
+    }
     drop(w2);
 }
 

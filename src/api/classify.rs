@@ -159,7 +159,7 @@ pub async fn classify(
     let limit = state.config.inference.max_body_bytes;
     let images: Vec<Vec<u8>> = match mime.as_str() {
         m if RAW_TYPES.contains(&m) => vec![crate::api::read_body(body, limit).await?],
-        "multipart/form-data" => read_form(&req, body, limit).await?,
+        "multipart/form-data" => read_form(req.headers(), body, limit).await?,
         "application/json" => from_json(&crate::api::read_body(body, limit).await?)?,
         _ => {
             return Err(Error::new(
@@ -253,9 +253,15 @@ async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHan
     }
 }
 
-async fn read_form(req: &HttpRequest, body: web::Payload, limit: usize) -> Result<Vec<Vec<u8>>> {
+/// The `image` parts of a `multipart/form-data` body (its boundary in `headers`), at most `limit`
+/// bytes together. Public for the fuzz targets (`fuzz/`).
+pub async fn read_form<S>(headers: &actix_web::http::header::HeaderMap, body: S, limit: usize) -> Result<Vec<Vec<u8>>>
+where
+    S: futures_util::Stream<Item = std::result::Result<actix_web::web::Bytes, actix_web::error::PayloadError>>
+        + 'static,
+{
     let bad = |e: actix_multipart::MultipartError| Error::invalid_request(format!("multipart: {e}"));
-    let mut form = actix_multipart::Multipart::new(req.headers(), body);
+    let mut form = actix_multipart::Multipart::new(headers, body);
     let mut images = Vec::new();
     let mut total = 0usize;
     while let Some(field) = form.next().await {
@@ -280,7 +286,8 @@ async fn read_form(req: &HttpRequest, body: web::Payload, limit: usize) -> Resul
     Ok(images)
 }
 
-fn from_json(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+/// The images of a JSON body (`{"images": [base64 or data URL, …]}`).
+pub fn from_json(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let body: ClassifyJson =
         serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("the body: {e}")))?;
     body.images

@@ -108,7 +108,7 @@ pub async fn finetune(
         .tempfile_in(runner.work_dir())?;
     let limit = state.config.jobs.max_upload_bytes;
     let (spec, upload) = match mime.as_str() {
-        "multipart/form-data" => read_form(&req, payload, staged.as_file(), limit).await?,
+        "multipart/form-data" => read_form(req.headers(), payload, staged.as_file(), limit).await?,
         "application/json" => (parse_spec(&crate::api::read_body(payload, MAX_SPEC_BYTES).await?)?, None),
         _ => {
             return Err(Error::new(
@@ -247,20 +247,26 @@ async fn check(spec: &JobSpec, path: &std::path::Path) -> Result<crate::dataset:
         .map_err(|e| Error::internal(e.to_string()))?
 }
 
-fn parse_spec(bytes: &[u8]) -> Result<JobSpec> {
+/// A job spec from JSON, checked.
+pub fn parse_spec(bytes: &[u8]) -> Result<JobSpec> {
     crate::api::parse_json(bytes, "the job spec")
 }
 
 /// The `spec` and `dataset` parts; the archive goes to `file` (sha256 and size counted as it
 /// arrives, refused past `limit`).
-async fn read_form(
-    req: &HttpRequest,
-    payload: web::Payload,
+/// Public for the fuzz targets (`fuzz/`).
+pub async fn read_form<S>(
+    headers: &actix_web::http::header::HeaderMap,
+    payload: S,
     file: &std::fs::File,
     limit: u64,
-) -> Result<(JobSpec, Option<(String, u64)>)> {
+) -> Result<(JobSpec, Option<(String, u64)>)>
+where
+    S: futures_util::Stream<Item = std::result::Result<actix_web::web::Bytes, actix_web::error::PayloadError>>
+        + 'static,
+{
     let multipart_error = |e: actix_multipart::MultipartError| Error::invalid_request(format!("multipart: {e}"));
-    let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+    let mut form = actix_multipart::Multipart::new(headers, payload);
     let mut spec = None;
     let mut upload = None;
     while let Some(field) = form.next().await {

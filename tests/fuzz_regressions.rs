@@ -1,0 +1,82 @@
+//! The fuzz targets' inputs replayed on the stable build: every seed (`fuzz/seeds/{target}/`) and
+//! every input a fuzzing run found a problem with (`fuzz/regressions/{target}/`, kept once fixed),
+//! through the very functions the targets call (`fuzz/fuzz_targets/support.rs`). The seeds are
+//! also checked to be valid inputs, so the harness cannot pass by reading nothing.
+#[path = "../fuzz/fuzz_targets/support.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+
+fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(kind).join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let mut files: Vec<_> =
+        entries.map(|e| e.unwrap().path()).filter(|p| p.is_file() && !p.ends_with("README.md")).collect();
+    files.sort();
+    files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
+}
+
+/// Replays seeds and regressions of `target` through `run`; returns the seeds.
+fn replay(target: &str, run: fn(&[u8])) -> Vec<(PathBuf, Vec<u8>)> {
+    let seeds = inputs("seeds", target);
+    assert!(!seeds.is_empty(), "no seeds for {target}: run scripts/fuzz_seeds.py");
+    for (path, data) in seeds.iter().chain(&inputs("regressions", target)) {
+        eprintln!("{target}: {}", path.display());
+        run(data);
+    }
+    seeds
+}
+
+#[test]
+fn archive() {
+    for (path, data) in replay("archive", support::ingest) {
+        let files = petal::dataset::archive::read_archive(std::io::Cursor::new(&data), &Default::default());
+        assert_eq!(files.unwrap_or_else(|e| panic!("{}: {e}", path.display())).len(), 6, "{}", path.display());
+    }
+}
+
+#[test]
+fn image() {
+    for (path, data) in replay("image", support::image) {
+        let decoded = petal::vision::decode(&data, &Default::default());
+        if path.file_name().unwrap().to_string_lossy().starts_with("refused-") {
+            let code = decoded.err().unwrap_or_else(|| panic!("{} decoded", path.display())).code;
+            assert_eq!(code, petal::error::ErrorCode::UnsupportedMediaType, "{}", path.display());
+            continue;
+        }
+        let img = decoded.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(img.dimensions(), (16, 16), "{}", path.display());
+    }
+}
+
+#[test]
+fn request() {
+    for (path, data) in replay("request", support::request) {
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name == "spec.json" {
+            petal::api::jobs::parse_spec(&data[1..]).unwrap();
+        } else if name == "classify.json" {
+            assert_eq!(petal::api::classify::from_json(&data[1..]).unwrap().len(), 2);
+        }
+    }
+}
+
+#[test]
+fn weights() {
+    for (path, data) in replay("weights", support::weights) {
+        let tensors = petal::train::weights::read_bytes(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(tensors.iter().any(|(n, _)| n == "features.0.weight"), "{}", path.display());
+    }
+}
+
+#[test]
+fn manifest() {
+    for (path, data) in replay("manifest", support::manifest) {
+        let name = path.file_name().unwrap().to_string_lossy();
+        match name.as_ref() {
+            "version.json" => drop(serde_json::from_slice::<petal::registry::manifest::Manifest>(&data[1..]).unwrap()),
+            "job.json" => drop(serde_json::from_slice::<petal::jobs::Job>(&data[1..]).unwrap()),
+            _ => assert!(petal::dataset::mat::parse(&data[1..], 1 << 20).unwrap().contains_key("labels")),
+        }
+    }
+}
