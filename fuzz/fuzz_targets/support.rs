@@ -18,6 +18,7 @@ fn ingest_options() -> IngestOptions {
             max_files: 512,
             max_total_bytes: 8 << 20,
             max_file_bytes: 4 << 20,
+            max_ratio: 100,
         },
         decode: DecodeLimits { max_pixels: 1 << 20, max_side: 4096 },
         ..IngestOptions::default()

@@ -42,8 +42,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     let (w, h) = reader.into_dimensions().map_err(|e| undecodable(&e))?;
     check_size(w, h, limits)?;
     if format == Some(image::ImageFormat::Jpeg) {
-        if let Some(img) = decode_jpeg_like_pil(bytes) {
-            return Ok(img);
+        match decode_jpeg_like_pil(bytes) {
+            Jpeg::Rgb(img) => return Ok(img),
+            Jpeg::Truncated => return Err(undecodable(&"the JPEG data ends before the image does (truncated)")),
+            Jpeg::Elsewhere => {}
         }
     }
     let mut reader =
@@ -57,27 +59,73 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     Ok(to_rgb8(img))
 }
 
+/// What libjpeg-turbo made of a JPEG.
+enum Jpeg {
+    Rgb(RgbImage),
+    /// The data ends before the image does (even if only its end-of-image marker is missing).
+    /// libjpeg warns and makes up the rest (grey); PIL refuses such a file ("image file is
+    /// truncated"), and so does petal.
+    Truncated,
+    /// Not converted to RGB here (CMYK), or not readable: the pure-Rust decoder decides.
+    Elsewhere,
+}
+
+thread_local! {
+    /// Set by `libjpeg_message` when libjpeg ran out of data (and made up an end of image).
+    static JPEG_ENDED_EARLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// libjpeg's messages: its warning that the data ended early is noted; the others are ignored.
+unsafe extern "C-unwind" fn libjpeg_message(cinfo: &mut mozjpeg_sys::jpeg_common_struct, level: std::ffi::c_int) {
+    // SAFETY: libjpeg calls this through `cinfo.err`, which points at the live error manager.
+    if level < 0 && unsafe { (*cinfo.err).msg_code } == mozjpeg_sys::JWRN_JPEG_EOF {
+        JPEG_ENDED_EARLY.set(true);
+    }
+}
+
+/// libjpeg's fatal errors: it must not return from here, so unwind out of the decoder.
+unsafe extern "C-unwind" fn libjpeg_error(_cinfo: &mut mozjpeg_sys::jpeg_common_struct) {
+    std::panic::resume_unwind(Box::new("libjpeg error"));
+}
+
+fn libjpeg_errors() -> mozjpeg_sys::jpeg_error_mgr {
+    // SAFETY: a zeroed manager is plain data, and jpeg_std_error sets every field of it.
+    let mut err: mozjpeg_sys::jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    unsafe { mozjpeg_sys::jpeg_std_error(&mut err) };
+    err.error_exit = Some(libjpeg_error);
+    err.emit_message = Some(libjpeg_message);
+    err
+}
+
 /// YCbCr and grayscale JPEGs through libjpeg-turbo's decoder (islow IDCT, fancy upsampling: its
-/// defaults and PIL's), so pixels are the ones the reference pipeline sees. `None` for what it
-/// does not convert to RGB (CMYK): the caller falls back to the pure-Rust decoder.
-fn decode_jpeg_like_pil(bytes: &[u8]) -> Option<RgbImage> {
+/// defaults and PIL's), so pixels are the ones the reference pipeline sees. CMYK is left to the
+/// pure-Rust decoder, once libjpeg has read it through to see that it is whole.
+fn decode_jpeg_like_pil(bytes: &[u8]) -> Jpeg {
+    JPEG_ENDED_EARLY.set(false);
+    let whole = |img| if JPEG_ENDED_EARLY.get() { Jpeg::Truncated } else { img };
     // libjpeg reports errors by unwinding out of the decoder.
-    std::panic::catch_unwind(|| -> Option<RgbImage> {
-        let d = mozjpeg::Decompress::new_mem(bytes).ok()?;
+    std::panic::catch_unwind(|| -> Option<Jpeg> {
+        let d = mozjpeg::Decompress::with_err(libjpeg_errors()).from_mem(bytes).ok()?;
         if !matches!(
             d.color_space(),
             mozjpeg::ColorSpace::JCS_YCbCr | mozjpeg::ColorSpace::JCS_GRAYSCALE | mozjpeg::ColorSpace::JCS_RGB
         ) {
-            return None;
+            let (mozjpeg::Format::CMYK(mut started)
+            | mozjpeg::Format::RGB(mut started)
+            | mozjpeg::Format::Gray(mut started)) = d.image().ok()?;
+            started.read_scanlines::<u8>().ok()?;
+            started.finish().ok()?;
+            return Some(whole(Jpeg::Elsewhere));
         }
         let mut started = d.rgb().ok()?;
         let (w, h) = (started.width() as u32, started.height() as u32);
         let pixels: Vec<u8> = started.read_scanlines::<u8>().ok()?;
         started.finish().ok()?;
-        RgbImage::from_raw(w, h, pixels)
+        Some(whole(Jpeg::Rgb(RgbImage::from_raw(w, h, pixels)?)))
     })
     .ok()
     .flatten()
+    .unwrap_or(Jpeg::Elsewhere)
 }
 
 fn check_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<()> {
@@ -346,5 +394,30 @@ mod tests {
         assert_eq!(e.code, ErrorCode::ImageTooLarge);
         assert_eq!(decode(b"GIF89a....", &DecodeLimits::default()).unwrap_err().code, ErrorCode::UnsupportedMediaType);
         assert_eq!(decode(b"hello", &DecodeLimits::default()).unwrap_err().code, ErrorCode::UndecodableImage);
+    }
+
+    fn jpeg(color_space: mozjpeg::ColorSpace, components: usize) -> Vec<u8> {
+        let (w, h) = (64, 48);
+        let pixels: Vec<u8> = (0..w * h * components).map(|i| ((i * 7) ^ (i / 97)) as u8).collect();
+        let mut c = mozjpeg::Compress::new(color_space);
+        c.set_size(w, h);
+        let mut c = c.start_compress(Vec::new()).unwrap();
+        c.write_scanlines(&pixels).unwrap();
+        c.finish().unwrap()
+    }
+
+    #[test]
+    fn truncated_jpegs_are_undecodable_whole_ones_decode() {
+        use mozjpeg::ColorSpace::{JCS_CMYK, JCS_GRAYSCALE, JCS_RGB};
+        let limits = DecodeLimits::default();
+        for (space, components) in [(JCS_RGB, 3), (JCS_GRAYSCALE, 1), (JCS_CMYK, 4)] {
+            let whole = jpeg(space, components);
+            assert_eq!(decode(&whole, &limits).unwrap().dimensions(), (64, 48), "{space:?}");
+            // As PIL has it, a file that lacks only its end-of-image marker is truncated too.
+            for cut in [whole.len() / 2, whole.len() - 40, whole.len() - 2] {
+                let e = decode(&whole[..cut], &limits).unwrap_err();
+                assert_eq!(e.code, ErrorCode::UndecodableImage, "{space:?} cut at {cut}: {}", e.message);
+            }
+        }
     }
 }

@@ -407,3 +407,24 @@ pub fn follow(client: &reqwest::blocking::Client, base: &str, id: &str) -> Vec<(
     }
     events
 }
+
+// --- the server process's memory, for the hostile-input tests ---
+
+impl Server {
+    /// The server process's resident memory, in bytes, from `/proc/{pid}/status`: (VmRSS now,
+    /// VmHWM — its peak since start or since `reset_peak_memory`).
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc/PID/status");
+        let kib = |key: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in {status}"));
+            line[key.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().expect("a number of kB") * 1024
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    }
+
+    /// Resets the process's peak (VmHWM) to its current RSS by writing `5` to
+    /// `/proc/{pid}/clear_refs` (Linux ≥ 4.0); false where that is not allowed.
+    pub fn reset_peak_memory(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").is_ok()
+    }
+}
