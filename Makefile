@@ -24,6 +24,9 @@ build: setup
 lint: setup
 	$(ENV) cargo fmt --check
 	$(ENV) cargo clippy --all-targets -- -D warnings
+	# cargo deny reads `cargo metadata` for every platform: fetch them all first
+	# (the build only downloads the host's), then check without the network.
+	$(ENV) cargo fetch --locked
 	$(ENV) cargo deny --offline check licenses bans sources
 
 fmt:
