@@ -22,7 +22,21 @@ fn replay(target: &str, run: fn(&[u8])) -> Vec<(PathBuf, Vec<u8>)> {
     assert!(!seeds.is_empty(), "no seeds for {target}: run scripts/fuzz_seeds.py");
     for (path, data) in seeds.iter().chain(&inputs("regressions", target)) {
         eprintln!("{target}: {}", path.display());
-        run(data);
+        // On a thread, so that an input that hangs fails the test instead of stalling it.
+        let (done, finished) = std::sync::mpsc::channel();
+        let data = data.clone();
+        let worker = std::thread::spawn(move || {
+            run(&data);
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(()) => worker.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let panic = worker.join().unwrap_err();
+                std::panic::resume_unwind(panic)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{}: no answer within 60 s", path.display()),
+        }
     }
     seeds
 }
@@ -58,6 +72,20 @@ fn request() {
         } else if name == "classify.json" {
             assert_eq!(petal::api::classify::from_json(&data[1..]).unwrap().len(), 2);
         }
+    }
+    // A /finetune body cut inside its closing boundary: refused, not waited on forever.
+    let hangs: Vec<_> = inputs("regressions", "request")
+        .into_iter()
+        .filter(|(p, _)| p.file_name().unwrap().to_string_lossy().starts_with("hang-multipart"))
+        .collect();
+    assert!(!hangs.is_empty());
+    for (path, data) in hangs {
+        let (headers, chunks) = support::multipart(&data[1..]);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let form = petal::api::jobs::read_form(&headers, futures_util::stream::iter(chunks), &file, 1 << 16);
+        let code = rt.block_on(form).err().unwrap_or_else(|| panic!("{} was accepted", path.display())).code;
+        assert_eq!(code, petal::error::ErrorCode::InvalidRequest, "{}", path.display());
     }
 }
 

@@ -110,6 +110,12 @@ impl Hostile {
         self.client.post(self.server.url("/finetune?dry_run=true")).multipart(form).send().unwrap()
     }
 
+    /// A POST that must be answered within 30 s (a hang fails the case instead of the run).
+    fn post_quickly(&self, path: &str, body: Vec<u8>, content_type: &str) -> Response {
+        let request = self.client.post(self.server.url(path)).body(body).header("content-type", content_type);
+        request.timeout(Duration::from_secs(30)).send().unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
     fn post(&self, path: &str, body: Vec<u8>, content_type: Option<&str>) -> Response {
         let mut request = self.client.post(self.server.url(path)).body(body);
         if let Some(ct) = content_type {
@@ -645,4 +651,32 @@ fn hostile_specs_and_content_types() {
     h.case("multipart without a boundary", (400, "invalid_request"), |h| {
         h.post("/finetune?dry_run=true", archive.clone(), Some("multipart/form-data"))
     });
+    // Bodies that end inside or before their closing boundary (found by the `request` fuzz
+    // target: actix-multipart 0.7 waited forever for the rest, holding the request open).
+    let spec_part = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"spec\"\r\n\r\n{}\r\n", h.spec);
+    let endings: [(&str, String); 3] = [
+        ("cut inside the closing boundary", format!("\r\n--{}", &BOUNDARY[..1])),
+        ("cut before the closing boundary's dashes", "\r\n".into()),
+        ("without a closing boundary", String::new()),
+    ];
+    for (what, end) in endings {
+        let dataset = truncated_part("dataset\"; filename=\"d.zip", &archive, &end);
+        let body = [spec_part.as_bytes(), &dataset].concat();
+        h.case(&format!("/finetune multipart {what}"), (400, "invalid_request"), |h| {
+            h.post_quickly("/finetune?dry_run=true", body, &format!("multipart/form-data; boundary={BOUNDARY}"))
+        });
+        let image = truncated_part("image\"; filename=\"x.jpg", &archive, &end);
+        h.case(&format!("/classify multipart {what}"), (400, "invalid_request"), |h| {
+            h.post_quickly("/classify", image, &format!("multipart/form-data; boundary={BOUNDARY}"))
+        });
+    }
+}
+
+const BOUNDARY: &str = "xYzZY";
+
+/// One multipart part named `name` holding `data`, followed by `end` instead of a proper
+/// closing boundary.
+fn truncated_part(name: &str, data: &[u8], end: &str) -> Vec<u8> {
+    let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n");
+    [head.as_bytes(), data, end.as_bytes()].concat()
 }

@@ -48,7 +48,7 @@ pub fn image(data: &[u8]) {
 
 /// A multipart body as the server would receive it: the fuzz input cut in chunks of a size the
 /// input chooses, behind a fixed boundary.
-fn multipart(
+pub fn multipart(
     data: &[u8],
 ) -> (actix_web::http::header::HeaderMap, Vec<Result<actix_web::web::Bytes, actix_web::error::PayloadError>>) {
     use actix_web::http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
