@@ -42,7 +42,7 @@ tools/bin/oha -z 10s -c "$clients" --no-tui -m POST -T image/jpeg -D "$image" \
 before="$(rss)"
 ( while kill -0 "$pid" 2>/dev/null; do echo "$(date +%s) $(rss)"; sleep 5; done ) > "$work/rss.txt" &
 sampler=$!
-tools/bin/oha -z "${secs}s" -c "$clients" --no-tui --output-format json -m POST -T image/jpeg -D "$image" \
+tools/bin/oha -z "${secs}s" -w -c "$clients" --no-tui --output-format json -m POST -T image/jpeg -D "$image" \
   "http://127.0.0.1:$port/classify" > "$work/oha.json"
 after="$(rss)"
 kill "$sampler" 2>/dev/null || true
@@ -53,10 +53,19 @@ r = json.load(open(report))
 s, p = r["summary"], r["latencyPercentiles"]
 codes = r.get("statusCodeDistribution", {})
 errors = r.get("errorDistribution", {})
-peak = max([int(l.split()[1]) for l in open(samples) if len(l.split()) == 2] or [after])
+trace = [(int(t), int(k)) for t, k in (l.split() for l in open(samples) if len(l.split()) == 2)]
+peak = max([k for _, k in trace] or [after])
 print(f"{clients} clients, {secs} s: {s['requestsPerSec']:.1f} req/s, success rate {s['successRate']:.4f}")
 print(f"latency p50 {p['p50']*1000:.1f} ms, p99 {p['p99']*1000:.1f} ms, max {s['slowest']*1000:.1f} ms")
 print(f"status codes {codes}; connection errors {errors}")
+if trace:
+    t0, step = trace[0][0], max(5, int(secs) // 10)
+    marks, due = [], 0
+    for t, k in trace:
+        if t - t0 >= due:
+            marks.append(f"{t - t0}s {k/1024:.0f}")
+            due += step
+    print("VmRSS MiB over the run: " + ", ".join(marks))
 growth = (after - before) / before
 print(f"VmRSS before {before/1024:.1f} MiB, after {after/1024:.1f} MiB, peak {peak/1024:.1f} MiB: growth {growth*100:+.1f} %")
 bad = {c: n for c, n in codes.items() if c not in ("200", "429")}

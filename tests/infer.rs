@@ -137,6 +137,16 @@ fn batching_gives_the_same_answers_and_a_full_queue_says_429() {
         }
     }
     assert!(ok >= 1 && full >= 1, "ok {ok}, full {full}");
+    // Admission (what /classify asks before decoding): at most queue_capacity requests at once,
+    // each place given back when its Admission is dropped.
+    let first = tiny.admit().unwrap();
+    let refused = tiny.admit().err().expect("a second request admitted into a queue of one");
+    assert_eq!(refused.code, ErrorCode::QueueFull);
+    assert!(refused.headers.iter().any(|(k, v)| *k == "retry-after" && v == "1"));
+    drop(first);
+    let again = tiny.admit().unwrap();
+    drop(again);
+    tiny.admit().unwrap();
 }
 
 #[test]

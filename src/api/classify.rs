@@ -181,6 +181,8 @@ pub async fn classify(
         ));
     }
     let handle = pick(&state, &query).await?;
+    // Refused before decoding when the model is full: an overloaded server spends nothing more.
+    let _admission = handle.admit()?;
     let received = start.elapsed();
     let h = handle.clone();
     let n = images.len();

@@ -1,7 +1,10 @@
 //! The inference engine: an ONNX model in an ort session on the CUDA execution provider when it
 //! loads (else CPU), fed by a dynamic batcher — requests queue in a bounded channel (full → 429
 //! with Retry-After), one thread per model gathers up to `max_batch` images or waits at most
-//! `max_delay`, runs them in one call and answers each request with its own logits.
+//! `max_delay`, runs them in one call and answers each request with its own logits. The HTTP
+//! layer admits a request (`ModelHandle::admit`) before decoding its images, so an overloaded
+//! model refuses at once instead of decoding images it has no room for.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +42,9 @@ pub struct EngineConfig {
     /// How long the first request of a batch waits for company. 0: never wait — a batch is what
     /// queued while the previous one ran, so an idle server answers at once and a busy one batches.
     pub max_delay_ms: u64,
-    /// Images that may wait; beyond that requests are refused with 429.
+    /// Requests that may wait in the queue; beyond that requests are refused with 429. Through
+    /// HTTP it bounds the requests admitted at once (decoding, waiting or running), checked
+    /// before their images are decoded.
     pub queue_capacity: usize,
     pub decode: DecodeLimits,
 }
@@ -93,6 +98,16 @@ pub struct ModelHandle {
     pub info: Arc<ModelInfo>,
     queue: SyncSender<Job>,
     config: Arc<EngineConfig>,
+    admitted: Arc<AtomicUsize>,
+}
+
+/// A request's place among those a model has admitted; given back when dropped.
+pub struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn ort_error(e: impl std::fmt::Display) -> Error {
@@ -157,13 +172,35 @@ impl ModelHandle {
             .name(format!("batcher-{name}-{version}"))
             .spawn(move || batcher(session, rx, worker_info, max_batch, delay))
             .map_err(|e| Error::internal(format!("cannot start the batcher: {e}")))?;
-        Ok(ModelHandle { info, queue, config: Arc::new(config.clone()) })
+        Ok(ModelHandle { info, queue, config: Arc::new(config.clone()), admitted: Arc::new(AtomicUsize::new(0)) })
     }
 
     /// Decodes and transforms one image for this model.
     pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>> {
         let img = decode(bytes, &self.config.decode)?;
         Ok(self.info.transform.apply(&img))
+    }
+
+    /// Admits one request, or refuses it with 429 when `queue_capacity` requests are admitted
+    /// already; the place is held until the `Admission` is dropped.
+    pub fn admit(&self) -> Result<Admission> {
+        let capacity = self.config.queue_capacity.max(1);
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= capacity {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.queue_full());
+        }
+        Ok(Admission(self.admitted.clone()))
+    }
+
+    fn queue_full(&self) -> Error {
+        Error::new(
+            ErrorCode::QueueFull,
+            format!(
+                "the inference queue of {} is full ({} waiting); retry shortly",
+                self.info.name, self.config.queue_capacity
+            ),
+        )
+        .with_header("retry-after", "1")
     }
 
     fn enqueue(&self, inputs: Vec<f32>, images: usize) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<f32>>>> {
@@ -174,14 +211,7 @@ impl ModelHandle {
         let (reply, rx) = tokio::sync::oneshot::channel();
         match self.queue.try_send(Job { inputs, images, enqueued: Instant::now(), reply }) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(Error::new(
-                ErrorCode::QueueFull,
-                format!(
-                    "the inference queue of {} is full ({} waiting); retry shortly",
-                    self.info.name, self.config.queue_capacity
-                ),
-            )
-            .with_header("retry-after", "1")),
+            Err(TrySendError::Full(_)) => Err(self.queue_full()),
             Err(TrySendError::Disconnected(_)) => Err(Error::internal("the batcher stopped")),
         }
     }
