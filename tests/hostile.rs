@@ -110,18 +110,22 @@ impl Hostile {
         self.client.post(self.server.url("/finetune?dry_run=true")).multipart(form).send().unwrap()
     }
 
-    /// A POST that must be answered within 30 s (a hang fails the case instead of the run).
-    fn post_quickly(&self, path: &str, body: Vec<u8>, content_type: &str) -> Response {
-        let request = self.client.post(self.server.url(path)).body(body).header("content-type", content_type);
-        request.timeout(Duration::from_secs(30)).send().unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    fn post(&self, path: &str, body: Vec<u8>, content_type: Option<&str>) -> Response {
+        self.post_request(path, body, content_type).send().unwrap()
     }
 
-    fn post(&self, path: &str, body: Vec<u8>, content_type: Option<&str>) -> Response {
-        let mut request = self.client.post(self.server.url(path)).body(body);
-        if let Some(ct) = content_type {
-            request = request.header("content-type", ct);
+    /// A POST that must be answered within 30 s (a hang fails the case instead of the run).
+    fn post_quickly(&self, path: &str, body: Vec<u8>, content_type: &str) -> Response {
+        let request = self.post_request(path, body, Some(content_type)).timeout(Duration::from_secs(30));
+        request.send().unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    fn post_request(&self, path: &str, body: Vec<u8>, content_type: Option<&str>) -> reqwest::blocking::RequestBuilder {
+        let request = self.client.post(self.server.url(path)).body(body);
+        match content_type {
+            Some(ct) => request.header("content-type", ct),
+            None => request,
         }
-        request.send().unwrap()
     }
 }
 
@@ -653,19 +657,18 @@ fn hostile_specs_and_content_types() {
     });
     // Bodies that end inside or before their closing boundary (found by the `request` fuzz
     // target: actix-multipart 0.7 waited forever for the rest, holding the request open).
-    let spec_part = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"spec\"\r\n\r\n{}\r\n", h.spec);
+    let spec_part = part("spec", h.spec.to_string().as_bytes(), "\r\n");
     let endings: [(&str, String); 3] = [
         ("cut inside the closing boundary", format!("\r\n--{}", &BOUNDARY[..1])),
         ("cut before the closing boundary's dashes", "\r\n".into()),
         ("without a closing boundary", String::new()),
     ];
     for (what, end) in endings {
-        let dataset = truncated_part("dataset\"; filename=\"d.zip", &archive, &end);
-        let body = [spec_part.as_bytes(), &dataset].concat();
+        let body = [spec_part.as_slice(), &part("dataset\"; filename=\"d.zip", &archive, &end)].concat();
         h.case(&format!("/finetune multipart {what}"), (400, "invalid_request"), |h| {
             h.post_quickly("/finetune?dry_run=true", body, &format!("multipart/form-data; boundary={BOUNDARY}"))
         });
-        let image = truncated_part("image\"; filename=\"x.jpg", &archive, &end);
+        let image = part("image\"; filename=\"x.jpg", &archive, &end);
         h.case(&format!("/classify multipart {what}"), (400, "invalid_request"), |h| {
             h.post_quickly("/classify", image, &format!("multipart/form-data; boundary={BOUNDARY}"))
         });
@@ -674,9 +677,9 @@ fn hostile_specs_and_content_types() {
 
 const BOUNDARY: &str = "xYzZY";
 
-/// One multipart part named `name` holding `data`, followed by `end` instead of a proper
-/// closing boundary.
-fn truncated_part(name: &str, data: &[u8], end: &str) -> Vec<u8> {
+/// One multipart part named `name` holding `data`, followed by `end` (the CRLF before the next
+/// boundary, or what a truncated body has instead of its closing boundary).
+fn part(name: &str, data: &[u8], end: &str) -> Vec<u8> {
     let head = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n");
     [head.as_bytes(), data, end.as_bytes()].concat()
 }

@@ -48,7 +48,7 @@ pub fn image(data: &[u8]) {
 
 /// A multipart body as the server would receive it: the fuzz input cut in chunks of a size the
 /// input chooses, behind a fixed boundary.
-pub fn multipart(
+fn multipart(
     data: &[u8],
 ) -> (actix_web::http::header::HeaderMap, Vec<Result<actix_web::web::Bytes, actix_web::error::PayloadError>>) {
     use actix_web::http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -81,16 +81,20 @@ pub fn request(data: &[u8]) {
             }
         }
         _ => {
-            let (headers, chunks) = multipart(rest);
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let file = tempfile::tempfile().unwrap();
-            let stream = futures_util::stream::iter(chunks);
-            if let Ok((_, Some((_, size)))) = rt.block_on(petal::api::jobs::read_form(&headers, stream, &file, 1 << 16))
-            {
+            if let Ok((_, Some((_, size)))) = finetune_form(rest) {
                 assert!(size <= 1 << 16);
             }
         }
     }
+}
+
+/// `/finetune`'s multipart reader on `data` (as `multipart` makes it a body), uploads limited to
+/// 64 KiB.
+pub fn finetune_form(data: &[u8]) -> petal::error::Result<(petal::jobs::JobSpec, Option<(String, u64)>)> {
+    let (headers, chunks) = multipart(data);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let file = tempfile::tempfile().unwrap();
+    rt.block_on(petal::api::jobs::read_form(&headers, futures_util::stream::iter(chunks), &file, 1 << 16))
 }
 
 pub fn weights(data: &[u8]) {
