@@ -1,6 +1,6 @@
 """The reference for `petal bench infer`: onnxruntime's Python `session.run` on the same model and input.
 
-Usage: bench_ort.py MODEL.onnx INPUT.safetensors SECONDS CLIENTS...
+Usage: bench_ort.py MODEL.onnx INPUT.safetensors SECONDS PROVIDER CLIENTS...
 Prints JSON: batch-1 latency percentiles (one client), and images/s for each client count
 (each client a thread calling session.run with one image; onnxruntime releases the GIL).
 """
@@ -14,9 +14,13 @@ import onnxruntime as ort
 from safetensors.numpy import load_file
 
 model, inp, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-clients = [int(c) for c in sys.argv[4:]]
+provider = sys.argv[4]
+clients = [int(c) for c in sys.argv[5:]]
+if provider not in ort.get_available_providers():
+    sys.exit(f"python onnxruntime {ort.__version__} has no {provider} (it has {ort.get_available_providers()}); "
+             "run the bench with --provider cpu, or with a Python whose onnxruntime has it")
 x = load_file(inp)["input"]
-sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+sess = ort.InferenceSession(model, providers=[provider])
 for _ in range(10):
     sess.run(["logits"], {"input": x})
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use petal::config::{Config, LogFormat, Overrides};
+use petal::infer::engine::ProviderMode;
 use petal::jobs::runner::Role;
 use utoipa::OpenApi;
 
@@ -283,12 +284,40 @@ enum BenchCommand {
         /// Batch size with batching on.
         #[arg(long, default_value_t = 16)]
         max_batch: usize,
-        /// The Python with onnxruntime (the reference).
-        #[arg(long, env = "PETAL_PYTHON", default_value = ".venv/bin/python")]
-        python: PathBuf,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        engine: EngineBenchArgs,
     },
+    /// Images/s at fixed batch sizes: petal's engine vs Python onnxruntime and PyTorch eager.
+    Batch {
+        /// A model exported by `petal export` …
+        #[arg(long, value_name = "FILE", conflicts_with = "arch", required_unless_present = "arch")]
+        onnx: Option<PathBuf>,
+        /// … or an architecture, exported here with random weights (1000 classes, 224×224).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Batch sizes, each measured as one request of that many images at a time.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
+        batches: Vec<usize>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[command(flatten)]
+        engine: EngineBenchArgs,
+    },
+}
+
+/// What the inference benchmarks share.
+#[derive(clap::Args)]
+struct EngineBenchArgs {
+    /// Execution provider of petal's engine: auto, cuda or cpu; the references run on the one the
+    /// engine resolved.
+    #[arg(long, default_value = "auto")]
+    provider: ProviderMode,
+    /// The Python for the references (onnxruntime; for `bench batch` also torch and torchvision).
+    #[arg(long, env = "PETAL_PYTHON", default_value = ".venv/bin/python")]
+    python: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -434,7 +463,17 @@ fn main() -> ExitCode {
         Command::Classify { model, onnx, top_k, json, images, .. } => {
             report(classify_command(&config, model, onnx, top_k, json, &images))
         }
-        Command::Bench { command: BenchCommand::Infer { onnx, image, seconds, clients, max_batch, python, json } } => {
+        Command::Bench {
+            command:
+                BenchCommand::Infer {
+                    onnx,
+                    image,
+                    seconds,
+                    clients,
+                    max_batch,
+                    engine: EngineBenchArgs { provider, python, json },
+                },
+        } => {
             let b = petal::bench::InferBench {
                 onnx,
                 image,
@@ -442,6 +481,7 @@ fn main() -> ExitCode {
                 seconds,
                 clients,
                 max_batch,
+                provider,
                 ort: config.onnxruntime.clone(),
             };
             report(petal::bench::infer(&b).map(|r| {
@@ -452,6 +492,25 @@ fn main() -> ExitCode {
                 }
             }))
         }
+        Command::Bench {
+            command:
+                BenchCommand::Batch { onnx, arch, batches, seconds, engine: EngineBenchArgs { provider, python, json } },
+        } => report((|| {
+            use petal::bench::batch::{batch, BatchBench, BatchModel};
+            let model = match (onnx, arch) {
+                (Some(path), _) => BatchModel::Onnx(path),
+                (None, Some(arch)) => BatchModel::Arch(arch.parse()?),
+                (None, None) => unreachable!("clap requires --onnx or --arch"),
+            };
+            let b = BatchBench { model, batches, seconds, provider, python, ort: config.onnxruntime.clone() };
+            let r = batch(&b)?;
+            if json {
+                print_json(&r);
+            } else {
+                print!("{}", r.to_text());
+            }
+            Ok(())
+        })()),
         Command::Bench {
             command:
                 BenchCommand::Train {

@@ -23,6 +23,8 @@ pub struct InferBench {
     pub seconds: f64,
     pub clients: Vec<usize>,
     pub max_batch: usize,
+    /// The engine's provider; the Python reference runs on the provider the engine resolved.
+    pub provider: ProviderMode,
     pub ort: OnnxRuntimeConfig,
 }
 
@@ -73,7 +75,7 @@ fn latency(seconds: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)
 }
 
 /// `clients` threads each calling `make()`'s closure for `seconds`; images/s.
-fn throughput<F>(seconds: f64, clients: usize, make: impl Fn() -> F) -> Result<f64>
+pub(crate) fn throughput<F>(seconds: f64, clients: usize, make: impl Fn() -> F) -> Result<f64>
 where
     F: FnMut() -> Result<()> + Send + 'static,
 {
@@ -240,7 +242,7 @@ pub fn infer(b: &InferBench) -> Result<InferReport> {
         _ => "image/jpeg",
     };
     let rt = OrtRuntime::init(&b.ort)?;
-    let config = |max_batch| EngineConfig { provider: ProviderMode::Auto, max_batch, ..Default::default() };
+    let config = |max_batch| EngineConfig { provider: b.provider, max_batch, ..Default::default() };
     let off = ModelHandle::load(&rt, &onnx, "bench", 1, &config(1))?;
     let input = off.preprocess(&image)?;
 
@@ -257,6 +259,7 @@ pub fn infer(b: &InferBench) -> Result<InferReport> {
         .arg(&b.onnx)
         .arg(&input_file)
         .arg(b.seconds.to_string())
+        .arg(off.info.provider)
         .args(b.clients.iter().map(|c| c.to_string()))
         .output()?;
     if !out.status.success() {

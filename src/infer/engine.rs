@@ -31,6 +31,19 @@ pub enum ProviderMode {
     Cpu,
 }
 
+impl std::str::FromStr for ProviderMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(ProviderMode::Auto),
+            "cuda" => Ok(ProviderMode::Cuda),
+            "cpu" => Ok(ProviderMode::Cpu),
+            _ => Err(format!("unknown provider {s:?}: auto, cuda or cpu")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {

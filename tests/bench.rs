@@ -1,0 +1,91 @@
+//! The benchmark commands run end to end and report every column they promise (the numbers
+//! themselves are for BENCHMARKS.md, never asserted here).
+mod common;
+
+use common::{petal, python, tools};
+
+fn json_of(cmd: &mut std::process::Command) -> serde_json::Value {
+    let out = cmd.arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn positive(v: &serde_json::Value, what: &str) -> f64 {
+    let x = v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{what} = {x}");
+    x
+}
+
+#[test]
+fn bench_batch_measures_petal_python_ort_and_torch_at_each_batch_size() {
+    let r = json_of(
+        petal().args(["bench", "batch", "--arch", "mobilenet_v2", "--batches", "1,3", "--seconds", "0.2"]).args([
+            "--provider",
+            "cpu",
+            "--python",
+            python().to_str().unwrap(),
+        ]),
+    );
+    assert_eq!(r["arch"], "mobilenet_v2");
+    assert_eq!(r["provider"], "CPUExecutionProvider");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|row| row["batch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3]);
+    for row in rows {
+        positive(&row["petal"], "petal");
+        positive(&row["python_ort"], "python_ort");
+        positive(&row["torch_on_device"], "torch_on_device");
+        // On the CPU the input is where torch runs: no host-transfer column.
+        assert!(row["torch_host"].is_null(), "{row}");
+    }
+    let about = r["reference"]["about"].as_str().unwrap();
+    assert!(about.contains("onnxruntime") && about.contains("on CPUExecutionProvider"), "{about}");
+    assert!(about.contains("torchvision") && about.contains("on cpu"), "{about}");
+}
+
+#[test]
+fn bench_batch_refuses_what_it_cannot_measure() {
+    let refused = |args: &[&str], code: &str| {
+        let out = petal().args(["bench", "batch", "--seconds", "0.1"]).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(code), "{args:?}: {stderr}");
+    };
+    refused(&["--arch", "mobilenet_v2", "--batches", "0"], "invalid_request");
+    refused(&["--arch", "alexnet"], "unknown_architecture");
+    // Neither a model file nor an architecture.
+    refused(&[], "--onnx");
+    // CUDA asked for where this onnxruntime has none: refused, not run on the CPU instead.
+    let doctor = json_of(petal().arg("doctor"));
+    let cuda = doctor["onnxruntime"]["providers"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["name"] == "CUDAExecutionProvider" && p["loads"] == true));
+    if !cuda {
+        refused(&["--arch", "mobilenet_v2", "--provider", "cuda"], "provider_unavailable");
+    }
+}
+
+#[test]
+fn bench_infer_measures_every_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("mb.onnx");
+    common::export_real_mobilenet(&["--out".as_ref(), onnx.as_os_str()]);
+    let r = json_of(
+        petal()
+            .args(["bench", "infer", "--onnx"])
+            .arg(&onnx)
+            .arg("--image")
+            .arg(tools().join("testdata/chelsea.png"))
+            .args(["--seconds", "0.2", "--clients", "1,2", "--max-batch", "2", "--provider", "cpu", "--python"])
+            .arg(python()),
+    );
+    assert_eq!(r["provider"], "CPUExecutionProvider");
+    for column in ["python_session_run", "engine_off", "engine_on", "engine_with_preprocess", "http_off", "http_on"] {
+        let m = &r[column];
+        let p50 = positive(&m["p50_ms"], &format!("{column}.p50_ms"));
+        assert!(positive(&m["p99_ms"], &format!("{column}.p99_ms")) >= p50, "{column}: {m}");
+        let clients: Vec<u64> = m["throughput"].as_array().unwrap().iter().map(|t| t[0].as_u64().unwrap()).collect();
+        assert_eq!(clients, vec![1, 2], "{column}");
+        for t in m["throughput"].as_array().unwrap() {
+            positive(&t[1], &format!("{column} images/s"));
+        }
+    }
+}
