@@ -39,7 +39,8 @@ pub struct BatchBench {
 pub struct BatchRow {
     pub batch: usize,
     /// petal's engine, host tensors in and out, two clients so that copying the next request's
-    /// input overlaps the current run (as concurrent HTTP requests do).
+    /// input overlaps the current run (as concurrent HTTP requests do); `max_batch` is the batch
+    /// size, so every session call runs exactly one request.
     pub petal: f64,
     /// onnxruntime's Python `session.run` on the same file and provider, host tensors in and out.
     pub python_ort: Option<f64>,
@@ -84,14 +85,16 @@ pub fn batch(b: &BatchBench) -> Result<BatchReport> {
             (bytes, path)
         }
     };
-    let largest = *b.batches.iter().max().expect("not empty");
     let rt = OrtRuntime::init(&b.ort)?;
-    let config = EngineConfig { provider: b.provider, max_batch: largest, ..Default::default() };
-    let handle = ModelHandle::load(&rt, &onnx, "bench", 1, &config)?;
-    let info = handle.info.clone();
+    // max_batch = the batch size, so that two requests of B images never merge into one call.
+    let load = |max_batch| {
+        let config = EngineConfig { provider: b.provider, max_batch, ..Default::default() };
+        ModelHandle::load(&rt, &onnx, "bench", 1, &config)
+    };
+    // What the model is and which provider the engine resolves; then the references, alone.
+    let info = load(1)?.info.clone();
     let per_image = 3 * info.image_size * info.image_size;
 
-    // The references first, while petal's session sits idle (one process at a time on the device).
     let script = dir.path().join("bench_batch.py");
     std::fs::write(&script, PY_BENCH)?;
     let args = serde_json::json!({
@@ -113,6 +116,7 @@ pub fn batch(b: &BatchBench) -> Result<BatchReport> {
 
     let mut rows = Vec::new();
     for &batch in &b.batches {
+        let handle = load(batch)?;
         // Any values do: the speed of these models does not depend on them.
         let input: Vec<f32> = (0..batch * per_image).map(|i| (i % 251) as f32 / 251.0 - 0.5).collect();
         for _ in 0..2 {
