@@ -7,12 +7,16 @@
 #   scripts/ort_gpu_parts.sh DIR      # writes DIR/ort-gpu.tar.xz.part-aa, -ab, … and DIR/SHA256SUMS
 #
 # Parts are 45 MiB (PART_MB): a call carries the tracked tree too (~11 MB) and at most 64 MiB in all.
-# The xz stream is ~186 MB, so five calls made back to back, each carrying one part (DIR under the
-# ignored var/, e.g. var/ort-gpu) and copying it to /tmp/ortgpu (a carried folder is gone at the
-# next call; /tmp stays while the machine is warm), then a last call carrying target/release/petal
-# and tools/ that unpacks and runs the checks:
-#   cat /tmp/ortgpu/ort-gpu.tar.xz.part-* | tar -xJ -C /tmp/ortgpu && (cd /tmp/ortgpu && sha256sum -c SHA256SUMS)
-#   ORT_GPU_DIR=/tmp/ortgpu scripts/gpu_infer_check.sh $OUT/infer
+# The xz stream is ~195 MB: five parts. A GPU session then makes its calls back to back (a carried
+# folder is gone at the next call; /tmp stays while the machine is warm), DIR under the ignored var/:
+#   1–4: carry var/ort-gpu/ort-gpu.tar.xz.part-a[a-d] (and SHA256SUMS with the first); each call
+#        runs: mkdir -p /tmp/ortgpu && cp var/ort-gpu/* /tmp/ortgpu/
+#   5:   carry part-ae and the venv's torchvision (.venv/lib/python3.11/site-packages/torchvision and
+#        torchvision.libs, 23 MB, for the PyTorch column, if the device's python has none): copy them,
+#        the torchvision folders to /tmp/tv
+#   6:   carry target/release/petal, tools/weights/mobilenet_v2-b0353104.pth and tools/testdata; run
+#        cat /tmp/ortgpu/ort-gpu.tar.xz.part-* | tar -xJ -C /tmp/ortgpu && (cd /tmp/ortgpu && sha256sum -c SHA256SUMS)
+#        ORT_GPU_DIR=/tmp/ortgpu PETAL_TORCHVISION=/tmp/tv scripts/gpu_infer_check.sh $OUT/infer
 set -euo pipefail
 DIR=${1:?usage: ort_gpu_parts.sh DIR}
 PART_MB=${PART_MB:-45}
