@@ -117,7 +117,8 @@ pub fn batch(b: &BatchBench) -> Result<BatchReport> {
     let mut rows = Vec::new();
     for &batch in &b.batches {
         let handle = load(batch)?;
-        // Any values do: the speed of these models does not depend on them.
+        // The same values as scripts/bench_batch.py's reference (with random weights a CPU run's
+        // speed can depend on them).
         let input: Vec<f32> = (0..batch * per_image).map(|i| (i % 251) as f32 / 251.0 - 0.5).collect();
         for _ in 0..2 {
             handle.infer_blocking(input.clone(), batch)?;
