@@ -55,7 +55,7 @@ if [ -f tools/weights/mobilenet_v2-b0353104.pth ]; then
   rm -f "$OUT/mb.onnx"
 fi
 
-python3 - "$OUT" >> "$summary" <<'PY'
+python3 - "$OUT" <<'PY' | tee -a "$summary"
 import json, os, sys
 out = sys.argv[1]
 for arch in ("resnet50", "mobilenet_v2"):
@@ -83,4 +83,3 @@ try:
 except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError):
     pass
 PY
-cat "$summary"

@@ -3,11 +3,11 @@
 //! onnxruntime's Python `session.run` on the same file and provider (when that Python has the
 //! provider) and PyTorch eager on the same architecture (torchvision, fp32, eval).
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde::Serialize;
 
 use crate::bench::infer::throughput;
+use crate::bench::python_reference;
 use crate::config::OnnxRuntimeConfig;
 use crate::error::{Error, Result};
 use crate::export::onnx::{export, ExportOptions};
@@ -95,8 +95,6 @@ pub fn batch(b: &BatchBench) -> Result<BatchReport> {
     let info = load(1)?.info.clone();
     let per_image = 3 * info.image_size * info.image_size;
 
-    let script = dir.path().join("bench_batch.py");
-    std::fs::write(&script, PY_BENCH)?;
     let args = serde_json::json!({
         "onnx": onnx_path,
         "arch": info.arch,
@@ -106,12 +104,7 @@ pub fn batch(b: &BatchBench) -> Result<BatchReport> {
         "seconds": b.seconds,
         "provider": info.provider,
     });
-    let out = Command::new(&b.python).arg(&script).arg(args.to_string()).output()?;
-    if !out.status.success() {
-        return Err(Error::internal(format!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr))));
-    }
-    let reference: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| Error::internal(e.to_string()))?;
+    let reference = python_reference(&b.python, dir.path(), "bench_batch.py", PY_BENCH, [args.to_string()])?;
     let column = |name: &str, batch: usize| reference["rows"][batch.to_string()][name].as_f64();
 
     let mut rows = Vec::new();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::bench::python_reference;
 use crate::config::OnnxRuntimeConfig;
 use crate::error::{Error, Result};
 use crate::infer::engine::{EngineConfig, ModelHandle, ProviderMode};
@@ -252,20 +253,15 @@ pub fn infer(b: &InferBench) -> Result<InferReport> {
     let x = tch::Tensor::from_slice(&input).reshape([1, 3, size, size]);
     let input_file = dir.path().join("input.safetensors");
     tch::Tensor::write_safetensors(&[("input", &x)], &input_file).map_err(|e| Error::internal(e.to_string()))?;
-    let script = dir.path().join("bench_ort.py");
-    std::fs::write(&script, PY_BENCH)?;
-    let out = Command::new(&b.python)
-        .arg(&script)
-        .arg(&b.onnx)
-        .arg(&input_file)
-        .arg(b.seconds.to_string())
-        .arg(off.info.provider)
-        .args(b.clients.iter().map(|c| c.to_string()))
-        .output()?;
-    if !out.status.success() {
-        return Err(Error::internal(format!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr))));
-    }
-    let py: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| Error::internal(e.to_string()))?;
+    let args = [
+        b.onnx.clone().into_os_string(),
+        input_file.into_os_string(),
+        b.seconds.to_string().into(),
+        off.info.provider.into(),
+    ]
+    .into_iter()
+    .chain(b.clients.iter().map(|c| c.to_string().into()));
+    let py = python_reference(&b.python, dir.path(), "bench_ort.py", PY_BENCH, args)?;
     let python_session_run = Measured {
         p50_ms: py["p50_ms"].as_f64().unwrap_or(f64::NAN),
         p99_ms: py["p99_ms"].as_f64().unwrap_or(f64::NAN),

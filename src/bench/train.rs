@@ -3,15 +3,15 @@
 //! run: the input pipeline alone (images/s on one core, and with every worker), the bare training
 //! step on synthetic tensors, and end-to-end full fine-tuning — with the ratios.
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::bench::python_reference;
 use crate::dataset::{self, IngestOptions};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::train::arch::Arch;
 use crate::train::augment::{self, Params};
 use crate::train::recipe::Recipe;
@@ -75,7 +75,6 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     let dir = tempfile::tempdir()?;
     let list: String = data.train.iter().map(|s| format!("{}\t{}\n", root.join(&s.path).display(), s.label)).collect();
     std::fs::write(dir.path().join("list.tsv"), list)?;
-    std::fs::write(dir.path().join("bench_train.py"), PY_BENCH)?;
     let workers = if b.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { b.workers };
     let args = serde_json::json!({
         "list": dir.path().join("list.tsv"), "arch": b.arch.name(), "batch": b.batch, "workers": workers,
@@ -83,12 +82,7 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
         "pipeline_images": b.pipeline_images, "steps": b.steps, "warmup_steps": b.warmup, "classes": classes,
         "threads": tch::get_num_threads(), "resize": recipe.eval_transform.resize, "crop": recipe.eval_transform.crop,
     });
-    let out = Command::new(&b.python).arg(dir.path().join("bench_train.py")).arg(args.to_string()).output()?;
-    if !out.status.success() {
-        return Err(Error::internal(format!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr))));
-    }
-    let reference: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| Error::internal(format!("reference output: {e}")))?;
+    let reference = python_reference(&b.python, dir.path(), "bench_train.py", PY_BENCH, [args.to_string()])?;
 
     // Petal's input pipeline, one thread: from the encoded files, then from memory.
     let eval = &recipe.eval_transform;
