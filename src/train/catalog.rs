@@ -162,8 +162,21 @@ mod tests {
         let forged = "b03531040000000000000000000000000000000000000000000000000000000";
         assert_eq!(mb.verify(forged).unwrap_err().code, ErrorCode::WeightsChecksum);
         assert_eq!(c.by_sha256(real).unwrap().weights, "MobileNet_V2_Weights.IMAGENET1K_V1");
+        // resnet18's full digest is known (recorded by public projects): a prefix match is not enough.
         let r18 = c.by_file_name("resnet18-f37072fd.pth").unwrap();
-        assert_eq!(r18.verify("f37072fdabc").unwrap(), Verification::Sha256Prefix);
-        assert!(r18.verify("00000000").is_err());
+        assert_eq!(r18.verify("f37072fdabc").unwrap_err().code, ErrorCode::WeightsChecksum);
+        let full = "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec";
+        assert_eq!(r18.verify(full).unwrap(), Verification::Sha256);
+        // The two V2 files with no published full digest are checked by prefix (and pinned at download).
+        let r152 = c.by_file_name("resnet152-f82ba261.pth").unwrap();
+        assert_eq!(r152.verify("f82ba261abc").unwrap(), Verification::Sha256Prefix);
+        assert!(r152.verify("00000000").is_err());
+        let full_digests = c.weights.iter().filter(|e| e.sha256.is_some()).count();
+        assert_eq!(full_digests, c.weights.len() - 2, "every file but two is checked by its full sha256");
+        for e in &c.weights {
+            if let Some(full) = &e.sha256 {
+                assert!(full.len() == 64 && full.starts_with(&e.sha256_prefix), "{}", e.file_name);
+            }
+        }
     }
 }
