@@ -50,10 +50,19 @@ struct Cluster {
     /// The bucket's folder on disk, where the tests read the registry's records.
     bucket: PathBuf,
     dir: tempfile::TempDir,
+    /// Held for the cluster's life: one cluster trains at a time.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Each cluster's workers train on every core with libtorch's thread pool; several clusters at
+/// once oversubscribe a small machine so far (measured on a 2-core one: a 25 s test took over
+/// 240 s beside four others) that lease and job deadlines say nothing any more. The tests of this
+/// file therefore take turns.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Cluster {
     fn new(ttl_s: &str, extra_env: &[(&str, &str)], api_args: &[&str]) -> Cluster {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let s3 = S3Server::start(&dir.path().join("s3"));
         let bucket = s3.root.join("petal").join(PREFIX);
@@ -61,7 +70,7 @@ impl Cluster {
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let args: Vec<&str> = ["serve", "--role", "api", "--port", "0"].iter().chain(api_args).copied().collect();
         let api = start(&args, &env, "api", dir.path());
-        Cluster { api, client: Client::new(), s3, env, bucket, dir }
+        Cluster { api, client: Client::new(), s3, env, bucket, dir, _turn: turn }
     }
 
     fn worker(&self, name: &str) -> Server {
