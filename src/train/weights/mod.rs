@@ -73,10 +73,24 @@ fn read_zip(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
         .ok_or_else(|| corrupt("the zip archive has no <name>/data.pkl: not a torch.save file"))?;
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
-    let read_entry = |zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
-        let mut f = zip.by_name(name).map_err(|e| corrupt(format!("zip entry {name}: {e}")))?;
-        let mut out = Vec::with_capacity(f.size().min(1 << 32) as usize);
-        f.read_to_end(&mut out).map_err(|e| corrupt(format!("zip entry {name} is damaged: {e}")))?;
+    // What the entries may expand to, together: torch.save stores them uncompressed, so their
+    // bytes are about the file's; a size in a header is never trusted for an allocation.
+    let mut budget = (bytes.len() as u64).saturating_mul(2).saturating_add(1 << 20);
+    let mut read_entry = |zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str| -> Result<Vec<u8>> {
+        let f = zip.by_name(name).map_err(|e| corrupt(format!("zip entry {name}: {e}")))?;
+        let declared = f.size();
+        if declared > budget {
+            return Err(corrupt(format!(
+                "zip entry {name} claims {declared} bytes, more than the file ({} bytes) can hold",
+                bytes.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(declared as usize);
+        f.take(declared + 1).read_to_end(&mut out).map_err(|e| corrupt(format!("zip entry {name} is damaged: {e}")))?;
+        if out.len() as u64 != declared {
+            return Err(corrupt(format!("zip entry {name} holds {} bytes, not the {declared} it declares", out.len())));
+        }
+        budget -= declared;
         Ok(out)
     };
     if let Ok(order) = read_entry(&mut zip, &format!("{prefix}byteorder")) {
@@ -250,6 +264,15 @@ fn check_view(name: &str, spec: &TensorSpec, numel: i64) -> Result<()> {
     }
     if spec.size.contains(&0) {
         return Ok(());
+    }
+    // A view holds at most its storage's elements (state dicts hold no broadcast views): its
+    // shape drives what copying it allocates.
+    let elements = spec.size.iter().try_fold(1i64, |acc, &s| acc.checked_mul(s));
+    if elements.is_none_or(|n| n > numel) {
+        return Err(corrupt(format!(
+            "{name}: a view of shape {:?} holds more elements than its storage ({numel})",
+            spec.size
+        )));
     }
     let last = spec
         .size

@@ -122,20 +122,76 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads one pickle from `data` starting at `*pos`; advances `*pos` past its STOP.
+/// Deepest nesting of containers a pickle may build (a state dict's is about 5).
+pub const MAX_DEPTH: u32 = 64;
+/// Most values a pickle may build, counting every copy a memo read makes: a few bytes of memo
+/// reads that double a list each time would otherwise build billions. A state dict of the
+/// largest catalog model builds about 20,000.
+pub const MAX_VALUES: u64 = 2_000_000;
+
+/// A value on the unpickler's stack, with how deep it nests and how many values it holds.
+#[derive(Clone)]
+struct Item {
+    v: Value,
+    depth: u32,
+    values: u64,
+}
+
+impl Item {
+    fn leaf(v: Value) -> Self {
+        Item { v, depth: 1, values: 1 }
+    }
+
+    /// A container of `items`, checked against `MAX_DEPTH`.
+    fn of(items: Vec<Item>, make: impl FnOnce(Vec<Value>) -> Result<Value>) -> Result<Self> {
+        let depth = 1 + items.iter().map(|i| i.depth).max().unwrap_or(0);
+        let values = 1 + items.iter().map(|i| i.values).sum::<u64>();
+        if depth > MAX_DEPTH {
+            return Err(corrupt(format!("the pickle nests containers deeper than {MAX_DEPTH}")));
+        }
+        Ok(Item { v: make(items.into_iter().map(|i| i.v).collect())?, depth, values })
+    }
+
+    /// Adds `child` to this container's counts, checked against `MAX_DEPTH`.
+    fn holds(&mut self, child: &Item) -> Result<()> {
+        self.depth = self.depth.max(child.depth + 1);
+        self.values += child.values;
+        if self.depth > MAX_DEPTH {
+            return Err(corrupt(format!("the pickle nests containers deeper than {MAX_DEPTH}")));
+        }
+        Ok(())
+    }
+}
+
+/// Reads one pickle from `data` starting at `*pos`; advances `*pos` past its STOP. What it may
+/// build is bounded before it is built: nesting (`MAX_DEPTH`) and values, memo copies included
+/// (`MAX_VALUES`).
 pub fn load(data: &[u8], pos: &mut usize) -> Result<Value> {
     let mut r = Reader { data, pos: *pos };
-    let mut stack: Vec<Value> = Vec::new();
-    let mut memo: HashMap<u32, Value> = HashMap::new();
-    let pop = |stack: &mut Vec<Value>| stack.pop().ok_or_else(|| corrupt("pickle stack underflow"));
-    let pop_mark = |stack: &mut Vec<Value>| -> Result<Vec<Value>> {
-        let at = stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| corrupt("pickle MARK missing"))?;
+    let mut stack: Vec<Item> = Vec::new();
+    let mut memo: HashMap<u32, Item> = HashMap::new();
+    let mut built: u64 = 0;
+    let pop = |stack: &mut Vec<Item>| stack.pop().ok_or_else(|| corrupt("pickle stack underflow"));
+    let pop_mark = |stack: &mut Vec<Item>| -> Result<Vec<Item>> {
+        let at =
+            stack.iter().rposition(|i| matches!(i.v, Value::Mark)).ok_or_else(|| corrupt("pickle MARK missing"))?;
         let items = stack.split_off(at + 1);
         stack.pop();
         Ok(items)
     };
+    let memo_put = |memo: &mut HashMap<u32, Item>, k: u32, top: Option<&Item>| -> Result<()> {
+        if memo.len() as u64 >= MAX_VALUES && !memo.contains_key(&k) {
+            return Err(corrupt(format!("the pickle memoizes more than {MAX_VALUES} values")));
+        }
+        memo.insert(k, top.cloned().ok_or_else(|| corrupt("BINPUT on an empty stack"))?);
+        Ok(())
+    };
     loop {
         let op = r.u8()?;
+        built += 1;
+        if built > MAX_VALUES {
+            return Err(corrupt(format!("the pickle builds more than {MAX_VALUES} values")));
+        }
         match op {
             0x80 => {
                 let proto = r.u8()?;
@@ -148,18 +204,18 @@ pub fn load(data: &[u8], pos: &mut usize) -> Result<Value> {
             }
             b'.' => {
                 *pos = r.pos;
-                return pop(&mut stack);
+                return pop(&mut stack).map(|i| i.v);
             }
-            b'(' => stack.push(Value::Mark),
-            b'N' => stack.push(Value::None),
-            0x88 => stack.push(Value::Bool(true)),
-            0x89 => stack.push(Value::Bool(false)),
-            b'}' => stack.push(Value::Dict(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b')' => stack.push(Value::Tuple(Vec::new())),
-            b'K' => stack.push(Value::Int(r.u8()? as i128)),
-            b'M' => stack.push(Value::Int(r.u16()? as i128)),
-            b'J' => stack.push(Value::Int(r.u32()? as i32 as i128)),
+            b'(' => stack.push(Item::leaf(Value::Mark)),
+            b'N' => stack.push(Item::leaf(Value::None)),
+            0x88 => stack.push(Item::leaf(Value::Bool(true))),
+            0x89 => stack.push(Item::leaf(Value::Bool(false))),
+            b'}' => stack.push(Item::leaf(Value::Dict(Vec::new()))),
+            b']' => stack.push(Item::leaf(Value::List(Vec::new()))),
+            b')' => stack.push(Item::leaf(Value::Tuple(Vec::new()))),
+            b'K' => stack.push(Item::leaf(Value::Int(r.u8()? as i128))),
+            b'M' => stack.push(Item::leaf(Value::Int(r.u16()? as i128))),
+            b'J' => stack.push(Item::leaf(Value::Int(r.u32()? as i32 as i128))),
             0x8a => {
                 let n = r.u8()? as usize;
                 let bytes = r.take(n)?;
@@ -168,61 +224,67 @@ pub fn load(data: &[u8], pos: &mut usize) -> Result<Value> {
                 }
                 let mut buf = [if bytes.last().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 }; 16];
                 buf[..n].copy_from_slice(bytes);
-                stack.push(Value::Int(i128::from_le_bytes(buf)));
+                stack.push(Item::leaf(Value::Int(i128::from_le_bytes(buf))));
             }
-            b'G' => stack.push(Value::Float(f64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes")))),
+            b'G' => stack.push(Item::leaf(Value::Float(f64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes"))))),
             b'X' => {
                 let n = r.u32()? as usize;
-                stack.push(Value::Str(r.string(n)?));
+                stack.push(Item::leaf(Value::Str(r.string(n)?)));
             }
             0x8c => {
                 let n = r.u8()? as usize;
-                stack.push(Value::Str(r.string(n)?));
+                stack.push(Item::leaf(Value::Str(r.string(n)?)));
             }
             0x8d => {
                 let n = usize::try_from(r.u64()?).map_err(|_| corrupt("string length overflows"))?;
-                stack.push(Value::Str(r.string(n)?));
+                stack.push(Item::leaf(Value::Str(r.string(n)?)));
             }
             b'B' => {
                 let n = r.u32()? as usize;
-                stack.push(Value::Bytes(r.take(n)?.to_vec()));
+                stack.push(Item::leaf(Value::Bytes(r.take(n)?.to_vec())));
             }
             b'C' => {
                 let n = r.u8()? as usize;
-                stack.push(Value::Bytes(r.take(n)?.to_vec()));
+                stack.push(Item::leaf(Value::Bytes(r.take(n)?.to_vec())));
             }
             b'q' => {
                 let k = r.u8()? as u32;
-                memo.insert(k, stack.last().cloned().ok_or_else(|| corrupt("BINPUT on an empty stack"))?);
+                memo_put(&mut memo, k, stack.last())?;
             }
             b'r' => {
                 let k = r.u32()?;
-                memo.insert(k, stack.last().cloned().ok_or_else(|| corrupt("BINPUT on an empty stack"))?);
+                memo_put(&mut memo, k, stack.last())?;
             }
             0x94 => {
                 let k = memo.len() as u32;
-                memo.insert(k, stack.last().cloned().ok_or_else(|| corrupt("MEMOIZE on an empty stack"))?);
+                memo_put(&mut memo, k, stack.last())?;
             }
             b'h' | b'j' => {
                 let k = if op == b'h' { r.u8()? as u32 } else { r.u32()? };
-                stack.push(memo.get(&k).cloned().ok_or_else(|| corrupt(format!("memo entry {k} is missing")))?);
+                let item = memo.get(&k).ok_or_else(|| corrupt(format!("memo entry {k} is missing")))?;
+                // A memo read copies the value: counted before the copy is made.
+                built = built.saturating_add(item.values);
+                if built > MAX_VALUES {
+                    return Err(corrupt(format!("the pickle builds more than {MAX_VALUES} values")));
+                }
+                stack.push(item.clone());
             }
             b'c' => {
                 let module = r.line()?;
                 let name = r.line()?;
-                stack.push(Value::Global(allowed_global(module, name)?));
+                stack.push(Item::leaf(Value::Global(allowed_global(module, name)?)));
             }
             0x93 => {
                 let name = pop(&mut stack)?;
                 let module = pop(&mut stack)?;
-                match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => stack.push(Value::Global(allowed_global(&m, &n)?)),
+                match (module.v, name.v) {
+                    (Value::Str(m), Value::Str(n)) => stack.push(Item::leaf(Value::Global(allowed_global(&m, &n)?))),
                     _ => return Err(corrupt("STACK_GLOBAL needs two strings")),
                 }
             }
             b't' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(Value::Tuple(items));
+                stack.push(Item::of(items, |v| Ok(Value::Tuple(v)))?);
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
@@ -230,27 +292,39 @@ pub fn load(data: &[u8], pos: &mut usize) -> Result<Value> {
                     return Err(corrupt("pickle stack underflow"));
                 }
                 let items = stack.split_off(stack.len() - n);
-                stack.push(Value::Tuple(items));
+                stack.push(Item::of(items, |v| Ok(Value::Tuple(v)))?);
             }
             b'l' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(Value::List(items));
+                stack.push(Item::of(items, |v| Ok(Value::List(v)))?);
             }
             b'd' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(Value::Dict(pairs(items)?));
+                stack.push(Item::of(items, |v| Ok(Value::Dict(pairs(v)?)))?);
             }
             b'a' => {
                 let v = pop(&mut stack)?;
                 match stack.last_mut() {
-                    Some(Value::List(l)) => l.push(v),
+                    Some(top @ Item { v: Value::List(_), .. }) => {
+                        top.holds(&v)?;
+                        if let Value::List(l) = &mut top.v {
+                            l.push(v.v);
+                        }
+                    }
                     _ => return Err(corrupt("APPEND to something that is not a list")),
                 }
             }
             b'e' => {
                 let items = pop_mark(&mut stack)?;
                 match stack.last_mut() {
-                    Some(Value::List(l)) => l.extend(items),
+                    Some(top @ Item { v: Value::List(_), .. }) => {
+                        for i in &items {
+                            top.holds(i)?;
+                        }
+                        if let Value::List(l) = &mut top.v {
+                            l.extend(items.into_iter().map(|i| i.v));
+                        }
+                    }
                     _ => return Err(corrupt("APPENDS to something that is not a list")),
                 }
             }
@@ -258,26 +332,40 @@ pub fn load(data: &[u8], pos: &mut usize) -> Result<Value> {
                 let v = pop(&mut stack)?;
                 let k = pop(&mut stack)?;
                 match stack.last_mut() {
-                    Some(Value::Dict(d)) => d.push((k, v)),
+                    Some(top @ Item { v: Value::Dict(_), .. }) => {
+                        top.holds(&k)?;
+                        top.holds(&v)?;
+                        if let Value::Dict(d) = &mut top.v {
+                            d.push((k.v, v.v));
+                        }
+                    }
                     _ => return Err(corrupt("SETITEM on something that is not a dict")),
                 }
             }
             b'u' => {
                 let items = pop_mark(&mut stack)?;
-                let new = pairs(items)?;
                 match stack.last_mut() {
-                    Some(Value::Dict(d)) => d.extend(new),
+                    Some(top @ Item { v: Value::Dict(_), .. }) => {
+                        for i in &items {
+                            top.holds(i)?;
+                        }
+                        let new = pairs(items.into_iter().map(|i| i.v).collect())?;
+                        if let Value::Dict(d) = &mut top.v {
+                            d.extend(new);
+                        }
+                    }
                     _ => return Err(corrupt("SETITEMS on something that is not a dict")),
                 }
             }
             b'R' | 0x81 => {
                 let args = pop(&mut stack)?;
                 let callable = pop(&mut stack)?;
+                let Item { v: args, depth, values } = args;
                 let args = match args {
                     Value::Tuple(a) => a,
                     _ => return Err(corrupt("REDUCE arguments are not a tuple")),
                 };
-                stack.push(reduce(callable, args)?);
+                stack.push(Item { v: reduce(callable.v, args)?, depth, values });
             }
             b'b' => {
                 // BUILD sets attributes (an OrderedDict's `_metadata`): state only, ignored.
@@ -288,7 +376,7 @@ pub fn load(data: &[u8], pos: &mut usize) -> Result<Value> {
             }
             b'Q' => {
                 let pid = pop(&mut stack)?;
-                stack.push(persistent_load(pid)?);
+                stack.push(Item::leaf(persistent_load(pid.v)?));
             }
             other => {
                 return Err(unsafe_pickle(format!(
@@ -403,6 +491,33 @@ mod tests {
             let r = load_all(&data[..cut]);
             assert!(r.is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn memo_copies_and_nesting_are_bounded() {
+        // A list, then 40 rounds of "a new list holding the previous one twice (two memo
+        // reads)": 2^40 values from about 400 bytes.
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for i in 0..40u8 {
+            p.extend_from_slice(&[b'(', b'h', i, b'h', i, b'l', b'q', i + 1]);
+        }
+        p.push(b'.');
+        let start = std::time::Instant::now();
+        let e = load_all(&p).unwrap_err();
+        assert_eq!(e.code, ErrorCode::WeightsCorrupt);
+        assert!(e.message.contains("more than"), "{}", e.message);
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        // 100,000 nested lists (two bytes each): refused at depth 64, no stack overflow.
+        let mut p = b"\x80\x02".to_vec();
+        for _ in 0..100_000 {
+            p.extend_from_slice(b"]");
+        }
+        for _ in 0..100_000 {
+            p.extend_from_slice(b"a");
+        }
+        p.push(b'.');
+        let e = load_all(&p).unwrap_err();
+        assert!(e.message.contains("deeper than 64"), "{}", e.message);
     }
 
     #[test]
