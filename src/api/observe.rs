@@ -76,7 +76,7 @@ impl Metrics {
     }
 
     pub fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        self.requests.with_label_values(&[method, route, &status.to_string()]).inc();
+        self.requests.with_label_values(&[method, route, &status_label(status)]).inc();
         self.latency.with_label_values(&[method, route]).observe(seconds);
     }
 
@@ -95,6 +95,22 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+/// The method as a metric label: one of the standard methods, else `other` (a client must not be
+/// able to add label sets: every label of petal's metrics comes from a closed set).
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
+    KNOWN.into_iter().find(|k| *k == method.as_str()).unwrap_or("other")
+}
+
+/// The status as a metric label: petal answers only statuses of its own error table and a few
+/// successes, but a status outside 100–599 is folded to its class all the same.
+fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    match status {
+        100..=599 => status.to_string().into(),
+        _ => "other".into(),
     }
 }
 
@@ -117,7 +133,7 @@ pub async fn observe(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let path = req.path().to_string();
     let span = tracing::info_span!("request", request_id = %request_id);
 
@@ -142,7 +158,7 @@ pub async fn observe(
     let status = res.status().as_u16();
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(state) = state {
-        state.metrics.observe(&method, &route, status, elapsed);
+        state.metrics.observe(method, &route, status, elapsed);
     }
     span.in_scope(|| {
         tracing::info!(
