@@ -18,6 +18,11 @@ pub fn now_rfc3339_millis() -> String {
     format!("{}.{:03}Z", s.trim_end_matches('Z'), ms % 1000)
 }
 
+/// `secs` since the Unix epoch as RFC 3339 UTC with seconds.
+pub fn rfc3339_at(secs: i64) -> String {
+    rfc3339(secs)
+}
+
 fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -57,6 +57,30 @@ pub struct JobsConfig {
     /// workers died, or lost their leases), the next worker fails it with `job_interrupted`
     /// instead of running it again: a job that kills its workers does not go round forever.
     pub max_attempts: u32,
+    /// Limits on each image of a dataset, checked from its header before it is decoded, at the
+    /// upload's check and again in training (`jobs.decode.max_pixels`, `.max_side`,
+    /// `.max_aspect_ratio`).
+    pub decode: crate::vision::DecodeLimits,
+    /// Most classes a dataset may have.
+    pub max_classes: usize,
+    /// Jobs one caller (a token's holder; everyone together without tokens) may have queued or
+    /// running at once; beyond that `POST /finetune` answers 429.
+    pub max_active_per_caller: usize,
+    /// How long finished jobs and unused datasets are kept (`petal registry gc`, and a periodic
+    /// task of the server).
+    pub retention: crate::jobs::retention::RetentionConfig,
+    /// `POST /finetune` requests reading an upload or checking a dataset at once; more get 429
+    /// with Retry-After before their body is read.
+    pub max_concurrent_uploads: usize,
+    /// Bytes of uploads staged on disk at once (each admitted by its Content-Length, or
+    /// `max_upload_bytes` when it sends none), before its body is read.
+    pub max_staged_bytes: u64,
+    /// Datasets checked at once (each decodes its images on every core).
+    pub max_concurrent_checks: usize,
+    /// Uncompressed bytes of a dataset's files one check reads (a check streams them, holding a
+    /// few images at a time: this bounds its time and disk reads); a larger dataset is refused with
+    /// 413.
+    pub max_check_bytes: u64,
 }
 
 impl Default for JobsConfig {
@@ -71,6 +95,14 @@ impl Default for JobsConfig {
             poll_ms: 2000,
             worker_name: String::new(),
             max_attempts: 3,
+            decode: crate::vision::DecodeLimits::default(),
+            max_classes: crate::dataset::DEFAULT_MAX_CLASSES,
+            max_active_per_caller: 16,
+            retention: Default::default(),
+            max_concurrent_uploads: 4,
+            max_staged_bytes: 16 << 30,
+            max_concurrent_checks: 1,
+            max_check_bytes: 16 << 30,
         }
     }
 }
@@ -98,7 +130,7 @@ pub struct AuthConfig {
     pub tokens: Vec<ApiToken>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiToken {
     /// Who holds it (logs name the holder, never the token).
@@ -106,6 +138,17 @@ pub struct ApiToken {
     #[serde(skip_serializing)]
     pub token: String,
     pub scopes: Vec<Scope>,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
 }
 
 /// What a token may do.
@@ -139,6 +182,22 @@ pub struct InferenceConfig {
     /// version is loaded and warmed up, then swapped in while requests in flight finish on the
     /// old one. 0 disables.
     pub reload_poll_ms: u64,
+    /// Bytes of `POST /classify` bodies read at once, server-wide: a request is admitted by its
+    /// `Content-Length` (or `max_body_bytes` when it sends none) before its body is read, else
+    /// refused with 429.
+    pub max_inflight_body_bytes: u64,
+    /// Pixels decoded at once, server-wide: each image waits for its pixel count (from its
+    /// header) before it is decoded, so decoding memory stays bounded however many requests are
+    /// admitted. At least `engine.decode.max_pixels`.
+    pub max_decoding_pixels: u64,
+    /// Versions loaded on demand (a request naming a version or alias that is not served) kept
+    /// loaded at once, least recently used dropped first.
+    pub max_on_demand: usize,
+    /// On-demand loads at once; a request for another version while they run gets 503 with
+    /// Retry-After. Requests for a version being loaded wait for that one load.
+    pub max_concurrent_loads: usize,
+    /// Largest ONNX file loaded on demand (checked from its manifest before it is read).
+    pub max_model_bytes: u64,
 }
 
 impl Default for InferenceConfig {
@@ -148,6 +207,11 @@ impl Default for InferenceConfig {
             engine: Default::default(),
             max_body_bytes: 20 << 20,
             reload_poll_ms: 10_000,
+            max_inflight_body_bytes: 256 << 20,
+            max_decoding_pixels: 80_000_000,
+            max_on_demand: 4,
+            max_concurrent_loads: 1,
+            max_model_bytes: 1 << 30,
         }
     }
 }
@@ -163,11 +227,25 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_timeout_s: u64,
+    /// Without tokens (`auth.tokens` empty) the API answers only requests whose `Host` is a
+    /// loopback name or address (`localhost`, `127.0.0.1`, `[::1]`) or one of these names: a web
+    /// page reaching petal through DNS rebinding is refused.
+    pub allowed_hosts: Vec<String>,
+    /// Without tokens, browser requests from another origin (a web page the user opened) are
+    /// refused (`Origin`, `Sec-Fetch-Site`), except from these origins (`http://host:port`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 8080, workers: 0, shutdown_timeout_s: 30 }
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            workers: 0,
+            shutdown_timeout_s: 30,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
     }
 }
 
@@ -262,7 +340,7 @@ impl RegistryConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// e.g. `http://127.0.0.1:9000` for MinIO or s3s-fs; unset for AWS.
@@ -279,6 +357,23 @@ pub struct S3Config {
     pub allow_http: bool,
     pub max_retries: usize,
     pub retry_timeout_s: u64,
+}
+
+/// Never prints the secret key.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("allow_http", &self.allow_http)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout_s", &self.retry_timeout_s)
+            .finish()
+    }
 }
 
 impl Default for S3Config {
@@ -472,6 +567,39 @@ impl Config {
                 problems.push(format!("auth.tokens[{i}]: the name {:?} is used twice", t.name));
             }
         }
+        let inf = &self.inference;
+        if inf.max_inflight_body_bytes < inf.max_body_bytes as u64 {
+            problems.push(format!(
+                "inference.max_inflight_body_bytes: {} is less than inference.max_body_bytes ({})",
+                inf.max_inflight_body_bytes, inf.max_body_bytes
+            ));
+        }
+        if inf.max_decoding_pixels < inf.engine.decode.max_pixels {
+            problems.push(format!(
+                "inference.max_decoding_pixels: {} is less than inference.engine.decode.max_pixels ({})",
+                inf.max_decoding_pixels, inf.engine.decode.max_pixels
+            ));
+        }
+        if inf.max_concurrent_loads == 0 || inf.engine.max_admitted_images < crate::api::classify::MAX_IMAGES {
+            problems.push(format!(
+                "inference.max_concurrent_loads must be at least 1 and inference.engine.max_admitted_images at least {}",
+                crate::api::classify::MAX_IMAGES
+            ));
+        }
+        if self.jobs.max_staged_bytes < self.jobs.max_upload_bytes
+            || self.jobs.max_concurrent_uploads == 0
+            || self.jobs.max_concurrent_checks == 0
+            || self.jobs.max_active_per_caller == 0
+        {
+            problems.push(
+                "jobs: max_staged_bytes must be at least max_upload_bytes, and max_concurrent_uploads, \
+                 max_concurrent_checks and max_active_per_caller at least 1"
+                    .to_string(),
+            );
+        }
+        if self.jobs.max_classes < 2 {
+            problems.push("jobs.max_classes: a dataset needs at least 2 classes".to_string());
+        }
         if self.onnxruntime.intra_threads > 1024 {
             problems.push(format!("onnxruntime.intra_threads: {} is more than 1024", self.onnxruntime.intra_threads));
         }
@@ -526,6 +654,20 @@ mod tests {
         let msg = c.validate().unwrap_err().message;
         assert!(msg.contains("server.workers"), "{msg}");
         assert!(msg.contains("log.level"), "{msg}");
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let mut c = Config::default();
+        c.auth.tokens.push(ApiToken {
+            name: "ci".into(),
+            token: "s3cr3t-token-0123456789".into(),
+            scopes: vec![Scope::Admin],
+        });
+        c.registry.s3.secret_access_key = Some("AWS-SECRET-abcdef".into());
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("s3cr3t-token") && !shown.contains("AWS-SECRET"), "{shown}");
+        assert!(shown.contains("<redacted>") && shown.contains("\"ci\""), "{shown}");
     }
 
     #[test]

@@ -218,7 +218,8 @@ enum RegistryCommand {
     History { model: String, alias: String },
     /// Check every artifact's sha256 and size: one reference, or everything.
     Verify { model: Option<String> },
-    /// Remove upload folders no manifest references.
+    /// Remove upload folders no manifest references, and what `jobs.retention` expires:
+    /// finished jobs' records and leases, queue markers of ended jobs, unused datasets.
     Gc {
         /// Leave uploads younger than this alone (they may be publishes in progress).
         #[arg(long, default_value_t = 3600)]
@@ -771,6 +772,18 @@ async fn registry_command(config: &Config, command: RegistryCommand) -> petal::R
                 println!("{} {r}", if dry_run { "would remove" } else { "removed" });
             }
             println!("{} orphaned objects", removed.len());
+            let expired = registry.expire(&config.jobs.retention, dry_run).await?;
+            for r in expired.jobs.iter().chain(&expired.leases).chain(&expired.queue).chain(&expired.datasets) {
+                println!("{} {r}", if dry_run { "would remove" } else { "removed" });
+            }
+            println!(
+                "{} expired objects: {} job records, {} lease records, {} queue markers, {} dataset objects",
+                expired.total(),
+                expired.jobs.len(),
+                expired.leases.len(),
+                expired.queue.len(),
+                expired.datasets.len()
+            );
         }
     }
     Ok(())

@@ -22,6 +22,7 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             if role == Role::Worker { app.configure(api::configure_worker) } else { app.configure(api::configure) };
         app.wrap(from_fn(api::auth::authorize)).wrap(from_fn(api::observe::observe))
     })
+    .on_connect(api::connection::on_connect)
     .shutdown_timeout(config.server.shutdown_timeout_s)
     .disable_signals();
     if config.server.workers > 0 {
@@ -141,10 +142,33 @@ async fn start_jobs(state: &web::Data<AppState>) {
                 ),
             };
             state.readiness.set("jobs", true, detail);
+            if state.role != Role::Worker && state.config.jobs.retention.interval_s > 0 {
+                actix_web::rt::spawn(expire_periodically(state.clone()));
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start the job runner");
             state.readiness.set("jobs", false, format!("{} [{}]", e.message, e.code.as_str()));
+        }
+    }
+}
+
+/// Applies `jobs.retention` every `interval_s` (the first time one interval after start).
+async fn expire_periodically(state: web::Data<AppState>) {
+    let policy = state.config.jobs.retention.clone();
+    loop {
+        actix_web::rt::time::sleep(std::time::Duration::from_secs(policy.interval_s)).await;
+        let Ok(registry) = state.registry() else { continue };
+        match registry.expire(&policy, false).await {
+            Ok(r) if r.total() > 0 => tracing::info!(
+                jobs = r.jobs.len(),
+                leases = r.leases.len(),
+                queue = r.queue.len(),
+                datasets = r.datasets.len(),
+                "retention: removed expired records"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention: cannot apply jobs.retention now"),
         }
     }
 }
@@ -238,6 +262,16 @@ pub(crate) async fn load_version(
     version: u64,
 ) -> crate::Result<crate::infer::engine::ModelHandle> {
     let manifest = registry.manifest(name, version).await?;
+    let size = manifest.artifacts.iter().find(|a| a.name == "model.onnx").map_or(0, |a| a.size);
+    if size > config.inference.max_model_bytes {
+        return Err(crate::Error::new(
+            crate::error::ErrorCode::ModelInvalid,
+            format!(
+                "{name} version {version}: its ONNX file has {size} bytes, more than inference.max_model_bytes ({})",
+                config.inference.max_model_bytes
+            ),
+        ));
+    }
     let onnx = registry.read_artifact(&manifest, "model.onnx").await?;
     let config = config.clone();
     let name = name.to_string();

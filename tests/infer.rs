@@ -139,14 +139,30 @@ fn batching_gives_the_same_answers_and_a_full_queue_says_429() {
     assert!(ok >= 1 && full >= 1, "ok {ok}, full {full}");
     // Admission (what /classify asks before decoding): at most queue_capacity requests at once,
     // each place given back when its Admission is dropped.
-    let first = tiny.admit().unwrap();
-    let refused = tiny.admit().err().expect("a second request admitted into a queue of one");
+    let first = tiny.admit(1).unwrap();
+    let refused = tiny.admit(1).err().expect("a second request admitted into a queue of one");
     assert_eq!(refused.code, ErrorCode::QueueFull);
     assert!(refused.headers.iter().any(|(k, v)| *k == "retry-after" && v == "1"));
     drop(first);
-    let again = tiny.admit().unwrap();
+    let again = tiny.admit(1).unwrap();
     drop(again);
-    tiny.admit().unwrap();
+    tiny.admit(1).unwrap();
+    // And by images: a request alone is always admitted; with others in, only what fits.
+    let by_images = ModelHandle::load(
+        &rt,
+        &bytes,
+        "m",
+        1,
+        &EngineConfig { max_batch: 1, queue_capacity: 8, max_admitted_images: 64, ..Default::default() },
+    )
+    .unwrap();
+    let big = by_images.admit(64).unwrap();
+    assert_eq!(by_images.admit(1).err().map(|e| e.code), Some(ErrorCode::QueueFull));
+    drop(big);
+    let (a, b) = (by_images.admit(40).unwrap(), by_images.admit(24).unwrap());
+    assert!(by_images.admit(1).is_err());
+    drop((a, b));
+    by_images.admit(64).unwrap();
 }
 
 #[test]

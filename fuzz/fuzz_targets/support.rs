@@ -20,7 +20,8 @@ fn ingest_options() -> IngestOptions {
             max_file_bytes: 4 << 20,
             max_ratio: 100,
         },
-        decode: DecodeLimits { max_pixels: 1 << 20, max_side: 4096 },
+        decode: DecodeLimits { max_pixels: 1 << 20, max_side: 4096, max_aspect_ratio: 32 },
+        max_classes: 1000,
         ..IngestOptions::default()
     }
 }
@@ -37,7 +38,8 @@ pub fn ingest(data: &[u8]) {
 }
 
 pub fn image(data: &[u8]) {
-    let limits = DecodeLimits { max_pixels: 1 << 22, max_side: 8192 };
+    // No aspect-ratio limit: the transform of any shape must cost what its crop costs.
+    let limits = DecodeLimits { max_pixels: 1 << 22, max_side: 8192, max_aspect_ratio: 0 };
     if let Ok(img) = petal::vision::decode(data, &limits) {
         let eval = small_eval();
         let out = eval.apply(&img);

@@ -53,6 +53,15 @@ pub fn required(method: &Method, path: &str) -> Option<&'static [Scope]> {
     })
 }
 
+/// The bearer token a request carries, if any.
+pub fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
 /// The configured token matching `given`, compared in constant time against every token.
 pub fn find<'a>(tokens: &'a [ApiToken], given: &str) -> Option<&'a ApiToken> {
     let digest = Sha256::digest(given.as_bytes());
@@ -75,6 +84,13 @@ pub async fn authorize(
     };
     let tokens = &state.config.auth.tokens;
     if tokens.is_empty() {
+        // A worker serves only probes and metrics, on the address it is configured with.
+        if state.role != crate::jobs::runner::Role::Worker {
+            if let Err(e) = local_only(req.headers(), &state.config.server) {
+                tracing::warn!(reason = %e.message, "refused a non-local request (no tokens configured)");
+                return Ok(req.error_response(e));
+            }
+        }
         let caller = Caller { name: "anonymous (no tokens configured; loopback only)".into(), scopes: None };
         req.extensions_mut().insert(caller);
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
@@ -84,12 +100,7 @@ pub async fn authorize(
     let Some(needed) = required(req.method(), &path) else {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     };
-    let given = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let given = bearer(req.headers());
     let Some(token) = given.and_then(|g| find(tokens, g)) else {
         let e = Error::new(
             ErrorCode::Unauthorized,
@@ -111,6 +122,69 @@ pub async fn authorize(
     next.call(req).await.map(ServiceResponse::map_into_boxed_body)
 }
 
+/// The host of a `Host` header or an origin's authority, without its port, lowercase.
+fn host_of(authority: &str) -> String {
+    let a = authority.trim().to_ascii_lowercase();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_string();
+    }
+    match a.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
+        _ => a,
+    }
+}
+
+fn loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Without tokens, petal is for the local user only, as notebook servers are: the `Host` must be
+/// a loopback name or address or a configured name (no DNS rebinding), and a browser request must
+/// come from petal's own origin or a configured one (no cross-site requests from web pages).
+pub fn local_only(
+    headers: &actix_web::http::header::HeaderMap,
+    server: &crate::config::ServerConfig,
+) -> Result<(), Error> {
+    use actix_web::http::header::{HOST, ORIGIN};
+    let refuse = |m: String| Err(Error::new(ErrorCode::OriginNotAllowed, m));
+    let host_header = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !host_header.is_empty() {
+        let host = host_of(host_header);
+        if !(loopback(&host) || server.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(&host))) {
+            return refuse(format!(
+                "Host {host:?} is not a loopback name: without tokens petal answers local clients only (add the \
+                 name to server.allowed_hosts, or configure auth.tokens)"
+            ));
+        }
+    }
+    let allowed_origin =
+        |o: &str| server.allowed_origins.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o));
+    if let Some(origin) = headers.get(ORIGIN) {
+        let origin = origin.to_str().unwrap_or("null").trim();
+        if allowed_origin(origin) {
+            return Ok(());
+        }
+        let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or("");
+        if origin == "null" || host_header.is_empty() || !authority.eq_ignore_ascii_case(host_header.trim()) {
+            return refuse(format!(
+                "requests from the web page of origin {origin:?} are refused: without tokens petal answers its own \
+                 origin only (add it to server.allowed_origins, or configure auth.tokens)"
+            ));
+        }
+    }
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site.trim(), "same-origin" | "none") {
+            return refuse(format!(
+                "a browser request from another site (Sec-Fetch-Site: {site}) is refused: without tokens petal \
+                 answers its own origin only"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn scope_name(s: Scope) -> &'static str {
     match s {
         Scope::Classify => "classify",
@@ -125,6 +199,52 @@ mod tests {
 
     fn token(name: &str, token: &str, scopes: &[Scope]) -> ApiToken {
         ApiToken { name: name.into(), token: token.into(), scopes: scopes.to_vec() }
+    }
+
+    #[test]
+    fn no_token_mode_answers_local_clients_only() {
+        use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+        let server = crate::config::ServerConfig {
+            allowed_hosts: vec!["petal.internal".into()],
+            allowed_origins: vec!["http://console.internal:3000".into()],
+            ..Default::default()
+        };
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        for ok in [
+            vec![("host", "127.0.0.1:8080")],
+            vec![("host", "localhost")],
+            vec![("host", "[::1]:8080")],
+            vec![("host", "PETAL.internal:80")],
+            vec![("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080"), ("sec-fetch-site", "same-origin")],
+            vec![
+                ("host", "localhost:8080"),
+                ("origin", "http://console.internal:3000"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            vec![("host", "localhost:8080"), ("sec-fetch-site", "none")],
+            vec![],
+        ] {
+            local_only(&headers(&ok), &server).unwrap_or_else(|e| panic!("{ok:?}: {}", e.message));
+        }
+        for bad in [
+            vec![("host", "evil.example")],
+            vec![("host", "evil.example:8080")],
+            vec![("host", "127.0.0.1.evil.example")],
+            vec![("host", "127.0.0.1:8080"), ("origin", "https://evil.example")],
+            vec![("host", "127.0.0.1:8080"), ("origin", "null")],
+            vec![("host", "127.0.0.1:8080"), ("origin", "http://localhost:3000")],
+            vec![("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")],
+            vec![("host", "127.0.0.1:8080"), ("sec-fetch-site", "same-site")],
+        ] {
+            let e = local_only(&headers(&bad), &server).unwrap_err();
+            assert_eq!(e.code, ErrorCode::OriginNotAllowed, "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::connection::client_gone;
 use crate::api::AppState;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
 use crate::infer::engine::{ModelHandle, Prediction};
@@ -112,7 +113,7 @@ const RAW_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "applicat
         (status = 400, description = "Malformed query parameters, base64 or form.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "top_k must be between 1 and 100"}})),
         (status = 401, response = crate::api::responses::Unauthorized),
-        (status = 403, description = "The token lacks the classify scope.", body = ErrorBody,
+        (status = 403, description = "The token lacks the classify scope; or, without tokens, the request is not from a local client (`origin_not_allowed`).", body = ErrorBody,
          example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify scope"}})),
         (status = 404, description = "No such model, version or alias.", body = ErrorBody,
          example = json!({"error": {"code": "not_found", "message": "model nope has no versions"}})),
@@ -124,7 +125,7 @@ const RAW_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "applicat
          example = json!({"error": {"code": "unsupported_media_type", "message": "send image/jpeg, image/png, image/webp, application/octet-stream, multipart/form-data or application/json"}})),
         (status = 422, description = "An image cannot be decoded, a name is invalid, or version and alias are both given.", body = ErrorBody,
          example = json!({"error": {"code": "undecodable_image", "message": "image 0: cannot decode the image"}})),
-        (status = 429, description = "The inference queue is full; see Retry-After.", body = ErrorBody,
+        (status = 429, description = "The model's queue (by requests and images) or the server's budget of request bodies is full; see Retry-After.", body = ErrorBody,
          example = json!({"error": {"code": "queue_full", "message": "the inference queue is full"}})),
         (status = 503, description = "Models are still loading.", body = ErrorBody,
          example = json!({"error": {"code": "not_ready", "message": "models are still loading"}}))
@@ -157,6 +158,17 @@ pub async fn classify(
     }
     let (content_type, mime) = crate::api::media_type(&req);
     let limit = state.config.inference.max_body_bytes;
+    // Admitted by what its body will hold before a byte of it is read.
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(limit as u64);
+    if declared > limit as u64 {
+        return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
+    }
+    let body_permit = state.serving.admit_body(declared)?;
     let images: Vec<Vec<u8>> = match mime.as_str() {
         m if RAW_TYPES.contains(&m) => vec![crate::api::read_body(body, limit).await?],
         "multipart/form-data" => read_form(req.headers(), body, limit).await?,
@@ -181,21 +193,34 @@ pub async fn classify(
         ));
     }
     let handle = pick(&state, &query).await?;
-    // Refused before decoding when the model is full: an overloaded server spends nothing more.
-    let _admission = handle.admit()?;
-    let received = start.elapsed();
-    let h = handle.clone();
+    // Refused before decoding when the model is full (by images, what the request costs): an
+    // overloaded server spends nothing more.
     let n = images.len();
-    let input = web::block(move || {
-        let mut all = Vec::new();
-        for (i, bytes) in images.iter().enumerate() {
-            let x = h.preprocess(bytes).map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message)))?;
-            all.extend(x);
+    let _admission = handle.admit(n)?;
+    let received = start.elapsed();
+    // Every image's size from its header first: a request with one image over the limits costs
+    // no decoding at all.
+    let sizes = images
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| handle.probe(bytes).map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message))))
+        .collect::<Result<Vec<_>>>()?;
+    let mut input = Vec::with_capacity(n * 3 * handle.info.image_size * handle.info.image_size);
+    // One image at a time, each within the server-wide decoding budget. When the client goes
+    // away this future is dropped: its places are given back and no further image is decoded.
+    for (i, (bytes, (w, h))) in images.into_iter().zip(sizes).enumerate() {
+        let _decoding = state.serving.decoding(u64::from(w) * u64::from(h), || client_gone(&req)).await?;
+        if client_gone(&req) {
+            return Err(gone(i, n));
         }
-        Ok::<_, Error>(all)
-    })
-    .await
-    .map_err(|e| Error::internal(e.to_string()))??;
+        let model = handle.clone();
+        let x = web::block(move || model.preprocess(&bytes))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+            .map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message)))?;
+        input.extend(x);
+    }
+    drop(body_permit);
     let preprocessed = start.elapsed();
     let logits = handle.infer(input, n).await?;
     let done = start.elapsed();
@@ -218,6 +243,12 @@ pub async fn classify(
             total_ms: ms(done),
         },
     }))
+}
+
+/// A client that went away mid-request: answered (to nobody) and logged, its work stopped.
+fn gone(done: usize, n: usize) -> Error {
+    tracing::info!(decoded = done, images = n, "the client went away: stopped decoding its images");
+    Error::invalid_request("the client closed the connection")
 }
 
 /// The model version a request asks for: the served one, or one loaded on demand.
@@ -244,13 +275,15 @@ async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHan
                 Some(v) => v,
                 None => state.registry()?.resolve(&ModelRef::Latest(name.clone())).await?,
             };
-            if let Some(h) = state.serving.version(&name, version) {
-                return Ok(h);
-            }
-            let h = crate::server::load_version(&state.config, &state.registry()?, &name, version).await?;
-            tracing::info!(model = %name, version, "loaded on demand");
-            state.serving.keep(h.clone());
-            Ok(h)
+            let registry = state.registry()?;
+            state
+                .serving
+                .load_on_demand(&name, version, || async {
+                    let h = crate::server::load_version(&state.config, &registry, &name, version).await?;
+                    tracing::info!(model = %name, version, "loaded on demand");
+                    Ok(h)
+                })
+                .await
         }
     }
 }

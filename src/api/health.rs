@@ -68,6 +68,31 @@ impl Readiness {
     }
 }
 
+impl ReadinessReport {
+    /// Names and states only: a check's detail names paths, endpoints and hosts, which only
+    /// authenticated (or, without tokens, local) callers and the logs see.
+    pub fn redacted(self) -> Self {
+        const HIDDEN: &str = "details are shown to callers with a token, and in the logs";
+        let checks: Vec<Check> = self
+            .checks
+            .into_iter()
+            .map(|c| Check { detail: if c.ok { "ok".into() } else { HIDDEN.into() }, ..c })
+            .collect();
+        let reasons = checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {HIDDEN}", c.name)).collect();
+        ReadinessReport { ready: self.ready, reasons, checks }
+    }
+}
+
+/// Whether the caller of an open endpoint may see details: with tokens configured, a valid token;
+/// without, a loopback peer.
+fn may_see_details(req: &actix_web::HttpRequest, state: &AppState) -> bool {
+    let tokens = &state.config.auth.tokens;
+    if tokens.is_empty() {
+        return req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    }
+    crate::api::auth::bearer(req.headers()).is_some_and(|given| crate::api::auth::find(tokens, given).is_some())
+}
+
 /// Liveness: the process answers HTTP.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"status": "ok", "version": "0.1.0", "uptime_s": 12.5}))]
@@ -110,8 +135,11 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     )
 )]
 #[get("/readyz")]
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let report = state.readiness.report();
+pub async fn readyz(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let mut report = state.readiness.report();
+    if !may_see_details(&req, &state) {
+        report = report.redacted();
+    }
     state.metrics.ready.set(i64::from(report.ready));
     if report.ready {
         HttpResponse::Ok().json(report)

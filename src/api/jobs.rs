@@ -12,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::AppState;
 use crate::config::Usage;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
-use crate::jobs::runner::Runner;
 use crate::jobs::{Job, JobDataset, JobSpec, JobState, Progress};
 use crate::registry::datasets::StoredDataset;
 
@@ -78,7 +77,7 @@ pub struct FinetuneCheck {
         (status = 400, description = "The spec part is missing, a part is unknown, or the JSON is malformed.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_json", "message": "the job spec: expected value at line 1 column 1"}})),
         (status = 401, response = crate::api::responses::Unauthorized),
-        (status = 403, description = "The token lacks the `train` scope, or the licence terms were not acknowledged.", body = ErrorBody,
+        (status = 403, description = "The token lacks the `train` scope, the licence terms were not acknowledged, or (without tokens) the request is not from a local client (`origin_not_allowed`).", body = ErrorBody,
          example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
         (status = 404, description = "The named dataset, weights or backbone is unknown.", body = ErrorBody,
          example = json!({"error": {"code": "not_found", "message": "no dataset 9f… in the registry"}})),
@@ -88,6 +87,8 @@ pub struct FinetuneCheck {
          example = json!({"error": {"code": "unsupported_media_type", "message": "send multipart/form-data or application/json"}})),
         (status = 422, description = "The spec asks for something impossible (`invalid_arguments`, `invalid_name`), or the dataset fails validation (every problem listed).", body = ErrorBody,
          example = json!({"error": {"code": "dataset_invalid", "message": "the dataset has 2 problem(s): class \"tulip\" has no validation image; b/x.jpg: cannot decode the image"}})),
+        (status = 429, description = "Too many uploads or dataset checks in flight (`queue_full`), or the caller has too many jobs queued or running (`too_many_jobs`); see Retry-After.", body = ErrorBody,
+         example = json!({"error": {"code": "too_many_jobs", "message": "ci has 16 jobs queued or running; the limit is 16 (jobs.max_active_per_caller): wait for one to end, or cancel one"}})),
         (status = 503, description = "The registry or the job runner is not ready.", body = ErrorBody,
          example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
     ),
@@ -101,6 +102,31 @@ pub async fn finetune(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let runner = state.runner()?;
+    let caller = req.extensions().get::<crate::api::auth::Caller>().cloned();
+    let owner = caller.as_ref().filter(|c| c.scopes.is_some()).map(|c| c.name.clone());
+    // Admitted before a byte of the body is read or staged: a place among the uploads in flight,
+    // its declared bytes on disk, and room among the caller's active jobs.
+    let _admitted = state.uploads.admit(&req, &state.config.jobs)?;
+    if query.dry_run != Some(true) {
+        let max = state.config.jobs.max_active_per_caller;
+        let active = runner
+            .list()
+            .await?
+            .iter()
+            .filter(|j| j.owner == owner && matches!(j.state, JobState::Queued | JobState::Running))
+            .count();
+        if active >= max {
+            return Err(Error::new(
+                ErrorCode::TooManyJobs,
+                format!(
+                    "{} {active} jobs queued or running; the limit is {max} (jobs.max_active_per_caller): wait for one \
+                     to end, or cancel one",
+                    owner.as_deref().map_or("there are".to_string(), |o| format!("{o} has"))
+                ),
+            )
+            .with_header("retry-after", "60"));
+        }
+    }
     let (content_type, mime) = crate::api::media_type(&req);
     std::fs::create_dir_all(runner.work_dir())?;
     let staged = tempfile::Builder::new()
@@ -118,7 +144,6 @@ pub async fn finetune(
         }
     };
     spec.validate()?;
-    let caller = req.extensions().get::<crate::api::auth::Caller>().cloned();
     if spec.promote.is_some() && !caller.is_some_and(|c| c.may(crate::config::Scope::Admin)) {
         return Err(Error::new(ErrorCode::Forbidden, "`promote` moves an alias, which needs the admin scope"));
     }
@@ -151,7 +176,7 @@ pub async fn finetune(
     let registry = runner.registry();
     if query.dry_run == Some(true) {
         let (sha256, size, dataset) = match (upload, &spec.dataset.sha256, &spec.dataset.uri) {
-            (Some((sha, size)), None, None) => (sha, size, check(&spec, staged.path()).await?),
+            (Some((sha, size)), None, None) => (sha, size, check(&state, &spec, staged.path()).await?),
             (None, Some(sha), None) => {
                 let d = registry.dataset(sha).await?;
                 (d.sha256, d.size, d.summary)
@@ -166,14 +191,14 @@ pub async fn finetune(
         return Ok(HttpResponse::Ok().json(FinetuneCheck { sha256, size, dataset, recipe: spec.recipe() }));
     }
     let dataset = match (upload, &spec.dataset.sha256, &spec.dataset.uri) {
-        (Some(sha256), None, None) => check_and_store(runner, &spec, staged.path(), sha256).await?,
+        (Some(sha256), None, None) => check_and_store(&state, &spec, staged.path(), sha256).await?,
         (None, Some(sha), None) => registry.dataset(sha).await?,
         (None, None, Some(uri)) => {
             let (bucket, key) = crate::jobs::parse_s3_uri(uri)?;
             let path = staged.path().to_path_buf();
             let fetched =
                 crate::registry::fetch_s3_object(&state.config.registry.s3, &bucket, &key, &path, limit).await?;
-            check_and_store(runner, &spec, staged.path(), fetched).await?
+            check_and_store(&state, &spec, staged.path(), fetched).await?
         }
         (None, None, None) => {
             return Err(Error::new(
@@ -204,6 +229,7 @@ pub async fn finetune(
         result: None,
         error: None,
         warnings: Vec::new(),
+        owner,
     };
     let job = runner.submit(job).await?;
     Ok(HttpResponse::Accepted().insert_header((LOCATION, format!("/jobs/{}", job.id))).json(job))
@@ -211,16 +237,16 @@ pub async fn finetune(
 
 /// Reads the dataset at `path` as training will (every problem → 4xx), then stores it.
 async fn check_and_store(
-    runner: &Runner,
+    state: &AppState,
     spec: &JobSpec,
     path: &std::path::Path,
     (sha256, size): (String, u64),
 ) -> Result<StoredDataset> {
-    let registry = runner.registry();
+    let registry = state.runner()?.registry();
     if let Ok(existing) = registry.dataset(&sha256).await {
         return Ok(existing);
     }
-    let summary = check(spec, path).await?;
+    let summary = check(state, spec, path).await?;
     let record = StoredDataset {
         name: if spec.dataset.name.is_empty() {
             format!("dataset-{}", &sha256[..12])
@@ -237,14 +263,89 @@ async fn check_and_store(
     Ok(record)
 }
 
-/// Reads the dataset at `path` as training will; every problem is a 4xx.
-async fn check(spec: &JobSpec, path: &std::path::Path) -> Result<crate::dataset::DatasetSummary> {
-    let opts = spec.ingest_options();
+/// Reads the dataset at `path` as training will; every problem is a 4xx. At most
+/// `jobs.max_concurrent_checks` at once (else 429), each holding at most `jobs.max_check_bytes`
+/// of files and one decoded image per thread.
+async fn check(state: &AppState, spec: &JobSpec, path: &std::path::Path) -> Result<crate::dataset::DatasetSummary> {
+    let jobs = &state.config.jobs;
+    let _checking = state.uploads.checks.try_acquire().map_err(|_| {
+        Error::new(
+            ErrorCode::QueueFull,
+            format!(
+                "{} dataset check(s) are running (jobs.max_concurrent_checks); retry shortly",
+                jobs.max_concurrent_checks
+            ),
+        )
+        .with_header("retry-after", "5")
+    })?;
+    let mut opts = spec.ingest_options(jobs);
+    opts.check_only = true;
+    opts.limits.max_total_bytes = opts.limits.max_total_bytes.min(jobs.max_check_bytes);
     let eval = spec.recipe().eval_transform;
     let owned = path.to_path_buf();
     web::block(move || crate::dataset::load(&owned, &opts, &eval).map(|d| d.summary()))
         .await
         .map_err(|e| Error::internal(e.to_string()))?
+}
+
+/// What `POST /finetune` may hold at once, server-wide: uploads in flight, their bytes staged on
+/// disk, dataset checks.
+pub struct Uploads {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// In KiB.
+    staged: std::sync::Arc<tokio::sync::Semaphore>,
+    checks: tokio::sync::Semaphore,
+}
+
+/// An upload's place and staged bytes, given back when dropped.
+pub struct UploadAdmission {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _staged: tokio::sync::OwnedSemaphorePermit,
+}
+
+const KIB: u64 = 1024;
+
+fn kib(bytes: u64) -> u32 {
+    bytes.div_ceil(KIB).min(u64::from(u32::MAX)).min(tokio::sync::Semaphore::MAX_PERMITS as u64) as u32
+}
+
+impl Uploads {
+    pub fn new(jobs: &crate::config::JobsConfig) -> Self {
+        Self {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max_concurrent_uploads.max(1))),
+            staged: std::sync::Arc::new(tokio::sync::Semaphore::new(kib(jobs.max_staged_bytes) as usize)),
+            checks: tokio::sync::Semaphore::new(jobs.max_concurrent_checks.max(1)),
+        }
+    }
+
+    /// Admits a request by its declared size (`Content-Length`, else `max_upload_bytes`), or
+    /// refuses it with 413 (over the upload limit) or 429 (the budgets are taken).
+    fn admit(&self, req: &HttpRequest, jobs: &crate::config::JobsConfig) -> Result<UploadAdmission> {
+        let declared = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > jobs.max_upload_bytes.saturating_add(MAX_SPEC_BYTES as u64 + 64 * KIB)) {
+            return Err(Error::new(
+                ErrorCode::DatasetTooLarge,
+                format!("the upload exceeds {} bytes (jobs.max_upload_bytes)", jobs.max_upload_bytes),
+            ));
+        }
+        let busy = |what: &str| {
+            Error::new(ErrorCode::QueueFull, format!("{what}; retry shortly")).with_header("retry-after", "5")
+        };
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            busy(&format!("{} uploads are in flight (jobs.max_concurrent_uploads)", jobs.max_concurrent_uploads))
+        })?;
+        let bytes = declared.unwrap_or(jobs.max_upload_bytes).min(jobs.max_staged_bytes);
+        let staged = self
+            .staged
+            .clone()
+            .try_acquire_many_owned(kib(bytes).max(1))
+            .map_err(|_| busy("the uploads in flight hold jobs.max_staged_bytes of staging space"))?;
+        Ok(UploadAdmission { _slot: slot, _staged: staged })
+    }
 }
 
 /// A job spec from JSON, checked.
@@ -306,6 +407,9 @@ pub struct JobsQuery {
     /// At most this many, newest first (default 100, at most 1000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// The next page: the jobs after this one (a previous page's `next`).
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -317,6 +421,9 @@ pub struct JobsQuery {
                "backbones": {"mobilenet_v2": 0.9544}, "promoted": null}}]}))]
 pub struct JobList {
     pub jobs: Vec<Job>,
+    /// When more jobs follow: pass it as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[utoipa::path(
@@ -332,6 +439,8 @@ pub struct JobList {
          example = json!({"error": {"code": "invalid_request", "message": "invalid query string: unknown variant `done`"}})),
         (status = 401, response = crate::api::responses::Unauthorized),
         (status = 403, response = crate::api::responses::ForbiddenTrain),
+        (status = 404, description = "`after` names no job (it may have expired).", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "after: no job 0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10 (it may have expired); list from the start"}})),
         (status = 503, response = crate::api::responses::RunnerNotReady)
     ),
     security(("bearer" = ["train"]))
@@ -342,10 +451,24 @@ pub async fn list_jobs(query: web::Query<JobsQuery>, state: web::Data<AppState>)
     if !(1..=1000).contains(&limit) {
         return Err(Error::invalid_request("limit must be between 1 and 1000"));
     }
+    if let Some(after) = &query.after {
+        crate::jobs::check_job_id(after).map_err(|_| Error::invalid_request("after: not a job id"))?;
+    }
     let mut jobs = state.runner()?.list().await?;
     jobs.reverse();
-    let jobs = jobs.into_iter().filter(|j| query.state.is_none_or(|s| j.state == s)).take(limit).collect();
-    Ok(HttpResponse::Ok().json(JobList { jobs }))
+    let start = match &query.after {
+        Some(after) => jobs.iter().position(|j| &j.id == after).map(|i| i + 1).ok_or_else(|| {
+            Error::new(ErrorCode::NotFound, format!("after: no job {after} (it may have expired); list from the start"))
+        })?,
+        None => 0,
+    };
+    let mut page: Vec<Job> =
+        jobs.into_iter().skip(start).filter(|j| query.state.is_none_or(|s| j.state == s)).take(limit + 1).collect();
+    let next = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        page.last().map(|j| j.id.clone()).unwrap_or_default()
+    });
+    Ok(HttpResponse::Ok().json(JobList { jobs: page, next }))
 }
 
 #[utoipa::path(

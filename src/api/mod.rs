@@ -12,6 +12,7 @@ use crate::error::{Error, ErrorBody, ErrorCode, ErrorDetail};
 
 pub mod auth;
 pub mod classify;
+pub mod connection;
 pub mod health;
 pub mod jobs;
 pub mod meta;
@@ -39,23 +40,29 @@ pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, E
 /// Parses a JSON body. JSON Schema counts `5.0` as an integer, and so does petal: numbers with no
 /// fractional part are read as integers wherever the type is an integer.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
-    fn integral(v: &mut serde_json::Value) {
+    /// Reads whole floats as integers; true when one is too large to be read so.
+    fn integral(v: &mut serde_json::Value) -> bool {
         match v {
             serde_json::Value::Number(n) if n.is_f64() => {
                 let f = n.as_f64().unwrap_or(f64::NAN);
                 if f.fract() == 0.0 && f.abs() < 9.0e15 {
                     *v = serde_json::Value::from(f as i64);
                 }
+                f.fract() == 0.0 && f.abs() >= 9.0e15
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(integral),
-            serde_json::Value::Object(map) => map.values_mut().for_each(integral),
-            _ => {}
+            serde_json::Value::Array(items) => items.iter_mut().map(integral).fold(false, |a, b| a | b),
+            serde_json::Value::Object(map) => map.values_mut().map(integral).fold(false, |a, b| a | b),
+            _ => false,
         }
     }
     let mut value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{what}: {e}")))?;
-    integral(&mut value);
-    serde_json::from_value(value).map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{what}: {e}")))
+    let huge = integral(&mut value);
+    serde_json::from_value(value).map_err(|e| {
+        // A whole number JSON Schema allows but no integer field can hold: out of range, not malformed.
+        let code = if huge { ErrorCode::InvalidArguments } else { ErrorCode::InvalidJson };
+        Error::new(code, format!("{what}: {e}"))
+    })
 }
 
 /// Error responses many operations share (`components/responses`).
@@ -68,12 +75,12 @@ pub mod responses {
     pub struct Unauthorized(#[allow(dead_code)] ErrorBody);
 
     #[derive(utoipa::ToResponse)]
-    #[response(description = "The token lacks the `train` scope.",
+    #[response(description = "The token lacks the `train` scope; or, without tokens, the request is not from a local client (`origin_not_allowed`).",
                example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}}))]
     pub struct ForbiddenTrain(#[allow(dead_code)] ErrorBody);
 
     #[derive(utoipa::ToResponse)]
-    #[response(description = "The token lacks the `classify` or `train` scope.",
+    #[response(description = "The token lacks the `classify` or `train` scope; or, without tokens, the request is not from a local client (`origin_not_allowed`).",
                example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the classify or train scope"}}))]
     pub struct ForbiddenRead(#[allow(dead_code)] ErrorBody);
 
@@ -120,6 +127,8 @@ pub struct AppState {
     pub metrics: observe::Metrics,
     pub readiness: health::Readiness,
     pub serving: crate::infer::serving::Serving,
+    /// What `POST /finetune` may hold at once.
+    pub uploads: jobs::Uploads,
     pub started: Instant,
     /// What this process does (`petal serve [--role api]`, `petal worker`).
     pub role: crate::jobs::runner::Role,
@@ -136,7 +145,8 @@ impl AppState {
             role,
             metrics: observe::Metrics::new(),
             readiness: health::Readiness::starting(),
-            serving: crate::infer::serving::Serving::new(config.inference.models.len()),
+            serving: crate::infer::serving::Serving::new(&config.inference),
+            uploads: jobs::Uploads::new(&config.jobs),
             started: Instant::now(),
             runner: std::sync::OnceLock::new(),
             registry: std::sync::OnceLock::new(),

@@ -255,7 +255,7 @@ fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
         (status = 400, description = "The body or If-Match is malformed.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_json", "message": "missing field `version`"}})),
         (status = 401, response = crate::api::responses::Unauthorized),
-        (status = 403, description = "The token lacks the admin scope, or the licence terms were not acknowledged.", body = ErrorBody,
+        (status = 403, description = "The token lacks the admin scope, the licence terms were not acknowledged, or (without tokens) the request is not from a local client (`origin_not_allowed`).", body = ErrorBody,
          example = json!({"error": {"code": "licence_not_acknowledged", "message": "this deployment's use is commercial, and flowers102 version 1 carries non-commercial terms"}})),
         (status = 404, response = crate::api::responses::VersionNotFound),
         (status = 409, description = "A concurrent promotion won.", body = ErrorBody,

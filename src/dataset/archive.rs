@@ -77,14 +77,37 @@ fn bad_archive(msg: String) -> Error {
     Error::new(ErrorCode::DatasetArchiveInvalid, msg)
 }
 
-/// Reads a folder, a zip or a tar(.gz) file.
+/// Where each file of a dataset goes as it is read: its path and bytes, one at a time.
+pub type Sink<'a> = &'a mut dyn FnMut(String, Vec<u8>) -> Result<()>;
+
+/// Reads a folder, a zip or a tar(.gz) file into memory (tests, fuzzing, small inputs).
 pub fn read_path(path: &Path, limits: &ArchiveLimits) -> Result<Files> {
+    collect(|sink| visit_path(path, limits, sink))
+}
+
+/// Reads a zip or tar(.gz) from a seekable source into memory.
+pub fn read_archive<R: Read + std::io::Seek>(src: R, limits: &ArchiveLimits) -> Result<Files> {
+    collect(|sink| visit_archive(src, limits, sink))
+}
+
+fn collect(visit: impl FnOnce(Sink) -> Result<()>) -> Result<Files> {
+    let mut files = Files::new();
+    visit(&mut |path, bytes| {
+        files.insert(path, bytes);
+        Ok(())
+    })?;
+    Ok(files)
+}
+
+/// Streams a folder, a zip or a tar(.gz) file: each file's bytes go to `sink` as they are read,
+/// under the limits, so that whoever reads a dataset holds only what it keeps.
+pub fn visit_path(path: &Path, limits: &ArchiveLimits, sink: Sink) -> Result<()> {
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| Error::new(ErrorCode::DatasetArchiveInvalid, format!("cannot read {}: {e}", path.display())))?;
     if meta.is_dir() {
-        let mut budget = Budget::new(limits, None);
+        let mut budget = Budget::new(limits, None, sink);
         walk(path, "", &mut budget)?;
-        return finish(budget.files);
+        return budget.finish();
     }
     if meta.len() > limits.max_archive_bytes {
         return Err(too_large(format!(
@@ -94,11 +117,11 @@ pub fn read_path(path: &Path, limits: &ArchiveLimits) -> Result<Files> {
         )));
     }
     let file = std::fs::File::open(path)?;
-    read_archive(file, limits)
+    visit_archive(file, limits, sink)
 }
 
-/// Reads a zip or tar(.gz) from a seekable source, recognised by its first bytes.
-pub fn read_archive<R: Read + std::io::Seek>(mut src: R, limits: &ArchiveLimits) -> Result<Files> {
+/// Streams a zip or tar(.gz) from a seekable source, recognised by its first bytes.
+pub fn visit_archive<R: Read + std::io::Seek>(mut src: R, limits: &ArchiveLimits, sink: Sink) -> Result<()> {
     let mut magic = [0u8; 4];
     let n = read_up_to(&mut src, &mut magic)?;
     src.seek(std::io::SeekFrom::Start(0))?;
@@ -108,17 +131,17 @@ pub fn read_archive<R: Read + std::io::Seek>(mut src: R, limits: &ArchiveLimits)
     if magic.starts_with(b"PK") {
         let size = src.seek(std::io::SeekFrom::End(0))?;
         src.seek(std::io::SeekFrom::Start(0))?;
-        read_zip(src, size, limits)
+        read_zip(src, size, limits, sink)
     } else if magic.starts_with(&[0x1f, 0x8b]) {
         let counts = Rc::new(Inflation::default());
         let gz = flate2::read::GzDecoder::new(Counted { inner: src, counts: counts.clone() });
         let mut stream = Expanding { inner: gz, counts: counts.clone(), max_ratio: limits.max_ratio };
         // The tar ends before the gzip stream does: read on to its end, where the decoder checks
         // the stream's CRC and length, so that a truncated or corrupted one is refused.
-        let files = read_tar(&mut stream, limits).and_then(|files| {
+        let files = read_tar(&mut stream, limits, sink).and_then(|()| {
             std::io::copy(&mut stream, &mut std::io::sink())
                 .map_err(|e| bad_archive(format!("the gzip stream is truncated or corrupt: {e}")))?;
-            Ok(files)
+            Ok(())
         });
         if counts.exceeded.get() {
             return Err(too_large(format!(
@@ -128,7 +151,7 @@ pub fn read_archive<R: Read + std::io::Seek>(mut src: R, limits: &ArchiveLimits)
         }
         files
     } else {
-        read_tar(src, limits)
+        read_tar(src, limits, sink)
     }
 }
 
@@ -210,9 +233,11 @@ pub fn clean_path(name: &str) -> Result<Option<String>> {
     Ok(Some(parts.join("/")))
 }
 
-struct Budget<'a> {
+struct Budget<'a, 's> {
     limits: &'a ArchiveLimits,
-    files: Files,
+    /// Every path read so far (two entries of one path are refused).
+    names: std::collections::BTreeSet<String>,
+    sink: Sink<'s>,
     total: u64,
     /// A zip's size: its files together may hold `max_ratio` times that.
     zip_size: Option<u64>,
@@ -228,16 +253,23 @@ enum Cap {
     ZipRatio(u64),
 }
 
-impl<'a> Budget<'a> {
-    fn new(limits: &'a ArchiveLimits, zip_size: Option<u64>) -> Self {
-        Budget { limits, files: Files::new(), total: 0, zip_size }
+impl<'a, 's> Budget<'a, 's> {
+    fn new(limits: &'a ArchiveLimits, zip_size: Option<u64>, sink: Sink<'s>) -> Self {
+        Budget { limits, names: Default::default(), sink, total: 0, zip_size }
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.names.is_empty() {
+            return Err(bad_archive("the dataset contains no files".into()));
+        }
+        Ok(())
     }
 
     /// Reads one entry's bytes (`compressed` of them in the archive, for a zip), stopping at the
     /// limits.
     fn add(&mut self, path: String, reader: &mut dyn Read, compressed: Option<u64>) -> Result<()> {
         let l = self.limits;
-        if self.files.len() >= l.max_files {
+        if self.names.len() >= l.max_files {
             return Err(too_large(format!("more than {} files (dataset.limits.max_files)", l.max_files)));
         }
         let mut caps = vec![(l.max_file_bytes, Cap::File), (l.max_total_bytes.saturating_sub(self.total), Cap::Total)];
@@ -271,16 +303,16 @@ impl<'a> Budget<'a> {
             }));
         }
         self.total += bytes.len() as u64;
-        if self.files.insert(path.clone(), bytes).is_some() {
+        if !self.names.insert(path.clone()) {
             return Err(bad_archive(format!("entry {path} appears twice")));
         }
-        Ok(())
+        (self.sink)(path, bytes)
     }
 }
 
-fn read_zip<R: Read + std::io::Seek>(src: R, size: u64, limits: &ArchiveLimits) -> Result<Files> {
+fn read_zip<R: Read + std::io::Seek>(src: R, size: u64, limits: &ArchiveLimits, sink: Sink) -> Result<()> {
     let mut zip = zip::ZipArchive::new(src).map_err(|e| bad_archive(format!("not a readable zip file: {e}")))?;
-    let mut budget = Budget::new(limits, Some(size));
+    let mut budget = Budget::new(limits, Some(size), sink);
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad_archive(format!("zip entry {i}: {e}")))?;
         let name = entry.name().map_err(|e| bad_archive(format!("zip entry {i}: {e}")))?.to_string();
@@ -296,12 +328,12 @@ fn read_zip<R: Read + std::io::Seek>(src: R, size: u64, limits: &ArchiveLimits) 
         let compressed = entry.compressed_size();
         budget.add(path, &mut entry, Some(compressed))?;
     }
-    finish(budget.files)
+    budget.finish()
 }
 
-fn read_tar<R: Read>(src: R, limits: &ArchiveLimits) -> Result<Files> {
+fn read_tar<R: Read>(src: R, limits: &ArchiveLimits, sink: Sink) -> Result<()> {
     let mut archive = tar::Archive::new(src);
-    let mut budget = Budget::new(limits, None);
+    let mut budget = Budget::new(limits, None, sink);
     let entries = archive.entries().map_err(|e| bad_archive(format!("not a readable tar file: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad_archive(format!("not a readable tar file: {e}")))?;
@@ -319,7 +351,7 @@ fn read_tar<R: Read>(src: R, limits: &ArchiveLimits) -> Result<Files> {
         }
         budget.add(path, &mut entry, None)?;
     }
-    finish(budget.files)
+    budget.finish()
 }
 
 fn walk(dir: &Path, prefix: &str, budget: &mut Budget) -> Result<()> {
@@ -342,13 +374,6 @@ fn walk(dir: &Path, prefix: &str, budget: &mut Budget) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn finish(files: Files) -> Result<Files> {
-    if files.is_empty() {
-        return Err(bad_archive("the dataset contains no files".into()));
-    }
-    Ok(files)
 }
 
 #[cfg(test)]

@@ -84,6 +84,12 @@ pub struct IngestOptions {
     /// Decoded images are kept in memory up to this many bytes; the rest stay encoded and are
     /// decoded at each use.
     pub memory_budget_bytes: u64,
+    /// Most classes a dataset may have (checked before anything is allocated for them: a label
+    /// value in `imagelabels.mat` is a class count).
+    pub max_classes: usize,
+    /// Check and count the images without keeping them (an upload's check, a dry run): each is
+    /// decoded and dropped, so memory holds one decoded image per thread.
+    pub check_only: bool,
 }
 
 impl Default for IngestOptions {
@@ -96,8 +102,20 @@ impl Default for IngestOptions {
             seed: 0,
             oxford_split: OxfordSplit::Reference,
             memory_budget_bytes: 8 << 30,
+            max_classes: DEFAULT_MAX_CLASSES,
+            check_only: false,
         }
     }
+}
+
+/// The default of `IngestOptions::max_classes` (ImageNet-21k has 21,841).
+pub const DEFAULT_MAX_CLASSES: usize = 25_000;
+
+fn too_many_classes(n: usize, max: usize) -> Error {
+    Error::new(
+        ErrorCode::DatasetTooLarge,
+        format!("the dataset has {n} classes; the limit is {max} (jobs.max_classes)"),
+    )
 }
 
 /// Which layout a dataset was read as.
@@ -184,9 +202,13 @@ impl Dataset {
     }
 }
 
-/// Reads, decodes and checks a dataset at `path` (folder, zip, tar or tar.gz).
+/// Reads, decodes and checks a dataset at `path` (folder, zip, tar or tar.gz), streaming it:
+/// each image is decoded as it is read, and only what the dataset keeps is held (see `Read`).
 pub fn load(path: &Path, opts: &IngestOptions, eval: &EvalTransform) -> Result<Dataset> {
-    from_files(archive::read_path(path, &opts.limits)?, opts, eval)
+    labelled_into_dataset(
+        read_labelled(read(|sink| archive::visit_path(path, &opts.limits, sink), opts, eval)?, opts)?,
+        opts,
+    )
 }
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
@@ -226,7 +248,22 @@ fn invalid(problems: &[String]) -> Error {
 
 /// Checks, decodes and splits files already read.
 pub fn from_files(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> Result<Dataset> {
-    let Labelled { mut plan, mut kept, digest, prefix } = read_labelled(files, opts, eval)?;
+    let read = read(
+        |sink| {
+            if files.is_empty() {
+                return Err(Error::new(ErrorCode::DatasetArchiveInvalid, "the dataset contains no files"));
+            }
+            files.into_iter().try_for_each(|(path, bytes)| sink(path, bytes))
+        },
+        opts,
+        eval,
+    )?;
+    labelled_into_dataset(read_labelled(read, opts)?, opts)
+}
+
+/// Splits (when the dataset brings no split) and checks labelled images.
+fn labelled_into_dataset(labelled: Labelled, opts: &IngestOptions) -> Result<Dataset> {
+    let Labelled { mut plan, mut kept, digest, prefix } = labelled;
     let split_desc = match plan.split.take() {
         Some(s) => s,
         None => {
@@ -264,20 +301,111 @@ struct Labelled {
     prefix: String,
 }
 
-fn read_labelled(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> Result<Labelled> {
-    let (files, prefix) = strip_common_folder(files);
-    let mut plan =
-        if files.contains_key("imagelabels.mat") { plan_oxford(&files, opts)? } else { plan_image_folder(&files)? };
+/// Label and name files read at the top of a dataset; only these non-image files are kept.
+const LABEL_FILES: [&str; 4] = ["imagelabels.mat", "setid.mat", "class_names.txt", "cat_to_name.json"];
+
+/// Most bytes of label files a dataset may hold together (they are kept in memory).
+const MAX_LABEL_BYTES: u64 = 64 << 20;
+
+/// What reading a dataset's files keeps: every path, the label files' bytes, and for each image
+/// its sha256 and its pixels — decoded (within `memory_budget_bytes`), still encoded, or, for a
+/// check (`check_only`), nothing but whether it decodes. Images are decoded on all cores while the
+/// archive is read, through a queue of a few images: memory holds what is kept plus a few images
+/// in flight, never the whole archive.
+struct Read {
+    names: BTreeSet<String>,
+    meta: Files,
+    images: BTreeMap<String, (String, Result<Pixels>)>,
+}
+
+fn read(visit: impl FnOnce(archive::Sink) -> Result<()>, opts: &IngestOptions, eval: &EvalTransform) -> Result<Read> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(threads * 2);
+    let rx = std::sync::Mutex::new(rx);
+    let images = std::sync::Mutex::new(BTreeMap::new());
+    let used = std::sync::atomic::AtomicU64::new(0);
+    let mut names = BTreeSet::new();
+    let mut meta = Files::new();
+    let mut meta_bytes = 0u64;
+    let visited = std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (rx, images, used) = (&rx, &images, &used);
+            scope.spawn(move || loop {
+                let Ok((path, bytes)) = rx.lock().expect("decoder queue").recv() else { return };
+                let sha = sha256_hex(&bytes);
+                let pixels = decode_image(&bytes, &opts.decode, eval).map(|img| {
+                    if opts.check_only {
+                        return Pixels::Encoded(Vec::new());
+                    }
+                    let size = img.as_raw().len() as u64;
+                    let before = used.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                    if before + size <= opts.memory_budget_bytes {
+                        Pixels::Decoded(img)
+                    } else {
+                        Pixels::Encoded(bytes)
+                    }
+                });
+                images.lock().expect("decoded images").insert(path, (sha, pixels));
+            });
+        }
+        let visited = visit(&mut |path: String, bytes: Vec<u8>| {
+            names.insert(path.clone());
+            if is_image_name(&path) {
+                // Blocks while the decoders are busy: the reader never runs ahead by more than
+                // the queue.
+                tx.send((path, bytes)).map_err(|_| Error::internal("the image decoders stopped"))?;
+            } else if LABEL_FILES.contains(&path.rsplit('/').next().unwrap_or("")) {
+                meta_bytes += bytes.len() as u64;
+                if meta_bytes > MAX_LABEL_BYTES {
+                    return Err(Error::new(
+                        ErrorCode::DatasetTooLarge,
+                        format!("the dataset's label files add up to more than {MAX_LABEL_BYTES} bytes"),
+                    ));
+                }
+                meta.insert(path, bytes);
+            }
+            Ok(())
+        });
+        drop(tx);
+        visited
+    });
+    visited?;
+    Ok(Read { names, meta, images: images.into_inner().expect("decoded images") })
+}
+
+/// The paths of a dataset and its label files, for the layout plans.
+struct Listing {
+    names: BTreeSet<String>,
+    meta: Files,
+}
+
+fn read_labelled(read: Read, opts: &IngestOptions) -> Result<Labelled> {
+    let Read { names, meta, mut images } = read;
+    let (names, prefix) = strip_common_folder(names);
+    let strip = |p: String| p[prefix.len()..].to_string();
+    let meta: Files = meta.into_iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (strip(k), v)).collect();
+    let listing = Listing { names, meta };
+    let mut plan = if listing.names.contains("imagelabels.mat") {
+        plan_oxford(&listing, opts)?
+    } else {
+        plan_image_folder(&listing, opts)?
+    };
     if !plan.problems.is_empty() {
         return Err(invalid(&plan.problems));
     }
-    // Decode every image once (all cores), checking it.
-    let decoded = decode_all(&files, &plan.items, opts, eval);
     let mut bad = Vec::new();
     let mut kept = Vec::new();
-    for ((path, label, part), result) in plan.items.iter().cloned().zip(decoded) {
+    let mut digest_lines = Vec::new();
+    for (path, label, part) in plan.items.iter().cloned() {
+        let Some((sha, result)) = images.remove(&format!("{prefix}{path}")) else {
+            bad.push(format!("{path}: not read"));
+            continue;
+        };
         match result {
-            Ok(pixels) => kept.push((Sample { path, label, pixels }, part)),
+            Ok(pixels) => {
+                digest_lines.push(format!("{}\t{}\t{}\n", path, plan.classes[label], sha));
+                kept.push((Sample { path, label, pixels }, part));
+            }
             Err(e) => bad.push(format!("{path}: {}", e.message)),
         }
     }
@@ -286,9 +414,8 @@ fn read_labelled(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> Re
         _ => plan.warnings.extend(bad.into_iter().map(|b| format!("skipped {b}"))),
     }
     let mut digest = Sha256::new();
-    for (s, _) in &kept {
-        let bytes = &files[&s.path];
-        digest.update(format!("{}\t{}\t{}\n", s.path, plan.classes[s.label], sha256_hex(bytes)));
+    for line in &digest_lines {
+        digest.update(line);
     }
     Ok(Labelled { plan, kept, digest: hex::encode(digest.finalize()), prefix })
 }
@@ -336,8 +463,8 @@ pub struct EvalSet {
 /// images per split (a handful of photos of a few classes is a valid test set).
 pub fn load_eval(path: &Path, opts: &IngestOptions, eval: &EvalTransform, which: EvalSplit) -> Result<EvalSet> {
     let opts = IngestOptions { memory_budget_bytes: 0, ..opts.clone() };
-    let Labelled { mut plan, mut kept, digest, .. } =
-        read_labelled(archive::read_path(path, &opts.limits)?, &opts, eval)?;
+    let read = read(|sink| archive::visit_path(path, &opts.limits, sink), &opts, eval)?;
+    let Labelled { mut plan, mut kept, digest, .. } = read_labelled(read, &opts)?;
     let own_split = plan.split.take();
     let (want, split) = match (which, own_split) {
         (EvalSplit::All, _) | (EvalSplit::Auto, None) => (None, "every image".to_string()),
@@ -361,19 +488,20 @@ pub fn load_eval(path: &Path, opts: &IngestOptions, eval: &EvalTransform, which:
     Ok(EvalSet { class_names: plan.class_names, samples, split, layout: plan.layout, digest, warnings: plan.warnings })
 }
 
-/// Drops one top-level folder that everything sits in (`flowers/…` → `…`) when folders remain.
-fn strip_common_folder(files: Files) -> (Files, String) {
-    let mut files = files;
+/// Drops top-level folders that everything sits in (`flowers/…` → `…`) while folders remain;
+/// returns the remaining paths and what was dropped (`flowers/`).
+fn strip_common_folder(names: BTreeSet<String>) -> (BTreeSet<String>, String) {
+    let mut names = names;
     let mut prefix = String::new();
     loop {
         let first = |p: &str| p.split_once('/').map(|(a, _)| a.to_string());
-        let Some(Some(top)) = files.keys().next().map(|k| first(k)) else { return (files, prefix) };
-        let all_under = files.keys().all(|k| first(k).as_deref() == Some(top.as_str()));
-        let deeper = files.keys().any(|k| k.matches('/').count() >= 2);
+        let Some(Some(top)) = names.iter().next().map(|k| first(k)) else { return (names, prefix) };
+        let all_under = names.iter().all(|k| first(k).as_deref() == Some(top.as_str()));
+        let deeper = names.iter().any(|k| k.matches('/').count() >= 2);
         if !(all_under && deeper) {
-            return (files, prefix);
+            return (names, prefix);
         }
-        files = files.into_iter().map(|(k, v)| (k[top.len() + 1..].to_string(), v)).collect();
+        names = names.into_iter().map(|k| k[top.len() + 1..].to_string()).collect();
         prefix.push_str(&top);
         prefix.push('/');
     }
@@ -426,41 +554,6 @@ fn check_classes(classes: &[String], train: &[Sample], val: &[Sample]) -> Result
     }
 }
 
-fn decode_all(
-    files: &Files,
-    items: &[(String, usize, Part)],
-    opts: &IngestOptions,
-    eval: &EvalTransform,
-) -> Vec<Result<Pixels>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().max(1));
-    let chunk = items.len().div_ceil(threads).max(1);
-    let used = std::sync::atomic::AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| {
-                let used = &used;
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|(path, _, _)| {
-                            let bytes = &files[path];
-                            let img = decode_image(bytes, &opts.decode, eval)?;
-                            let size = img.as_raw().len() as u64;
-                            let before = used.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-                            Ok(if before + size <= opts.memory_budget_bytes {
-                                Pixels::Decoded(img)
-                            } else {
-                                Pixels::Encoded(bytes.clone())
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("decoder thread panicked")).collect()
-    })
-}
-
 /// Decodes an image as datasets keep it: reduced so its shorter side is the eval transform's
 /// resize (never enlarged), which the eval transform then leaves unchanged.
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits, eval: &EvalTransform) -> Result<RgbImage> {
@@ -469,8 +562,8 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits, eval: &EvalTransform) -
 }
 
 /// `cat_to_name.json` at the top: folder name → display name.
-fn name_map(files: &Files, problems: &mut Vec<String>) -> BTreeMap<String, String> {
-    let Some(bytes) = files.get("cat_to_name.json") else { return BTreeMap::new() };
+fn name_map(files: &Listing, problems: &mut Vec<String>) -> BTreeMap<String, String> {
+    let Some(bytes) = files.meta.get("cat_to_name.json") else { return BTreeMap::new() };
     match serde_json::from_slice::<BTreeMap<String, String>>(bytes) {
         Ok(m) => m,
         Err(e) => {
@@ -480,15 +573,15 @@ fn name_map(files: &Files, problems: &mut Vec<String>) -> BTreeMap<String, Strin
     }
 }
 
-fn plan_image_folder(files: &Files) -> Result<Plan> {
+fn plan_image_folder(files: &Listing, opts: &IngestOptions) -> Result<Plan> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    let tops: BTreeSet<&str> = files.keys().filter_map(|k| k.split_once('/').map(|(a, _)| a)).collect();
+    let tops: BTreeSet<&str> = files.names.iter().filter_map(|k| k.split_once('/').map(|(a, _)| a)).collect();
     let val_dir = ["val", "valid", "validation"].into_iter().find(|d| tops.contains(d));
     let split = tops.contains("train") && val_dir.is_some();
     let (layout, class_depth) = if split { (Layout::ImageFolderSplit, 1) } else { (Layout::ImageFolder, 0) };
     let mut entries = Vec::new();
-    for path in files.keys() {
+    for path in &files.names {
         let parts: Vec<&str> = path.split('/').collect();
         if parts.len() == 1 {
             if is_image_name(path) {
@@ -521,6 +614,9 @@ fn plan_image_folder(files: &Files) -> Result<Plan> {
     }
     let classes: Vec<String> =
         entries.iter().filter(|e| e.2 != Part::Val).map(|e| e.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    if classes.len() > opts.max_classes {
+        return Err(too_many_classes(classes.len(), opts.max_classes));
+    }
     if classes.is_empty() && problems.is_empty() {
         return Err(Error::new(
             ErrorCode::DatasetLayout,
@@ -542,11 +638,12 @@ fn plan_image_folder(files: &Files) -> Result<Plan> {
     Ok(Plan { layout, classes, class_names, items, split, warnings, problems })
 }
 
-fn plan_oxford(files: &Files, opts: &IngestOptions) -> Result<Plan> {
+fn plan_oxford(files: &Listing, opts: &IngestOptions) -> Result<Plan> {
     let layout_err = |m: String| Error::new(ErrorCode::DatasetLayout, m);
     let max = opts.limits.max_file_bytes as usize;
     let read = |name: &str| -> Result<BTreeMap<String, mat::Matrix>> {
-        mat::parse(&files[name], max).map_err(|e| layout_err(format!("{name}: {e}")))
+        let bytes = files.meta.get(name).ok_or_else(|| layout_err(format!("{name} is missing")))?;
+        mat::parse(bytes, max).map_err(|e| layout_err(format!("{name}: {e}")))
     };
     let ids = |vars: &BTreeMap<String, mat::Matrix>, file: &str, var: &str| -> Result<Vec<usize>> {
         let m = vars.get(var).ok_or_else(|| layout_err(format!("{file} has no variable {var:?}")))?;
@@ -563,10 +660,13 @@ fn plan_oxford(files: &Files, opts: &IngestOptions) -> Result<Plan> {
     };
     let labels = ids(&read("imagelabels.mat")?, "imagelabels.mat", "labels")?;
     let k = labels.iter().copied().max().unwrap_or(0);
+    if k > opts.max_classes {
+        return Err(too_many_classes(k, opts.max_classes));
+    }
     let classes: Vec<String> = (1..=k).map(|c| c.to_string()).collect();
     let mut problems = Vec::new();
     let mut class_names = classes.clone();
-    if let Some(txt) = files.get("class_names.txt") {
+    if let Some(txt) = files.meta.get("class_names.txt") {
         let lines: Vec<&str> = std::str::from_utf8(txt).unwrap_or("").lines().collect();
         if lines.len() == k {
             class_names = lines.iter().map(|l| l.trim().to_string()).collect();
@@ -579,7 +679,7 @@ fn plan_oxford(files: &Files, opts: &IngestOptions) -> Result<Plan> {
     }
     let image = |i: usize| format!("jpg/image_{i:05}.jpg");
     let mut part = vec![Part::Unsplit; labels.len()];
-    let split = if files.contains_key("setid.mat") {
+    let split = if files.names.contains("setid.mat") {
         let vars = read("setid.mat")?;
         let (tst, trn, val) =
             (ids(&vars, "setid.mat", "tstid")?, ids(&vars, "setid.mat", "trnid")?, ids(&vars, "setid.mat", "valid")?);
@@ -610,7 +710,7 @@ fn plan_oxford(files: &Files, opts: &IngestOptions) -> Result<Plan> {
             warnings.push(format!("ignored {path}: in no split of setid.mat"));
             continue;
         }
-        if !files.contains_key(&path) {
+        if !files.names.contains(&path) {
             problems.push(format!("{path} is labelled in imagelabels.mat but missing"));
             continue;
         }

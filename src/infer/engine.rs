@@ -59,6 +59,10 @@ pub struct EngineConfig {
     /// HTTP it bounds the requests admitted at once (decoding, waiting or running), checked
     /// before their images are decoded.
     pub queue_capacity: usize,
+    /// Images admitted at once per model through HTTP (decoding, waiting or running): a request
+    /// is admitted by what it costs, its number of images, checked before any is decoded. Each
+    /// admitted image may hold one input tensor (3 × crop² floats) in the queue.
+    pub max_admitted_images: usize,
     pub decode: DecodeLimits,
 }
 
@@ -69,6 +73,7 @@ impl Default for EngineConfig {
             max_batch: 0,
             max_delay_ms: 0,
             queue_capacity: 256,
+            max_admitted_images: 512,
             decode: DecodeLimits::default(),
         }
     }
@@ -111,15 +116,27 @@ pub struct ModelHandle {
     pub info: Arc<ModelInfo>,
     queue: SyncSender<Job>,
     config: Arc<EngineConfig>,
-    admitted: Arc<AtomicUsize>,
+    admitted: Arc<Admitted>,
 }
 
-/// A request's place among those a model has admitted; given back when dropped.
-pub struct Admission(Arc<AtomicUsize>);
+/// What a model has admitted: requests and their images.
+#[derive(Default)]
+struct Admitted {
+    requests: AtomicUsize,
+    images: AtomicUsize,
+}
+
+/// A request's place among those a model has admitted, and its images; given back when dropped
+/// (when the request ends, or its client goes away).
+pub struct Admission {
+    admitted: Arc<Admitted>,
+    images: usize,
+}
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.admitted.requests.fetch_sub(1, Ordering::AcqRel);
+        self.admitted.images.fetch_sub(self.images, Ordering::AcqRel);
     }
 }
 
@@ -152,6 +169,7 @@ impl ModelHandle {
             })?;
         let arch = custom(meta::ARCH).unwrap_or_default();
         drop(md);
+        transform.check().map_err(|m| Error::new(ErrorCode::ModelInvalid, format!("petal.eval_transform: {m}")))?;
         if transform.crop as usize != image_size {
             return Err(Error::new(
                 ErrorCode::ModelInvalid,
@@ -185,7 +203,13 @@ impl ModelHandle {
             .name(format!("batcher-{name}-{version}"))
             .spawn(move || batcher(session, rx, worker_info, max_batch, delay))
             .map_err(|e| Error::internal(format!("cannot start the batcher: {e}")))?;
-        Ok(ModelHandle { info, queue, config: Arc::new(config.clone()), admitted: Arc::new(AtomicUsize::new(0)) })
+        Ok(ModelHandle { info, queue, config: Arc::new(config.clone()), admitted: Default::default() })
+    }
+
+    /// An image's width and height from its header, checked against the decode limits (before
+    /// anything is decoded).
+    pub fn probe(&self, bytes: &[u8]) -> Result<(u32, u32)> {
+        crate::vision::probe(bytes, &self.config.decode)
     }
 
     /// Decodes and transforms one image for this model.
@@ -194,23 +218,29 @@ impl ModelHandle {
         Ok(self.info.transform.apply(&img))
     }
 
-    /// Admits one request, or refuses it with 429 when `queue_capacity` requests are admitted
-    /// already; the place is held until the `Admission` is dropped.
-    pub fn admit(&self) -> Result<Admission> {
+    /// Admits one request of `images` images, or refuses it with 429 when `queue_capacity`
+    /// requests or `max_admitted_images` images are admitted already (a request alone is always
+    /// admitted when nothing else is); the place is held until the `Admission` is dropped.
+    pub fn admit(&self, images: usize) -> Result<Admission> {
         let capacity = self.config.queue_capacity.max(1);
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= capacity {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
+        let max_images = self.config.max_admitted_images.max(1);
+        let a = &self.admitted;
+        let before = a.requests.fetch_add(1, Ordering::AcqRel);
+        let images_before = a.images.fetch_add(images, Ordering::AcqRel);
+        let admission = Admission { admitted: a.clone(), images };
+        if before >= capacity || (images_before > 0 && images_before + images > max_images) {
+            drop(admission);
             return Err(self.queue_full());
         }
-        Ok(Admission(self.admitted.clone()))
+        Ok(admission)
     }
 
     fn queue_full(&self) -> Error {
         Error::new(
             ErrorCode::QueueFull,
             format!(
-                "the inference queue of {} is full ({} waiting); retry shortly",
-                self.info.name, self.config.queue_capacity
+                "the inference queue of {} is full (at most {} requests and {} images at once); retry shortly",
+                self.info.name, self.config.queue_capacity, self.config.max_admitted_images
             ),
         )
         .with_header("retry-after", "1")
@@ -353,7 +383,13 @@ fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_ba
         };
         debug_assert_eq!(inputs.len(), images * per_image);
         let started = Instant::now();
-        let result = run(&mut session, inputs, images, size, classes);
+        // A request of more images than `max_batch` runs in calls of at most `max_batch`: what
+        // one call allocates (activations grow with the batch) stays bounded by configuration.
+        let result = inputs
+            .chunks(max_batch.max(1) * per_image)
+            .map(|chunk| run(&mut session, chunk, chunk.len() / per_image, size, classes))
+            .collect::<Result<Vec<Vec<f32>>>>()
+            .map(|parts| parts.concat());
         tracing::trace!(images, jobs = jobs.len(), run_ms = started.elapsed().as_secs_f64() * 1000.0, "batch");
         match result {
             Ok(out) => {

@@ -1,24 +1,88 @@
-//! The models a server is serving, by name.
-use std::sync::RwLock;
+//! The models a server is serving, by name; versions loaded on demand (one load per version, a
+//! bounded number at once); and the server-wide budgets `/classify` admits requests by.
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::InferenceConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::infer::engine::ModelHandle;
 
-#[derive(Default)]
+/// Requests for a version being loaded queue on its gate.
+type Gate = Arc<tokio::sync::Mutex<()>>;
+
 pub struct Serving {
     configured: usize,
     loaded: RwLock<Vec<ModelHandle>>,
     /// Versions loaded on demand (a request naming a version or alias not served), most recently
-    /// used last, at most `ON_DEMAND` of them.
+    /// used last, at most `max_on_demand` of them.
     on_demand: std::sync::Mutex<Vec<ModelHandle>>,
+    max_on_demand: usize,
+    /// One gate per version being loaded on demand: requests for it wait for that one load.
+    loading: std::sync::Mutex<HashMap<(String, u64), Gate>>,
+    load_slots: Semaphore,
+    /// Bytes of request bodies being read or held, server-wide.
+    body_bytes: Arc<Semaphore>,
+    /// Pixels being decoded, server-wide, and the budget's size (in `PIXEL_UNIT`s).
+    decoding_pixels: Arc<Semaphore>,
+    decoding_total: usize,
 }
 
-/// How many on-demand versions stay loaded.
-pub const ON_DEMAND: usize = 4;
+/// Semaphore permits are `u32`-counted when acquired many at once: budgets count in units that fit.
+const BODY_UNIT: u64 = 1024;
+const PIXEL_UNIT: u64 = 1024;
+
+fn permits(total: u64, unit: u64) -> usize {
+    (total.div_ceil(unit)).min(u64::from(u32::MAX)).min(Semaphore::MAX_PERMITS as u64) as usize
+}
 
 impl Serving {
-    pub fn new(configured: usize) -> Self {
-        Self { configured, loaded: RwLock::new(Vec::new()), on_demand: Default::default() }
+    pub fn new(config: &InferenceConfig) -> Self {
+        Self {
+            configured: config.models.len(),
+            loaded: RwLock::new(Vec::new()),
+            on_demand: Default::default(),
+            max_on_demand: config.max_on_demand,
+            loading: Default::default(),
+            load_slots: Semaphore::new(config.max_concurrent_loads.max(1)),
+            body_bytes: Arc::new(Semaphore::new(permits(config.max_inflight_body_bytes, BODY_UNIT))),
+            decoding_pixels: Arc::new(Semaphore::new(permits(config.max_decoding_pixels, PIXEL_UNIT))),
+            decoding_total: permits(config.max_decoding_pixels, PIXEL_UNIT),
+        }
+    }
+
+    /// Admits a request body of `bytes` (its Content-Length, or the body limit) before it is read,
+    /// or refuses it with 429 while other bodies hold the budget; released when dropped.
+    pub fn admit_body(&self, bytes: u64) -> Result<OwnedSemaphorePermit> {
+        let n = permits(bytes.max(1), BODY_UNIT) as u32;
+        self.body_bytes.clone().try_acquire_many_owned(n).map_err(|_| {
+            Error::new(
+                ErrorCode::QueueFull,
+                "the server is reading as many request bodies as inference.max_inflight_body_bytes allows; retry \
+                 shortly",
+            )
+            .with_header("retry-after", "1")
+        })
+    }
+
+    /// Waits until `pixels` may be decoded (within `inference.max_decoding_pixels`); released when
+    /// dropped. Stops waiting, with an error, once `gone()` says the client went away.
+    pub async fn decoding(&self, pixels: u64, gone: impl Fn() -> bool) -> Result<OwnedSemaphorePermit> {
+        // Never more than the whole budget, or the wait would never end.
+        let n = permits(pixels.max(1), PIXEL_UNIT).min(self.decoding_total).max(1) as u32;
+        let acquire = self.decoding_pixels.clone().acquire_many_owned(n);
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return Ok(permit.expect("the decoding budget is never closed")),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                    if gone() {
+                        return Err(Error::invalid_request("the client closed the connection"));
+                    }
+                }
+            }
+        }
     }
 
     /// A served or on-demand handle of exactly this version.
@@ -34,13 +98,51 @@ impl Serving {
         Some(h)
     }
 
-    /// Keeps an on-demand handle, dropping the least recently used beyond `ON_DEMAND`
+    /// The version, loaded on demand by `load` if it is not loaded: once however many requests
+    /// ask at the same time (they wait for the one load), at most `max_concurrent_loads` versions
+    /// at once (503 with Retry-After beyond), and kept among the `max_on_demand` most recently used.
+    pub async fn load_on_demand<F, Fut>(&self, name: &str, version: u64, load: F) -> Result<ModelHandle>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<ModelHandle>>,
+    {
+        if let Some(h) = self.version(name, version) {
+            return Ok(h);
+        }
+        let key = (name.to_string(), version);
+        let gate = self.loading.lock().expect("serving lock").entry(key.clone()).or_default().clone();
+        let _turn = gate.lock().await;
+        if let Some(h) = self.version(name, version) {
+            return Ok(h);
+        }
+        let slot = self.load_slots.try_acquire().map_err(|_| {
+            Error::new(
+                ErrorCode::NotReady,
+                format!("other model versions are being loaded (inference.max_concurrent_loads); retry {name} version {version} shortly"),
+            )
+            .with_header("retry-after", "2")
+        });
+        let loaded = match slot {
+            Ok(_slot) => load().await,
+            Err(e) => Err(e),
+        };
+        if let Ok(h) = &loaded {
+            self.keep(h.clone());
+        }
+        let mut loading = self.loading.lock().expect("serving lock");
+        if loading.get(&key).is_some_and(|g| Arc::ptr_eq(g, &gate)) {
+            loading.remove(&key);
+        }
+        loaded
+    }
+
+    /// Keeps an on-demand handle, dropping the least recently used beyond `max_on_demand`
     /// (requests holding a dropped handle finish on it).
     pub fn keep(&self, handle: ModelHandle) {
         let mut extra = self.on_demand.lock().expect("serving lock");
         extra.retain(|h| !(h.info.name == handle.info.name && h.info.version == handle.info.version));
         extra.push(handle);
-        while extra.len() > ON_DEMAND {
+        while extra.len() > self.max_on_demand {
             extra.remove(0);
         }
     }

@@ -6,6 +6,7 @@
 //! stopped is failed on the next start with the code `job_interrupted` and the phase and epoch it
 //! had reached; jobs do not resume from a checkpoint. Queued jobs are queued again.
 pub mod lease;
+pub mod retention;
 pub mod runner;
 
 use std::collections::BTreeMap;
@@ -191,12 +192,7 @@ impl JobSpec {
             return Err(Error::new(ErrorCode::InvalidArguments, format!("recipe: {name} is out of range")));
         }
         let t = &recipe.eval_transform;
-        if !(16..=1024).contains(&t.crop) || !(t.crop..=1024).contains(&t.resize) {
-            return Err(Error::new(
-                ErrorCode::InvalidArguments,
-                "eval_transform: crop in 16–1024 and crop ≤ resize ≤ 1024",
-            ));
-        }
+        t.check().map_err(|m| Error::new(ErrorCode::InvalidArguments, m))?;
         // One input batch stays under ~1 GB of float32.
         if recipe.batch_size as u64 * u64::from(t.crop).pow(2) > 256 * 512 * 512 {
             return Err(Error::new(ErrorCode::InvalidArguments, "batch_size × crop² is over 256 × 512²"));
@@ -242,10 +238,12 @@ impl JobSpec {
         })
     }
 
-    /// How the dataset is read and split.
-    pub fn ingest_options(&self) -> IngestOptions {
+    /// How the dataset is read and split, under the server's limits (`jobs.*`).
+    pub fn ingest_options(&self, limits: &crate::config::JobsConfig) -> IngestOptions {
         let defaults = IngestOptions::default();
         IngestOptions {
+            decode: limits.decode,
+            max_classes: limits.max_classes,
             seed: self.recipe().seed,
             val_fraction: self.split.val_fraction.unwrap_or(defaults.val_fraction),
             oxford_split: self.split.oxford_split.unwrap_or(defaults.oxford_split),
@@ -375,6 +373,9 @@ pub struct Job {
     /// Problems the dataset check let through (skipped images).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Who submitted it: the token holder's name (absent without tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The dataset a job trains on.
@@ -441,11 +442,33 @@ impl Registry {
             .await
             .map_err(|e| store_error("listing jobs", e))?;
         let mut jobs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for meta in listed {
             if let Some(id) = meta.location.filename().and_then(|f| f.strip_suffix(".json")) {
                 if check_job_id(id).is_ok() {
+                    seen.insert(id.to_string());
+                    // Unchanged since it was last read (same ETag, size and modification time): cached.
+                    let modified =
+                        format!("{:?} {} {:?}", meta.e_tag, meta.size, meta.last_modified.timestamp_nanos_opt());
+                    let cached = self
+                        .job_cache
+                        .lock()
+                        .expect("job cache")
+                        .get(id)
+                        .filter(|c| c.0 == modified)
+                        .map(|c| c.1.clone());
+                    if let Some(j) = cached {
+                        jobs.push(j);
+                        continue;
+                    }
                     match self.job(id).await {
-                        Ok(j) => jobs.push(j),
+                        Ok(j) => {
+                            self.job_cache
+                                .lock()
+                                .expect("job cache")
+                                .insert(id.to_string(), (modified.clone(), j.clone()));
+                            jobs.push(j)
+                        }
                         Err(e) if e.code == ErrorCode::IntegrityError => {
                             tracing::warn!(job = id, error = %e, "an unreadable job record is left out")
                         }
@@ -454,6 +477,7 @@ impl Registry {
                 }
             }
         }
+        self.job_cache.lock().expect("job cache").retain(|id, _| seen.contains(id));
         jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         Ok(jobs)
     }

@@ -479,7 +479,7 @@ impl Runner {
         let archive = work.path().join("dataset.archive");
         rt.block_on(registry.fetch_dataset(&job.dataset.sha256, &archive))?;
         let recipe = spec.recipe();
-        let data = crate::dataset::load(&archive, &spec.ingest_options(), &recipe.eval_transform)?;
+        let data = crate::dataset::load(&archive, &spec.ingest_options(&self.config.jobs), &recipe.eval_transform)?;
         std::fs::remove_file(&archive)?;
         let device = crate::train::device::select(&spec.device)?;
         let store = crate::train::weights::store::WeightStore::new(&self.config.weights.cache);
@@ -546,12 +546,16 @@ impl Runner {
             }
         }
         self.update(&job.id, |j| j.progress.stage = "publishing".into());
+        // The dataset's recorded terms stand; the spec may only add to them.
+        let recorded = rt.block_on(registry.dataset(&job.dataset.sha256))?;
+        let dataset_terms =
+            crate::registry::datasets::combined_terms(recorded.terms.as_deref(), spec.dataset.terms.as_deref());
         let opts = crate::publish::PublishRun {
             model: spec.model.clone(),
             alias: spec.promote.clone(),
             by: format!("job {}", job.id),
             dataset_name: job.dataset.name.clone(),
-            dataset_terms: spec.dataset.terms.clone(),
+            dataset_terms,
             fp16: false,
             with_checkpoint: true,
             command: Some(format!(

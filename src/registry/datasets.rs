@@ -37,6 +37,18 @@ fn record_path(sha256: &str) -> ObjPath {
     ObjPath::from(format!("datasets/{sha256}/dataset.json"))
 }
 
+/// The terms a model trained on a dataset carries: the first recorded terms of the dataset stand,
+/// and a later job's spec may add to them, never remove or replace them (omitting terms on a
+/// reused dataset does not make it unrestricted).
+pub fn combined_terms(recorded: Option<&str>, later: Option<&str>) -> Option<String> {
+    let clean = |t: Option<&str>| t.map(str::trim).filter(|t| !t.is_empty()).map(str::to_string);
+    match (clean(recorded), clean(later)) {
+        (Some(a), Some(b)) if a == b => Some(a),
+        (Some(a), Some(b)) => Some(format!("{a}; in addition, as given by a later job: {b}")),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A dataset id: 64 lowercase hex digits.
 pub fn check_sha256(s: &str) -> Result<()> {
     if s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {

@@ -188,7 +188,7 @@ impl Manifest {
         s += ".\n\n";
         let restricted = self.non_commercial();
         if !restricted.is_empty() {
-            let parts: Vec<&str> = restricted.iter().map(|r| r.component.as_str()).collect();
+            let parts: Vec<String> = restricted.iter().map(|r| md_text(&r.component)).collect();
             s += &format!(
                 "**Use:** non-commercial only, because of the terms of {} (see Licences and terms below).\n\n",
                 parts.join(" and ")
@@ -204,14 +204,19 @@ impl Manifest {
             );
         }
         if let Some(d) = &p.dataset {
-            s += &format!("## Dataset\n\n**{}** (digest `{}`), {} classes", d.name, d.digest, d.class_names.len());
+            s += &format!(
+                "## Dataset\n\n**{}** (digest `{}`), {} classes",
+                md_text(&d.name),
+                md_text(&d.digest),
+                d.class_names.len()
+            );
             let counts: Vec<String> = d.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
             if !counts.is_empty() {
                 s += &format!("; {} images", counts.join(", "));
             }
             s += ".\n";
             if let Some(t) = &d.terms {
-                s += &format!("\nTerms given at upload: {t}\n");
+                s += &format!("\nTerms given at upload: {}\n", md_text(t));
             }
             s += "\n";
         }
@@ -252,7 +257,7 @@ impl Manifest {
                 "- **{component}**: {}{} {}\n",
                 l.spdx.as_deref().map(|x| format!("{x}. ")).unwrap_or_default(),
                 if l.commercial_use { "Commercial use allowed." } else { "Non-commercial use only." },
-                l.terms
+                md_text(&l.terms)
             );
         }
         s += "\n## Artifacts\n\n| file | size | sha256 |\n| --- | --- | --- |\n";
@@ -261,6 +266,28 @@ impl Manifest {
         }
         s
     }
+}
+
+/// User text (a dataset's name, its terms) as inline Markdown that stays text: on one line (it
+/// cannot start a heading or a section of its own), with every character Markdown or HTML gives a
+/// meaning escaped (no emphasis, links, tables, code or raw HTML).
+pub fn md_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\r' | '\u{2028}' | '\u{2029}' => out.push(' '),
+            c if c.is_control() => {}
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\\' | '`' | '*' | '_' | '[' | ']' | '!' | '|' | '~' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The per-epoch curve as a Markdown table, for epochs recorded by petal's trainer (others are

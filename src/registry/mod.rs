@@ -43,6 +43,9 @@ pub use manifest::{Artifact, Manifest, Provenance};
 pub struct Registry {
     store: Arc<dyn ObjectStore>,
     location: String,
+    /// Job records read before, by id, with the listing's `last_modified` they were read at: a
+    /// listing of `jobs/` re-reads only records that changed.
+    pub(crate) job_cache: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, crate::jobs::Job)>>>,
 }
 
 /// One artifact to publish.
@@ -172,9 +175,13 @@ impl Registry {
                 let root = std::path::absolute(&config.path).unwrap_or_else(|_| config.path.clone());
                 let store = LocalFileSystem::new_with_prefix(&root)
                     .map_err(|e| Error::new(ErrorCode::RegistryUnavailable, format!("{}: {e}", root.display())))?;
-                Ok(Registry { store: Arc::new(store), location: config.location() })
+                Ok(Registry { store: Arc::new(store), location: config.location(), job_cache: Default::default() })
             }
-            RegistryBackend::Memory => Ok(Registry { store: Arc::new(InMemory::new()), location: config.location() }),
+            RegistryBackend::Memory => Ok(Registry {
+                store: Arc::new(InMemory::new()),
+                location: config.location(),
+                job_cache: Default::default(),
+            }),
             RegistryBackend::S3 => {
                 let s3 = &config.s3;
                 let bucket = s3.bucket.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| {
@@ -189,7 +196,7 @@ impl Registry {
                 } else {
                     Arc::new(PrefixStore::new(store, prefix.as_str()))
                 };
-                Ok(Registry { store, location })
+                Ok(Registry { store, location, job_cache: Default::default() })
             }
         }
     }

@@ -228,7 +228,7 @@ pub fn apply(img: &RgbImage, p: &Params) -> RgbImage {
 pub fn train_input(img: &RgbImage, p: &Params, eval: &EvalTransform, out: &mut Vec<f32>) {
     let (w, h) = img.dimensions();
     if w.min(h) != eval.resize || eval.crop > w.min(h) {
-        eval.normalize_into(&eval.center_crop(&eval.resize_shorter(&apply(img, p))), out);
+        eval.normalize_into(&eval.resize_crop(&apply(img, p)), out);
         return;
     }
     let c = eval.crop;

@@ -541,7 +541,7 @@ fn load_batches(
             let img = s.rgb(eval, &limits)?;
             match rng.as_mut() {
                 Some(r) => augment::train_input(&img, &Params::draw(&recipe.augment, r), eval, &mut x),
-                None => eval.normalize_into(&eval.center_crop(&eval.resize_shorter(&img)), &mut x),
+                None => eval.normalize_into(&eval.resize_crop(&img), &mut x),
             }
             y.push(s.label as i64);
         }

@@ -7,17 +7,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode, Result};
 
-/// Limits on what `decode` accepts.
+/// Limits on what `decode` accepts. Together they bound what one image may cost: its decoded
+/// pixels (`max_pixels` × 3 bytes and the decoder's own buffers) and, through the aspect ratio, how
+/// far the eval resize may stretch it (the transforms themselves only compute the crop they keep).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecodeLimits {
+    /// Pixels (width × height) of one image.
     pub max_pixels: u64,
+    /// Width or height of one image.
     pub max_side: u32,
+    /// Longer side over shorter side; a 20,000 × 1 strip is no photo. 0 turns the check off.
+    pub max_aspect_ratio: u32,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_pixels: 40_000_000, max_side: 20_000 }
+        Self { max_pixels: 40_000_000, max_side: 20_000, max_aspect_ratio: 32 }
     }
 }
 
@@ -27,20 +33,7 @@ impl Default for DecodeLimits {
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     let undecodable =
         |e: &dyn std::fmt::Display| Error::new(ErrorCode::UndecodableImage, format!("cannot decode the image: {e}"));
-    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| undecodable(&e))?;
-    match reader.format() {
-        Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP) => {}
-        Some(other) => {
-            return Err(Error::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("{other:?} images are not accepted; send JPEG, PNG or WebP"),
-            ))
-        }
-        None => return Err(undecodable(&"not a JPEG, PNG or WebP file")),
-    }
-    let format = reader.format();
-    let (w, h) = reader.into_dimensions().map_err(|e| undecodable(&e))?;
-    check_size(w, h, limits)?;
+    let (format, _) = header(bytes, limits)?;
     if format == Some(image::ImageFormat::Jpeg) {
         match decode_jpeg_like_pil(bytes) {
             Jpeg::Rgb(img) => return Ok(img),
@@ -57,6 +50,32 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     reader.limits(l);
     let img = reader.decode().map_err(|e| undecodable(&e))?;
     Ok(to_rgb8(img))
+}
+
+/// An image's width and height, read from its header and checked against `limits`; nothing is
+/// decoded. What decoding it will cost is known from these before it is paid.
+pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<(u32, u32)> {
+    header(bytes, limits).map(|(_, size)| size)
+}
+
+fn header(bytes: &[u8], limits: &DecodeLimits) -> Result<(Option<image::ImageFormat>, (u32, u32))> {
+    let undecodable =
+        |e: &dyn std::fmt::Display| Error::new(ErrorCode::UndecodableImage, format!("cannot decode the image: {e}"));
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| undecodable(&e))?;
+    match reader.format() {
+        Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP) => {}
+        Some(other) => {
+            return Err(Error::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("{other:?} images are not accepted; send JPEG, PNG or WebP"),
+            ))
+        }
+        None => return Err(undecodable(&"not a JPEG, PNG or WebP file")),
+    }
+    let format = reader.format();
+    let (w, h) = reader.into_dimensions().map_err(|e| undecodable(&e))?;
+    check_size(w, h, limits)?;
+    Ok((format, (w, h)))
 }
 
 /// What libjpeg-turbo made of a JPEG.
@@ -128,7 +147,8 @@ fn decode_jpeg_like_pil(bytes: &[u8]) -> Jpeg {
     .unwrap_or(Jpeg::Elsewhere)
 }
 
-fn check_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<()> {
+/// Checks an image's size against `limits` (from its header, before any pixel is decoded).
+pub fn check_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<()> {
     if w == 0 || h == 0 {
         return Err(Error::new(ErrorCode::UndecodableImage, "the image is empty"));
     }
@@ -136,6 +156,17 @@ fn check_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<()> {
         return Err(Error::new(
             ErrorCode::ImageTooLarge,
             format!("the image is {w}×{h}; the limit is {} pixels and {} per side", limits.max_pixels, limits.max_side),
+        ));
+    }
+    let (long, short) = (w.max(h), w.min(h));
+    if limits.max_aspect_ratio > 0 && u64::from(long) > u64::from(short) * u64::from(limits.max_aspect_ratio) {
+        return Err(Error::new(
+            ErrorCode::ImageTooLarge,
+            format!(
+                "the image is {w}×{h}, an aspect ratio of {:.0}:1; the limit is {}:1",
+                f64::from(long) / f64::from(short),
+                limits.max_aspect_ratio
+            ),
         ));
     }
     Ok(())
@@ -186,15 +217,21 @@ impl Interpolation {
 /// PIL's fixed-point precision for 8-bit resampling.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Per output index: first input index and integer weights (PIL's `precompute_coeffs` +
-/// `normalize_coeffs_8bpc`).
-fn coefficients(input: u32, output: u32, filter: Interpolation) -> Vec<(usize, Vec<i32>)> {
-    let scale = f64::from(input) / f64::from(output);
+/// For the output indices `outputs` of a resize from `input` to `output` samples: first input
+/// index and integer weights of each (PIL's `precompute_coeffs` + `normalize_coeffs_8bpc`). Only
+/// the outputs asked for are computed: the cost is that of the kept part, not of the whole resize.
+fn coefficients(
+    input: u32,
+    output: u64,
+    filter: Interpolation,
+    outputs: std::ops::Range<u64>,
+) -> Vec<(usize, Vec<i32>)> {
+    let scale = f64::from(input) / output as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
-    (0..output)
+    outputs
         .map(|x| {
-            let center = (f64::from(x) + 0.5) * scale;
+            let center = (x as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(i64::from(input)) as usize;
             let mut w: Vec<f64> =
@@ -221,45 +258,82 @@ fn clip8(acc: i64) -> u8 {
 
 /// PIL's `Image.resize((w, h), filter)` for RGB: horizontal pass, then vertical, 8-bit rounding.
 pub fn resize(img: &RgbImage, w: u32, h: u32, filter: Interpolation) -> RgbImage {
+    resize_region(img, (u64::from(w), u64::from(h)), Region { x: 0, y: 0, w, h }, filter)
+}
+
+/// A rectangle of an image: left, top, width, height.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: u64,
+    pub y: u64,
+    pub w: u32,
+    pub h: u32,
+}
+
+/// The `region` of `resize(img, size.0, size.1, filter)`, computed without the rest: the same
+/// pixels (each output pixel of PIL's two passes depends only on its own coefficients), at a cost
+/// bounded by the region and the source, never by the resized size — a 20,000 × 1 strip resized
+/// to a shorter side of 256 is 5 gigapixels, its centre crop 50,176. `region` must lie inside.
+pub fn resize_region(img: &RgbImage, size: (u64, u64), region: Region, filter: Interpolation) -> RgbImage {
     let (iw, ih) = img.dimensions();
+    let (w, h) = size;
+    assert!(region.x + u64::from(region.w) <= w && region.y + u64::from(region.h) <= h, "region inside the resize");
     let src = img.as_raw();
-    let horizontal = if w != iw {
-        let coeffs = coefficients(iw, w, filter);
-        let mut out = vec![0u8; (w * ih * 3) as usize];
-        for y in 0..ih as usize {
+    let (rw, rh) = (region.w as usize, region.h as usize);
+    let xs = region.x..region.x + u64::from(region.w);
+    let ys = region.y..region.y + u64::from(region.h);
+    // Vertical coefficients first: they say which source rows the horizontal pass must produce.
+    let vertical = (h != u64::from(ih)).then(|| coefficients(ih, h, filter, ys.clone()));
+    let rows: std::ops::Range<usize> = match &vertical {
+        Some(c) => {
+            let first = c.iter().map(|(min, _)| *min).min().unwrap_or(0);
+            let end = c.iter().map(|(min, k)| min + k.len()).max().unwrap_or(first);
+            first..end.max(first)
+        }
+        None => ys.start as usize..ys.end as usize,
+    };
+    // Horizontal pass over the needed rows, for the region's columns only.
+    let stride = rw * 3;
+    let mut horizontal = vec![0u8; rows.len() * stride];
+    if w != u64::from(iw) {
+        let coeffs = coefficients(iw, w, filter, xs.clone());
+        for (r, y) in rows.clone().enumerate() {
             let row = &src[y * iw as usize * 3..(y + 1) * iw as usize * 3];
+            let out = &mut horizontal[r * stride..(r + 1) * stride];
             for (x, (xmin, k)) in coeffs.iter().enumerate() {
                 for c in 0..3 {
                     let mut acc: i64 = 1 << (PRECISION_BITS - 1);
                     for (i, &kv) in k.iter().enumerate() {
                         acc += i64::from(row[(xmin + i) * 3 + c]) * i64::from(kv);
                     }
-                    out[(y * w as usize + x) * 3 + c] = clip8(acc);
+                    out[x * 3 + c] = clip8(acc);
                 }
             }
         }
-        out
     } else {
-        src.clone()
-    };
-    let vertical = if h != ih {
-        let coeffs = coefficients(ih, h, filter);
-        let stride = w as usize * 3;
-        let mut out = vec![0u8; (w * h * 3) as usize];
-        for (y, (ymin, k)) in coeffs.iter().enumerate() {
-            for xc in 0..stride {
-                let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                for (i, &kv) in k.iter().enumerate() {
-                    acc += i64::from(horizontal[(ymin + i) * stride + xc]) * i64::from(kv);
-                }
-                out[y * stride + xc] = clip8(acc);
-            }
+        for (r, y) in rows.clone().enumerate() {
+            let start = (y * iw as usize + xs.start as usize) * 3;
+            horizontal[r * stride..(r + 1) * stride].copy_from_slice(&src[start..start + stride]);
         }
-        out
-    } else {
-        horizontal
+    }
+    let out = match vertical {
+        Some(coeffs) => {
+            let mut out = vec![0u8; rh * stride];
+            for (y, (ymin, k)) in coeffs.iter().enumerate() {
+                let first = ymin - rows.start;
+                for xc in 0..stride {
+                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+                    for (i, &kv) in k.iter().enumerate() {
+                        acc += i64::from(horizontal[(first + i) * stride + xc]) * i64::from(kv);
+                    }
+                    out[y * stride + xc] = clip8(acc);
+                }
+            }
+            out
+        }
+        None => horizontal,
     };
-    RgbImage::from_raw(w, h, vertical).expect("sizes match")
+    RgbImage::from_raw(region.w, region.h, out).expect("sizes match")
 }
 
 /// Python's `round()`: halves go to the even neighbour.
@@ -304,37 +378,94 @@ impl Default for EvalTransform {
     }
 }
 
+/// Largest `resize` and `crop` an eval transform may have (a model's metadata or a job's recipe).
+pub const MAX_TRANSFORM_SIDE: u32 = 1024;
+
 impl EvalTransform {
-    /// Resizes so the shorter side is `resize` (torchvision: the longer is truncated, not rounded).
+    /// Checks what a model's metadata or a job's recipe may ask for: crop in 16–1024,
+    /// crop ≤ resize ≤ 1024, finite mean, positive std.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !(16..=MAX_TRANSFORM_SIDE).contains(&self.crop) || !(self.crop..=MAX_TRANSFORM_SIDE).contains(&self.resize) {
+            return Err(format!(
+                "eval_transform: crop in 16–{MAX_TRANSFORM_SIDE} and crop ≤ resize ≤ {MAX_TRANSFORM_SIDE} (got \
+                 resize {}, crop {})",
+                self.resize, self.crop
+            ));
+        }
+        if !(self.mean.iter().all(|m| m.is_finite()) && self.std.iter().all(|s| s.is_finite() && *s > 0.0)) {
+            return Err("eval_transform: mean must be finite and std positive".into());
+        }
+        Ok(())
+    }
+
+    /// The size `resize_shorter` gives a `w`×`h` image (torchvision: the longer side is truncated,
+    /// not rounded), in 64 bits: it may be far larger than the image.
+    pub fn resized_size(&self, w: u32, h: u32) -> (u64, u64) {
+        let r = u64::from(self.resize);
+        if w <= h {
+            (r, (f64::from(self.resize) * f64::from(h) / f64::from(w)) as u64)
+        } else {
+            ((f64::from(self.resize) * f64::from(w) / f64::from(h)) as u64, r)
+        }
+    }
+
+    /// Resizes so the shorter side is `resize`. Its cost is that of the resized image: use it
+    /// only where that is bounded (shrinking); `resize_crop` computes just the centre crop.
     pub fn resize_shorter(&self, img: &RgbImage) -> RgbImage {
         let (w, h) = img.dimensions();
-        let (nw, nh) = if w <= h {
-            (self.resize, (f64::from(self.resize) * f64::from(h) / f64::from(w)) as u32)
-        } else {
-            ((f64::from(self.resize) * f64::from(w) / f64::from(h)) as u32, self.resize)
-        };
-        if (nw, nh) == (w, h) {
+        let (nw, nh) = self.resized_size(w, h);
+        if (nw, nh) == (u64::from(w), u64::from(h)) {
             img.clone()
         } else {
-            resize(img, nw, nh, self.interpolation)
+            let whole = Region { x: 0, y: 0, w: nw as u32, h: nh as u32 };
+            resize_region(img, (nw, nh), whole, self.interpolation)
         }
     }
 
     /// The centre `crop`×`crop` square (torchvision pads with zeros when the image is smaller).
     pub fn center_crop(&self, img: &RgbImage) -> RgbImage {
         let (w, h) = img.dimensions();
-        let c = self.crop;
-        let top = round_half_even((f64::from(h) - f64::from(c)) / 2.0);
-        let left = round_half_even((f64::from(w) - f64::from(c)) / 2.0);
-        RgbImage::from_fn(c, c, |x, y| {
-            let sx = i64::from(x) + left;
-            let sy = i64::from(y) + top;
-            if sx >= 0 && sy >= 0 && sx < i64::from(w) && sy < i64::from(h) {
-                *img.get_pixel(sx as u32, sy as u32)
-            } else {
-                image::Rgb([0, 0, 0])
+        self.crop_of(u64::from(w), u64::from(h), |x, y, rw, rh| {
+            let mut out = RgbImage::new(rw, rh);
+            for (px, py, p) in out.enumerate_pixels_mut() {
+                *p = *img.get_pixel((x + u64::from(px)) as u32, (y + u64::from(py)) as u32);
             }
+            out
         })
+    }
+
+    /// `center_crop(resize_shorter(img))`, computing only the pixels the crop keeps: its cost is
+    /// bounded by the crop and the source image, whatever the image's shape.
+    pub fn resize_crop(&self, img: &RgbImage) -> RgbImage {
+        let (w, h) = img.dimensions();
+        let (nw, nh) = self.resized_size(w, h);
+        if (nw, nh) == (u64::from(w), u64::from(h)) {
+            return self.center_crop(img);
+        }
+        self.crop_of(nw, nh, |x, y, rw, rh| {
+            resize_region(img, (nw, nh), Region { x, y, w: rw, h: rh }, self.interpolation)
+        })
+    }
+
+    /// The centre crop of a `w`×`h` image whose kept rectangle (left, top, width, height, inside
+    /// the image) `part` produces; zeros around it where the image is smaller than the crop.
+    fn crop_of(&self, w: u64, h: u64, part: impl FnOnce(u64, u64, u32, u32) -> RgbImage) -> RgbImage {
+        let c = i64::from(self.crop);
+        let (wi, hi) = (w as i64, h as i64);
+        let top = round_half_even((h as f64 - c as f64) / 2.0);
+        let left = round_half_even((w as f64 - c as f64) / 2.0);
+        let (x0, x1) = (left.max(0), (left + c).min(wi));
+        let (y0, y1) = (top.max(0), (top + c).min(hi));
+        if x1 <= x0 || y1 <= y0 {
+            return RgbImage::new(self.crop, self.crop);
+        }
+        let kept = part(x0 as u64, y0 as u64, (x1 - x0) as u32, (y1 - y0) as u32);
+        if kept.dimensions() == (self.crop, self.crop) {
+            return kept;
+        }
+        let mut out = RgbImage::new(self.crop, self.crop);
+        image::imageops::replace(&mut out, &kept, x0 - left, y0 - top);
+        out
     }
 
     /// 8-bit RGB → normalised CHW floats, appended to `out`.
@@ -356,7 +487,7 @@ impl EvalTransform {
     /// The whole transform: `[3, crop, crop]` floats.
     pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
         let mut out = Vec::with_capacity((3 * self.crop * self.crop) as usize);
-        self.normalize_into(&self.center_crop(&self.resize_shorter(img)), &mut out);
+        self.normalize_into(&self.resize_crop(img), &mut out);
         out
     }
 }
@@ -386,6 +517,53 @@ mod tests {
         let v = t.apply(&img);
         assert_eq!(v.len(), 3 * 224 * 224);
         assert!((v[0] - (10.0 / 255.0 - 0.485) / 0.229).abs() < 1e-6);
+    }
+
+    fn noise(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, ((y * 31) ^ x) as u8]))
+    }
+
+    #[test]
+    fn resize_crop_equals_the_whole_resize_then_the_crop() {
+        for interpolation in [Interpolation::Bilinear, Interpolation::Bicubic] {
+            for (resize, crop) in [(48, 40), (40, 40), (32, 48)] {
+                let t = EvalTransform { resize, crop, interpolation, ..Default::default() };
+                for (w, h) in [(48, 48), (64, 48), (48, 71), (30, 40), (200, 9), (7, 150), (40, 40), (300, 290)] {
+                    let img = noise(w, h);
+                    let whole = t.center_crop(&t.resize_shorter(&img));
+                    assert_eq!(t.resize_crop(&img), whole, "{w}×{h} resize {resize} crop {crop} {interpolation:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_thin_strip_costs_its_crop_not_its_resize() {
+        // Resized to a shorter side of 256 this is 5,120,000 × 256 pixels (3.9 GB); only the
+        // 224 × 224 crop is computed.
+        let img = RgbImage::from_pixel(20_000, 1, image::Rgb([9, 99, 199]));
+        let t = EvalTransform::default();
+        let start = std::time::Instant::now();
+        let v = t.apply(&img);
+        assert_eq!(v.len(), 3 * 224 * 224);
+        assert!((v[0] - (9.0 / 255.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert_eq!(t.resized_size(20_000, 1), (5_120_000, 256));
+        // A huge resize is computed in 64 bits (it overflowed u32 sizes).
+        let big = EvalTransform { resize: 1024, crop: 1024, ..Default::default() };
+        assert_eq!(big.resized_size(20_000, 1), (20_480_000, 1024));
+        assert_eq!(big.resize_crop(&img).dimensions(), (1024, 1024));
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn aspect_ratio_is_limited() {
+        let limits = DecodeLimits::default();
+        assert_eq!(check_size(20_000, 1, &limits).unwrap_err().code, ErrorCode::ImageTooLarge);
+        assert_eq!(check_size(1, 3_000, &limits).unwrap_err().code, ErrorCode::ImageTooLarge);
+        check_size(3_200, 100, &limits).unwrap();
+        check_size(20_000, 1, &DecodeLimits { max_aspect_ratio: 0, ..limits }).unwrap();
+        assert!(EvalTransform { resize: 5000, ..Default::default() }.check().is_err());
+        EvalTransform::default().check().unwrap();
     }
 
     #[test]

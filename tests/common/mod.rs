@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 
+pub mod hostile;
+
 pub fn petal_bin() -> &'static str {
     env!("CARGO_BIN_EXE_petal")
 }

@@ -1,0 +1,174 @@
+//! Retention: what the registry keeps of finished work, and for how long. Without it job records,
+//! lease records, queue markers and uploaded datasets would grow forever. `petal registry gc`
+//! and a periodic task of `petal serve` (`jobs.retention.*`) remove:
+//!
+//! - records of jobs that ended (succeeded, failed, canceled) longer ago than `finished_jobs_s`,
+//!   with their lease records;
+//! - lease records and queue markers of jobs that ended, or have no record (older than
+//!   `grace_s`: a marker is written just before its record);
+//! - uploaded datasets that no model version was trained on (no manifest names their content
+//!   digest) and no unfinished job uses, uploaded longer ago than `unreferenced_datasets_s`.
+//!
+//! Nothing a manifest references is ever removed: model versions and their artifacts are the
+//! registry's own `gc` (orphaned uploads only).
+use std::collections::BTreeSet;
+
+use futures_util::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::jobs::JobState;
+use crate::registry::{store_error, Registry};
+
+/// How long finished work is kept (`jobs.retention`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Seconds a finished job's record is kept after it ended; 0 keeps them forever.
+    pub finished_jobs_s: u64,
+    /// Seconds an uploaded dataset no model version was trained on is kept; 0 keeps them forever.
+    pub unreferenced_datasets_s: u64,
+    /// Records younger than this are never removed (a publish or submission may be in progress).
+    pub grace_s: u64,
+    /// How often `petal serve` (roles `all` and `api`) applies the policy; 0 never (then only
+    /// `petal registry gc` does).
+    pub interval_s: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { finished_jobs_s: 30 * 86_400, unreferenced_datasets_s: 30 * 86_400, grace_s: 3600, interval_s: 3600 }
+    }
+}
+
+/// What one pass removed (object paths), or would remove in a dry run.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Removed {
+    pub jobs: Vec<String>,
+    pub leases: Vec<String>,
+    pub queue: Vec<String>,
+    pub datasets: Vec<String>,
+}
+
+impl Removed {
+    pub fn total(&self) -> usize {
+        self.jobs.len() + self.leases.len() + self.queue.len() + self.datasets.len()
+    }
+}
+
+/// `seconds` before now, as the records write times (RFC 3339, seconds).
+fn cutoff(seconds: u64) -> String {
+    crate::clock::rfc3339_at(crate::clock::unix_now() - seconds as i64)
+}
+
+/// Whether RFC 3339 time `t` (with or without milliseconds) is before `cutoff`.
+fn before(t: &str, cutoff: &str) -> bool {
+    t.get(..19).unwrap_or(t) < cutoff.get(..19).unwrap_or(cutoff)
+}
+
+impl Registry {
+    async fn objects(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        self.store()
+            .list(Some(&ObjPath::from(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| store_error(&format!("listing {prefix}/"), e))
+    }
+
+    async fn remove(&self, path: &ObjPath, dry_run: bool, out: &mut Vec<String>) -> Result<()> {
+        if !dry_run {
+            match self.store().delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error("removing an expired record", e)),
+            }
+        }
+        out.push(path.to_string());
+        Ok(())
+    }
+
+    /// Applies `policy` once. Safe to run from several processes at once (each removal is of
+    /// something that will never be needed again, and a missing object is not an error).
+    pub async fn expire(&self, policy: &RetentionConfig, dry_run: bool) -> Result<Removed> {
+        let mut removed = Removed::default();
+        let grace = cutoff(policy.grace_s);
+        let jobs = self.jobs().await?;
+        let ended = |s: JobState| matches!(s, JobState::Succeeded | JobState::Failed | JobState::Canceled);
+        let ids: BTreeSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let finished: BTreeSet<&str> = jobs.iter().filter(|j| ended(j.state)).map(|j| j.id.as_str()).collect();
+        // Job records (and their leases) past retention.
+        let mut expired = BTreeSet::new();
+        if policy.finished_jobs_s > 0 {
+            let limit = cutoff(policy.finished_jobs_s.max(policy.grace_s));
+            for j in jobs.iter().filter(|j| ended(j.state)) {
+                let at = j.finished_at.as_deref().unwrap_or(&j.created_at);
+                if before(at, &limit) {
+                    expired.insert(j.id.clone());
+                }
+            }
+        }
+        // Lease records and queue markers of ended, expired or unknown jobs.
+        for meta in self.objects("leases").await? {
+            let Some(job) = meta.location.parts().nth(1).map(|p| p.as_ref().to_string()) else { continue };
+            let orphan = !ids.contains(job.as_str()) && before(&meta.last_modified.to_rfc3339(), &grace);
+            if finished.contains(job.as_str()) || orphan {
+                self.remove(&meta.location, dry_run, &mut removed.leases).await?;
+            }
+        }
+        for meta in self.objects("queue").await? {
+            let Some(job) = meta.location.filename().map(str::to_string) else { continue };
+            let orphan = !ids.contains(job.as_str()) && before(&meta.last_modified.to_rfc3339(), &grace);
+            if finished.contains(job.as_str()) || orphan {
+                self.remove(&meta.location, dry_run, &mut removed.queue).await?;
+            }
+        }
+        for id in &expired {
+            self.remove(&ObjPath::from(format!("jobs/{id}.json")), dry_run, &mut removed.jobs).await?;
+        }
+        // Datasets no version was trained on and no unfinished job uses.
+        if policy.unreferenced_datasets_s > 0 {
+            let limit = cutoff(policy.unreferenced_datasets_s.max(policy.grace_s));
+            let mut trained_on = BTreeSet::new();
+            for model in self.models().await? {
+                for v in self.versions(&model).await? {
+                    if let Some(d) = self.manifest(&model, v).await?.provenance.dataset {
+                        trained_on.insert(d.digest);
+                    }
+                }
+            }
+            let in_use: BTreeSet<&str> =
+                jobs.iter().filter(|j| !ended(j.state)).map(|j| j.dataset.sha256.as_str()).collect();
+            let mut shas = BTreeSet::new();
+            for meta in self.objects("datasets").await? {
+                if let Some(sha) = meta.location.parts().nth(1) {
+                    shas.insert(sha.as_ref().to_string());
+                }
+            }
+            for sha in shas {
+                let Ok(record) = self.dataset(&sha).await else { continue };
+                if trained_on.contains(&record.summary.digest)
+                    || in_use.contains(sha.as_str())
+                    || !before(&record.uploaded_at, &limit)
+                {
+                    continue;
+                }
+                // The record first: a dataset without one does not exist.
+                self.remove(&ObjPath::from(format!("datasets/{sha}/dataset.json")), dry_run, &mut removed.datasets)
+                    .await?;
+                self.remove(&ObjPath::from(format!("datasets/{sha}/archive")), dry_run, &mut removed.datasets).await?;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_compare_with_and_without_milliseconds() {
+        assert!(super::before("2026-01-01T00:00:00.500Z", "2026-01-01T00:00:01Z"));
+        assert!(!super::before("2026-01-01T00:00:01Z", "2026-01-01T00:00:01Z"));
+        assert!(super::before("2025-12-31T23:59:59Z", "2026-01-01T00:00:00.000Z"));
+    }
+}
