@@ -68,7 +68,7 @@ pub struct JobsConfig {
     pub max_active_per_caller: usize,
     /// How long finished jobs and unused datasets are kept (`petal registry gc`, and a periodic
     /// task of the server).
-    pub retention: crate::jobs::retention::RetentionConfig,
+    pub retention: RetentionConfig,
     /// `POST /finetune` requests reading an upload or checking a dataset at once; more get 429
     /// with Retry-After before their body is read.
     pub max_concurrent_uploads: usize,
@@ -96,7 +96,7 @@ impl Default for JobsConfig {
             worker_name: String::new(),
             max_attempts: 3,
             decode: crate::vision::DecodeLimits::default(),
-            max_classes: crate::dataset::DEFAULT_MAX_CLASSES,
+            max_classes: DEFAULT_MAX_CLASSES,
             max_active_per_caller: 16,
             retention: Default::default(),
             max_concurrent_uploads: 4,
@@ -119,6 +119,33 @@ impl JobsConfig {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "worker".into());
         format!("{host}-{}", std::process::id())
+    }
+}
+
+/// The default of `jobs.max_classes` (ImageNet-21k has 21,841).
+pub const DEFAULT_MAX_CLASSES: usize = 25_000;
+
+/// Most images in one `POST /classify` request.
+pub const MAX_IMAGES_PER_REQUEST: usize = 64;
+
+/// How long finished work is kept (`jobs.retention`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Seconds a finished job's record is kept after it ended; 0 keeps them forever.
+    pub finished_jobs_s: u64,
+    /// Seconds an uploaded dataset no model version was trained on is kept; 0 keeps them forever.
+    pub unreferenced_datasets_s: u64,
+    /// Records younger than this are never removed (a publish or submission may be in progress).
+    pub grace_s: u64,
+    /// How often `petal serve` (roles `all` and `api`) applies the policy; 0 never (then only
+    /// `petal registry gc` does).
+    pub interval_s: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { finished_jobs_s: 30 * 86_400, unreferenced_datasets_s: 30 * 86_400, grace_s: 3600, interval_s: 3600 }
     }
 }
 
@@ -580,10 +607,10 @@ impl Config {
                 inf.max_decoding_pixels, inf.engine.decode.max_pixels
             ));
         }
-        if inf.max_concurrent_loads == 0 || inf.engine.max_admitted_images < crate::api::classify::MAX_IMAGES {
+        if inf.max_concurrent_loads == 0 || inf.engine.max_admitted_images < MAX_IMAGES_PER_REQUEST {
             problems.push(format!(
                 "inference.max_concurrent_loads must be at least 1 and inference.engine.max_admitted_images at least {}",
-                crate::api::classify::MAX_IMAGES
+                MAX_IMAGES_PER_REQUEST
             ));
         }
         if self.jobs.max_staged_bytes < self.jobs.max_upload_bytes

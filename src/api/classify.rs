@@ -15,7 +15,7 @@ use crate::infer::engine::{ModelHandle, Prediction};
 use crate::registry::ModelRef;
 
 /// Most images in one request.
-pub const MAX_IMAGES: usize = 64;
+pub const MAX_IMAGES: usize = crate::config::MAX_IMAGES_PER_REQUEST;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ClassifyQuery {

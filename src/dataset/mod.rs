@@ -108,8 +108,7 @@ impl Default for IngestOptions {
     }
 }
 
-/// The default of `IngestOptions::max_classes` (ImageNet-21k has 21,841).
-pub const DEFAULT_MAX_CLASSES: usize = 25_000;
+pub use crate::config::DEFAULT_MAX_CLASSES;
 
 fn too_many_classes(n: usize, max: usize) -> Error {
     Error::new(

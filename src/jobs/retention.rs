@@ -16,32 +16,12 @@ use std::collections::BTreeSet;
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::ObjectStoreExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::config::RetentionConfig;
 use crate::error::Result;
 use crate::jobs::JobState;
 use crate::registry::{store_error, Registry};
-
-/// How long finished work is kept (`jobs.retention`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionConfig {
-    /// Seconds a finished job's record is kept after it ended; 0 keeps them forever.
-    pub finished_jobs_s: u64,
-    /// Seconds an uploaded dataset no model version was trained on is kept; 0 keeps them forever.
-    pub unreferenced_datasets_s: u64,
-    /// Records younger than this are never removed (a publish or submission may be in progress).
-    pub grace_s: u64,
-    /// How often `petal serve` (roles `all` and `api`) applies the policy; 0 never (then only
-    /// `petal registry gc` does).
-    pub interval_s: u64,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        Self { finished_jobs_s: 30 * 86_400, unreferenced_datasets_s: 30 * 86_400, grace_s: 3600, interval_s: 3600 }
-    }
-}
 
 /// What one pass removed (object paths), or would remove in a dry run.
 #[derive(Debug, Default, Clone, Serialize)]
