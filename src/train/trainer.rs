@@ -529,7 +529,9 @@ fn load_batches(
     }
     .min(batches.len().max(1));
     let eval = &recipe.eval_transform;
-    let limits = DecodeLimits::default();
+    // Images kept encoded passed the dataset's limits (`jobs.decode`) when it was read; decoding
+    // them again checks nothing new.
+    let limits = DecodeLimits { max_pixels: u64::MAX, max_side: u32::MAX, max_aspect_ratio: 0 };
     let prepare = |b: usize| -> Result<(Vec<f32>, Vec<i64>)> {
         let idx = batches[b];
         let per = (3 * eval.crop * eval.crop) as usize;
