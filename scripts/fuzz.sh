@@ -28,7 +28,7 @@ run() {
   # The fuzz binaries link libtorch through torch-sys; at run time it is found in the venv.
   scripts/env.sh env LD_LIBRARY_PATH="$torch_lib" \
     cargo +nightly fuzz run -O --fuzz-dir fuzz "$t" "$corpus" "fuzz/seeds/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=4096 -timeout=20 -max_len=1048576 -print_final_stats=1
+    -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20 -max_len=1048576 -print_final_stats=1
 }
 
 if [ "$target" = all ]; then
