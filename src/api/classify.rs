@@ -206,8 +206,9 @@ pub async fn classify(
         .map(|(i, bytes)| handle.probe(bytes).map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message))))
         .collect::<Result<Vec<_>>>()?;
     let mut input = Vec::with_capacity(n * 3 * handle.info.image_size * handle.info.image_size);
-    // One image at a time, each within the server-wide decoding budget. When the client goes
-    // away this future is dropped: its places are given back and no further image is decoded.
+    // One image at a time, each within the server-wide decoding budget. When its socket says the
+    // client has gone (actix keeps running the handler), the request stops here: its places are
+    // given back and no further image is decoded.
     for (i, (bytes, (w, h))) in images.into_iter().zip(sizes).enumerate() {
         let _decoding = state.serving.decoding(u64::from(w) * u64::from(h), || client_gone(&req)).await?;
         if client_gone(&req) {
