@@ -4,6 +4,7 @@
 //! Modules are named for what they do; see README.md for the map.
 pub mod api;
 pub mod bench;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod dataset;

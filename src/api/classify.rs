@@ -159,12 +159,7 @@ pub async fn classify(
     let (content_type, mime) = crate::api::media_type(&req);
     let limit = state.config.inference.max_body_bytes;
     // Admitted by what its body will hold before a byte of it is read.
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(limit as u64);
+    let declared = crate::api::content_length(&req).unwrap_or(limit as u64);
     if declared > limit as u64 {
         return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
     }
@@ -210,8 +205,8 @@ pub async fn classify(
     // client has gone (actix keeps running the handler), the request stops here: its places are
     // given back and no further image is decoded.
     for (i, (bytes, (w, h))) in images.into_iter().zip(sizes).enumerate() {
-        let _decoding = state.serving.decoding(u64::from(w) * u64::from(h), || client_gone(&req)).await?;
-        if client_gone(&req) {
+        let decoding = state.serving.decoding(u64::from(w) * u64::from(h), || client_gone(&req)).await;
+        if decoding.is_none() || client_gone(&req) {
             return Err(gone(i, n));
         }
         let model = handle.clone();

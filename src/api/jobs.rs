@@ -292,28 +292,23 @@ async fn check(state: &AppState, spec: &JobSpec, path: &std::path::Path) -> Resu
 /// disk, dataset checks.
 pub struct Uploads {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
-    /// In KiB.
-    staged: std::sync::Arc<tokio::sync::Semaphore>,
+    staged: crate::budget::Budget,
     checks: tokio::sync::Semaphore,
 }
 
 /// An upload's place and staged bytes, given back when dropped.
 pub struct UploadAdmission {
     _slot: tokio::sync::OwnedSemaphorePermit,
-    _staged: tokio::sync::OwnedSemaphorePermit,
+    _staged: crate::budget::Share,
 }
 
 const KIB: u64 = 1024;
-
-fn kib(bytes: u64) -> u32 {
-    bytes.div_ceil(KIB).min(u64::from(u32::MAX)).min(tokio::sync::Semaphore::MAX_PERMITS as u64) as u32
-}
 
 impl Uploads {
     pub fn new(jobs: &crate::config::JobsConfig) -> Self {
         Self {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max_concurrent_uploads.max(1))),
-            staged: std::sync::Arc::new(tokio::sync::Semaphore::new(kib(jobs.max_staged_bytes) as usize)),
+            staged: crate::budget::Budget::new(jobs.max_staged_bytes, KIB),
             checks: tokio::sync::Semaphore::new(jobs.max_concurrent_checks.max(1)),
         }
     }
@@ -321,11 +316,7 @@ impl Uploads {
     /// Admits a request by its declared size (`Content-Length`, else `max_upload_bytes`), or
     /// refuses it with 413 (over the upload limit) or 429 (the budgets are taken).
     fn admit(&self, req: &HttpRequest, jobs: &crate::config::JobsConfig) -> Result<UploadAdmission> {
-        let declared = req
-            .headers()
-            .get(actix_web::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = crate::api::content_length(req);
         if declared.is_some_and(|n| n > jobs.max_upload_bytes.saturating_add(MAX_SPEC_BYTES as u64 + 64 * KIB)) {
             return Err(Error::new(
                 ErrorCode::DatasetTooLarge,
@@ -341,9 +332,8 @@ impl Uploads {
         let bytes = declared.unwrap_or(jobs.max_upload_bytes).min(jobs.max_staged_bytes);
         let staged = self
             .staged
-            .clone()
-            .try_acquire_many_owned(kib(bytes).max(1))
-            .map_err(|_| busy("the uploads in flight hold jobs.max_staged_bytes of staging space"))?;
+            .try_take(bytes)
+            .ok_or_else(|| busy("the uploads in flight hold jobs.max_staged_bytes of staging space"))?;
         Ok(UploadAdmission { _slot: slot, _staged: staged })
     }
 }

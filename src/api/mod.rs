@@ -26,6 +26,14 @@ pub fn media_type(req: &HttpRequest) -> (&str, String) {
     (sent, sent.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
 
+/// The body size a request declares (`Content-Length`), if it declares one.
+pub fn content_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Reads a whole request body, refusing more than `limit` bytes (413).
 pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, Error> {
     crate::streams::collect(

@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
+use crate::budget::{Budget, Share};
 use crate::config::InferenceConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::infer::engine::ModelHandle;
@@ -23,18 +24,9 @@ pub struct Serving {
     loading: std::sync::Mutex<HashMap<(String, u64), Gate>>,
     load_slots: Semaphore,
     /// Bytes of request bodies being read or held, server-wide.
-    body_bytes: Arc<Semaphore>,
-    /// Pixels being decoded, server-wide, and the budget's size (in `PIXEL_UNIT`s).
-    decoding_pixels: Arc<Semaphore>,
-    decoding_total: usize,
-}
-
-/// Semaphore permits are `u32`-counted when acquired many at once: budgets count in units that fit.
-const BODY_UNIT: u64 = 1024;
-const PIXEL_UNIT: u64 = 1024;
-
-fn permits(total: u64, unit: u64) -> usize {
-    (total.div_ceil(unit)).min(u64::from(u32::MAX)).min(Semaphore::MAX_PERMITS as u64) as usize
+    body_bytes: Budget,
+    /// Pixels being decoded, server-wide.
+    decoding_pixels: Budget,
 }
 
 impl Serving {
@@ -46,17 +38,15 @@ impl Serving {
             max_on_demand: config.max_on_demand,
             loading: Default::default(),
             load_slots: Semaphore::new(config.max_concurrent_loads.max(1)),
-            body_bytes: Arc::new(Semaphore::new(permits(config.max_inflight_body_bytes, BODY_UNIT))),
-            decoding_pixels: Arc::new(Semaphore::new(permits(config.max_decoding_pixels, PIXEL_UNIT))),
-            decoding_total: permits(config.max_decoding_pixels, PIXEL_UNIT),
+            body_bytes: Budget::new(config.max_inflight_body_bytes, 1024),
+            decoding_pixels: Budget::new(config.max_decoding_pixels, 1024),
         }
     }
 
     /// Admits a request body of `bytes` (its Content-Length, or the body limit) before it is read,
     /// or refuses it with 429 while other bodies hold the budget; released when dropped.
-    pub fn admit_body(&self, bytes: u64) -> Result<OwnedSemaphorePermit> {
-        let n = permits(bytes.max(1), BODY_UNIT) as u32;
-        self.body_bytes.clone().try_acquire_many_owned(n).map_err(|_| {
+    pub fn admit_body(&self, bytes: u64) -> Result<Share> {
+        self.body_bytes.try_take(bytes).ok_or_else(|| {
             Error::new(
                 ErrorCode::QueueFull,
                 "the server is reading as many request bodies as inference.max_inflight_body_bytes allows; retry \
@@ -67,22 +57,9 @@ impl Serving {
     }
 
     /// Waits until `pixels` may be decoded (within `inference.max_decoding_pixels`); released when
-    /// dropped. Stops waiting, with an error, once `gone()` says the client went away.
-    pub async fn decoding(&self, pixels: u64, gone: impl Fn() -> bool) -> Result<OwnedSemaphorePermit> {
-        // Never more than the whole budget, or the wait would never end.
-        let n = permits(pixels.max(1), PIXEL_UNIT).min(self.decoding_total).max(1) as u32;
-        let acquire = self.decoding_pixels.clone().acquire_many_owned(n);
-        tokio::pin!(acquire);
-        loop {
-            tokio::select! {
-                permit = &mut acquire => return Ok(permit.expect("the decoding budget is never closed")),
-                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
-                    if gone() {
-                        return Err(Error::invalid_request("the client closed the connection"));
-                    }
-                }
-            }
-        }
+    /// dropped. `None` once `gone()` says the client went away.
+    pub async fn decoding(&self, pixels: u64, gone: impl Fn() -> bool) -> Option<Share> {
+        self.decoding_pixels.take_unless(pixels, gone).await
     }
 
     /// A served or on-demand handle of exactly this version.
