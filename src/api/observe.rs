@@ -106,7 +106,7 @@ fn method_label(method: &actix_web::http::Method) -> &'static str {
 }
 
 /// The status as a metric label: petal answers only statuses of its own error table and a few
-/// successes, but a status outside 100–599 is folded to its class all the same.
+/// successes, but a status outside 100–599 is counted as `other` all the same.
 fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
     match status {
         100..=599 => status.to_string().into(),

@@ -247,16 +247,7 @@ fn invalid(problems: &[String]) -> Error {
 
 /// Checks, decodes and splits files already read.
 pub fn from_files(files: Files, opts: &IngestOptions, eval: &EvalTransform) -> Result<Dataset> {
-    let read = read(
-        |sink| {
-            if files.is_empty() {
-                return Err(Error::new(ErrorCode::DatasetArchiveInvalid, "the dataset contains no files"));
-            }
-            files.into_iter().try_for_each(|(path, bytes)| sink(path, bytes))
-        },
-        opts,
-        eval,
-    )?;
+    let read = read(|sink| files.into_iter().try_for_each(|(path, bytes)| sink(path, bytes)), opts, eval)?;
     labelled_into_dataset(read_labelled(read, opts)?, opts)
 }
 

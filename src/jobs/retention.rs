@@ -20,7 +20,6 @@ use serde::Serialize;
 
 pub use crate::config::RetentionConfig;
 use crate::error::Result;
-use crate::jobs::JobState;
 use crate::registry::{store_error, Registry};
 
 /// What one pass removed (object paths), or would remove in a dry run.
@@ -74,33 +73,28 @@ impl Registry {
         let mut removed = Removed::default();
         let grace = cutoff(policy.grace_s);
         let jobs = self.jobs().await?;
-        let ended = |s: JobState| matches!(s, JobState::Succeeded | JobState::Failed | JobState::Canceled);
         let ids: BTreeSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
-        let finished: BTreeSet<&str> = jobs.iter().filter(|j| ended(j.state)).map(|j| j.id.as_str()).collect();
+        let finished: BTreeSet<&str> = jobs.iter().filter(|j| j.state.is_terminal()).map(|j| j.id.as_str()).collect();
         // Job records (and their leases) past retention.
         let mut expired = BTreeSet::new();
         if policy.finished_jobs_s > 0 {
             let limit = cutoff(policy.finished_jobs_s.max(policy.grace_s));
-            for j in jobs.iter().filter(|j| ended(j.state)) {
+            for j in jobs.iter().filter(|j| j.state.is_terminal()) {
                 let at = j.finished_at.as_deref().unwrap_or(&j.created_at);
                 if before(at, &limit) {
                     expired.insert(j.id.clone());
                 }
             }
         }
-        // Lease records and queue markers of ended, expired or unknown jobs.
-        for meta in self.objects("leases").await? {
-            let Some(job) = meta.location.parts().nth(1).map(|p| p.as_ref().to_string()) else { continue };
-            let orphan = !ids.contains(job.as_str()) && before(&meta.last_modified.to_rfc3339(), &grace);
-            if finished.contains(job.as_str()) || orphan {
-                self.remove(&meta.location, dry_run, &mut removed.leases).await?;
-            }
-        }
-        for meta in self.objects("queue").await? {
-            let Some(job) = meta.location.filename().map(str::to_string) else { continue };
-            let orphan = !ids.contains(job.as_str()) && before(&meta.last_modified.to_rfc3339(), &grace);
-            if finished.contains(job.as_str()) || orphan {
-                self.remove(&meta.location, dry_run, &mut removed.queue).await?;
+        // Lease records (`leases/{job}/…`) and queue markers (`queue/{job}`) of ended, expired or
+        // unknown jobs.
+        for (prefix, out) in [("leases", &mut removed.leases), ("queue", &mut removed.queue)] {
+            for meta in self.objects(prefix).await? {
+                let Some(job) = meta.location.parts().nth(1).map(|p| p.as_ref().to_string()) else { continue };
+                let orphan = !ids.contains(job.as_str()) && before(&meta.last_modified.to_rfc3339(), &grace);
+                if finished.contains(job.as_str()) || orphan {
+                    self.remove(&meta.location, dry_run, out).await?;
+                }
             }
         }
         for id in &expired {
@@ -118,7 +112,7 @@ impl Registry {
                 }
             }
             let in_use: BTreeSet<&str> =
-                jobs.iter().filter(|j| !ended(j.state)).map(|j| j.dataset.sha256.as_str()).collect();
+                jobs.iter().filter(|j| !j.state.is_terminal()).map(|j| j.dataset.sha256.as_str()).collect();
             let mut shas = BTreeSet::new();
             for meta in self.objects("datasets").await? {
                 if let Some(sha) = meta.location.parts().nth(1) {

@@ -43,8 +43,8 @@ pub use manifest::{Artifact, Manifest, Provenance};
 pub struct Registry {
     store: Arc<dyn ObjectStore>,
     location: String,
-    /// Job records read before, by id, with the listing's `last_modified` they were read at: a
-    /// listing of `jobs/` re-reads only records that changed.
+    /// Job records read before, by id, with the listing's ETag, size and modification time they
+    /// were read at: a listing of `jobs/` re-reads only records that changed.
     pub(crate) job_cache: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, crate::jobs::Job)>>>,
 }
 

@@ -148,7 +148,7 @@ fn decode_jpeg_like_pil(bytes: &[u8]) -> Jpeg {
 }
 
 /// Checks an image's size against `limits` (from its header, before any pixel is decoded).
-pub fn check_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<()> {
+fn check_size(w: u32, h: u32, limits: &DecodeLimits) -> Result<()> {
     if w == 0 || h == 0 {
         return Err(Error::new(ErrorCode::UndecodableImage, "the image is empty"));
     }
@@ -426,11 +426,7 @@ impl EvalTransform {
     pub fn center_crop(&self, img: &RgbImage) -> RgbImage {
         let (w, h) = img.dimensions();
         self.crop_of(u64::from(w), u64::from(h), |x, y, rw, rh| {
-            let mut out = RgbImage::new(rw, rh);
-            for (px, py, p) in out.enumerate_pixels_mut() {
-                *p = *img.get_pixel((x + u64::from(px)) as u32, (y + u64::from(py)) as u32);
-            }
-            out
+            image::imageops::crop_imm(img, x as u32, y as u32, rw, rh).to_image()
         })
     }
 
