@@ -60,7 +60,7 @@ pub struct JobsConfig {
     /// Limits on each image of a dataset, checked from its header before it is decoded, at the
     /// upload's check and again in training (`jobs.decode.max_pixels`, `.max_side`,
     /// `.max_aspect_ratio`).
-    pub decode: crate::vision::DecodeLimits,
+    pub decode: DecodeLimits,
     /// Most classes a dataset may have.
     pub max_classes: usize,
     /// Jobs one caller (a token's holder; everyone together without tokens) may have queued or
@@ -95,7 +95,7 @@ impl Default for JobsConfig {
             poll_ms: 2000,
             worker_name: String::new(),
             max_attempts: 3,
-            decode: crate::vision::DecodeLimits::default(),
+            decode: DecodeLimits::default(),
             max_classes: DEFAULT_MAX_CLASSES,
             max_active_per_caller: 16,
             retention: Default::default(),
@@ -202,7 +202,7 @@ pub struct InferenceConfig {
     /// of `POST /classify`. Each must load and warm up before the server is ready.
     pub models: Vec<String>,
     /// Provider, batching and decode limits (`inference.engine.*`).
-    pub engine: crate::infer::engine::EngineConfig,
+    pub engine: EngineConfig,
     /// Largest request body of `POST /classify`.
     pub max_body_bytes: usize,
     /// How often the registry is checked for an alias (or a latest version) that moved; the new
@@ -276,7 +276,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable on a terminal, JSON otherwise.
@@ -659,6 +659,100 @@ fn describe(errors: figment::Error) -> Error {
         })
         .collect();
     Error::invalid_config(messages.join("; "))
+}
+
+/// What a process does with jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    /// Accepts and trains jobs in one process (`petal serve`, the embedded default).
+    #[default]
+    All,
+    /// Accepts jobs into the registry's shared queue; trains none (`petal serve --role api`).
+    Api,
+    /// Trains jobs of the shared queue under leases; accepts none (`petal worker`, not a
+    /// `--role` of `petal serve`).
+    #[value(skip)]
+    Worker,
+}
+
+/// Which execution provider to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderMode {
+    /// CUDA when it loads, else CPU with a warning.
+    #[default]
+    Auto,
+    Cuda,
+    Cpu,
+}
+
+impl std::str::FromStr for ProviderMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(ProviderMode::Auto),
+            "cuda" => Ok(ProviderMode::Cuda),
+            "cpu" => Ok(ProviderMode::Cpu),
+            _ => Err(format!("unknown provider {s:?}: auto, cuda or cpu")),
+        }
+    }
+}
+
+/// How the inference engine serves each model (`inference.engine`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub provider: ProviderMode,
+    /// Images per session call; 1 turns batching off; 0 (the default) picks by provider: 32 on
+    /// CUDA, 1 on CPU, where onnxruntime is already most efficient per image at batch 1 (measured
+    /// in BENCHMARKS.md).
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for company. 0: never wait — a batch is what
+    /// queued while the previous one ran, so an idle server answers at once and a busy one batches.
+    pub max_delay_ms: u64,
+    /// Requests that may wait in the queue; beyond that requests are refused with 429. Through
+    /// HTTP it bounds the requests admitted at once (decoding, waiting or running), checked
+    /// before their images are decoded.
+    pub queue_capacity: usize,
+    /// Images admitted at once per model through HTTP (decoding, waiting or running): a request
+    /// is admitted by what it costs, its number of images, checked before any is decoded. Each
+    /// admitted image may hold one input tensor (3 × crop² floats) in the queue.
+    pub max_admitted_images: usize,
+    pub decode: DecodeLimits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderMode::Auto,
+            max_batch: 0,
+            max_delay_ms: 0,
+            queue_capacity: 256,
+            max_admitted_images: 512,
+            decode: DecodeLimits::default(),
+        }
+    }
+}
+
+/// Limits on what `decode` accepts. Together they bound what one image may cost: its decoded
+/// pixels (`max_pixels` × 3 bytes and the decoder's own buffers) and, through the aspect ratio, how
+/// far the eval resize may stretch it (the transforms themselves only compute the crop they keep).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeLimits {
+    /// Pixels (width × height) of one image.
+    pub max_pixels: u64,
+    /// Width or height of one image.
+    pub max_side: u32,
+    /// Longer side over shorter side; a 20,000 × 1 strip is no photo. 0 turns the check off.
+    pub max_aspect_ratio: u32,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self { max_pixels: 40_000_000, max_side: 20_000, max_aspect_ratio: 32 }
+    }
 }
 
 #[cfg(test)]

@@ -130,6 +130,13 @@ impl Error {
         Self::new(ErrorCode::Internal, message)
     }
 
+    /// A failed file operation, naming the action and the file: `reading /x/y.pth: No such file
+    /// or directory`. A missing file is `not_found`; any other failure is `internal`.
+    pub fn io(action: &str, path: &std::path::Path, e: std::io::Error) -> Self {
+        let code = if e.kind() == std::io::ErrorKind::NotFound { ErrorCode::NotFound } else { ErrorCode::Internal };
+        Self::new(code, format!("{action} {}: {e}", path.display()))
+    }
+
     /// The JSON body for this error, tagged with the request id when one is known.
     pub fn body(&self, request_id: Option<&str>) -> ErrorBody {
         ErrorBody {
@@ -139,12 +146,6 @@ impl Error {
                 request_id: request_id.map(str::to_owned),
             },
         }
-    }
-}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Self::internal(format!("I/O error: {e}"))
     }
 }
 

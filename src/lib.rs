@@ -3,20 +3,18 @@
 //! Data flows one way: upload → dataset → job → trainer → checkpoint → export → registry → server.
 //! Modules are named for what they do; see README.md for the map.
 pub mod api;
-pub mod bench;
-pub mod budget;
-pub mod clock;
+pub mod cli;
 pub mod config;
 pub mod dataset;
-pub mod doctor;
 pub mod error;
 pub mod export;
+pub mod foundation;
 pub mod infer;
 pub mod jobs;
 pub mod publish;
+pub mod records;
 pub mod registry;
 pub mod server;
-pub mod streams;
 pub mod telemetry;
 pub mod train;
 pub mod vision;

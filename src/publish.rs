@@ -53,7 +53,7 @@ pub async fn publish_run(registry: &Registry, run_dir: &Path, opts: &PublishRun,
         .iter()
         .find(|r| r.backbone == summary.winner)
         .ok_or_else(|| Error::invalid_request(format!("{}: the winner has no result", summary_path.display())))?;
-    let checkpoint = std::fs::read(run_dir.join(&winner.checkpoint))?;
+    let checkpoint = crate::foundation::files::read(&run_dir.join(&winner.checkpoint))?;
     let exported = export_weights(winner.backbone, &checkpoint, None, None, Some(opts.model.clone()), opts.fp16)?;
     let provenance = provenance(&summary, winner, opts, exported.image_size);
     let mut artifacts = vec![NewArtifact::new("model.onnx", exported.onnx)];

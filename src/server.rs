@@ -6,9 +6,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::infer::runtime::OrtRuntime;
-use crate::jobs::runner::Role;
-use crate::registry::Registry;
+use crate::config::Role;
 
 /// Binds, serves until SIGTERM/SIGINT, then drains in-flight requests (up to
 /// `server.shutdown_timeout_s`) and returns; a worker first stops its running jobs and releases
@@ -111,7 +109,8 @@ async fn startup_checks(state: web::Data<AppState>) {
 
 async fn check_onnxruntime(state: &web::Data<AppState>) {
     let ort_config = state.config.onnxruntime.clone();
-    let ort = web::block(move || OrtRuntime::init(&ort_config).map(|rt| rt.version.clone())).await;
+    let ort =
+        web::block(move || crate::infer::runtime::OrtRuntime::init(&ort_config).map(|rt| rt.version.clone())).await;
     match ort {
         Ok(Ok(version)) => state.readiness.set("onnxruntime", true, format!("onnxruntime {version} loaded")),
         Ok(Err(e)) => {
@@ -250,37 +249,7 @@ async fn load_model(state: &web::Data<AppState>, reference: &str) -> crate::Resu
     let r: crate::registry::ModelRef = reference.parse()?;
     let registry = state.registry()?;
     let version = registry.resolve(&r).await?;
-    load_version(&state.config, &registry, r.model(), version).await
-}
-
-/// Loads and warms up one version of a model from the registry (its ONNX file checked against
-/// the manifest).
-pub(crate) async fn load_version(
-    config: &Config,
-    registry: &Registry,
-    name: &str,
-    version: u64,
-) -> crate::Result<crate::infer::engine::ModelHandle> {
-    let manifest = registry.manifest(name, version).await?;
-    let size = manifest.artifacts.iter().find(|a| a.name == "model.onnx").map_or(0, |a| a.size);
-    if size > config.inference.max_model_bytes {
-        return Err(crate::Error::new(
-            crate::error::ErrorCode::ModelInvalid,
-            format!(
-                "{name} version {version}: its ONNX file has {size} bytes, more than inference.max_model_bytes ({})",
-                config.inference.max_model_bytes
-            ),
-        ));
-    }
-    let onnx = registry.read_artifact(&manifest, "model.onnx").await?;
-    let config = config.clone();
-    let name = name.to_string();
-    web::block(move || {
-        let runtime = OrtRuntime::init(&config.onnxruntime)?;
-        crate::infer::engine::ModelHandle::load(&runtime, &onnx, &name, version, &config.inference.engine)
-    })
-    .await
-    .map_err(|e| crate::Error::internal(e.to_string()))?
+    crate::infer::load::load_version(&state.config, &registry, r.model(), version).await
 }
 
 /// Opens the registry, proves it writable, and seeds it from `registry.seed`.

@@ -79,7 +79,7 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
     assert!(result["best_val_accuracy"].as_f64().unwrap() >= 0.9, "{result}");
     assert!(result["promoted"].is_null(), "promoted only when the spec asks");
     let dataset_sha = job["dataset"]["sha256"].as_str().unwrap().to_string();
-    assert_eq!(dataset_sha, petal::registry::sha256_hex(&std::fs::read(&zip).unwrap()));
+    assert_eq!(dataset_sha, petal::foundation::hash::sha256_hex(&std::fs::read(&zip).unwrap()));
     let list: Value = client.get(server.url("/jobs?state=succeeded")).send().unwrap().json().unwrap();
     assert_eq!(list["jobs"][0]["id"], id.as_str());
 
@@ -95,7 +95,7 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
     let onnx = client.get(server.url("/models/shapes/versions/1/onnx")).send().unwrap();
     let etag = onnx.headers()["etag"].to_str().unwrap().trim_matches('"').to_string();
     let bytes = onnx.bytes().unwrap();
-    assert_eq!(petal::registry::sha256_hex(&bytes), etag);
+    assert_eq!(petal::foundation::hash::sha256_hex(&bytes), etag);
 
     // Promotion with compare-and-swap, and its history.
     let promote = |if_match: &str| {
@@ -468,7 +468,10 @@ fn a_dataset_in_s3_trains_with_the_registry_on_s3() {
     let r = client.post(server.url("/finetune")).json(&spec).send().unwrap();
     assert_eq!(r.status(), 202);
     let job: Value = r.json().unwrap();
-    assert_eq!(job["dataset"]["sha256"].as_str().unwrap(), petal::registry::sha256_hex(&std::fs::read(&zip).unwrap()));
+    assert_eq!(
+        job["dataset"]["sha256"].as_str().unwrap(),
+        petal::foundation::hash::sha256_hex(&std::fs::read(&zip).unwrap())
+    );
     let id = job["id"].as_str().unwrap().to_string();
     let events = follow(&client, &server.base, &id);
     assert_eq!(events.last().unwrap().1["state"], "succeeded", "{:?}", events.last());

@@ -1,9 +1,10 @@
 //! petal's train augmentation against torchvision's, pixel for pixel, on real photos and noise.
 mod common;
 
+use petal::config::DecodeLimits;
 use petal::train::augment::{apply, Params};
 use petal::train::recipe::Augment;
-use petal::vision::{decode, DecodeLimits, EvalTransform};
+use petal::vision::{decode, EvalTransform};
 use rand::{Rng, SeedableRng};
 
 #[test]

@@ -312,7 +312,7 @@ fn oxford_flowers_layout_from_scipy_mat_files() {
     assert!(status.success());
     let eval = EvalTransform::default();
     let d = dataset::load(dir.path(), &IngestOptions::default(), &eval).unwrap();
-    assert_eq!(d.layout, dataset::Layout::Oxford102);
+    assert_eq!(d.layout, petal::records::dataset::Layout::Oxford102);
     assert_eq!(d.classes, ["1", "2", "3"]);
     assert_eq!(d.class_names[1], "hard-leaved pocket orchid");
     let ids = |s: &[dataset::Sample]| s.iter().map(|s| s.path.clone()).collect::<Vec<_>>();

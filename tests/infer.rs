@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use petal::config::OnnxRuntimeConfig;
-use petal::infer::engine::{EngineConfig, ModelHandle, ProviderMode};
+use petal::config::{EngineConfig, ProviderMode};
+use petal::infer::engine::ModelHandle;
 use petal::infer::runtime::OrtRuntime;
 use petal::ErrorCode;
 use tch::Tensor;

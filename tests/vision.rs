@@ -3,7 +3,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use petal::vision::{decode, DecodeLimits, EvalTransform};
+use petal::config::DecodeLimits;
+use petal::vision::{decode, EvalTransform};
 use tch::Tensor;
 
 fn photos() -> PathBuf {

@@ -6,9 +6,10 @@
 
 use std::io::Cursor;
 
+use petal::config::DecodeLimits;
 use petal::dataset::archive::ArchiveLimits;
 use petal::dataset::IngestOptions;
-use petal::vision::{DecodeLimits, EvalTransform};
+use petal::vision::EvalTransform;
 
 /// Limits small enough that one input costs milliseconds; the code paths are the same at any size.
 fn ingest_options() -> IngestOptions {

@@ -85,7 +85,7 @@ pub async fn authorize(
     let tokens = &state.config.auth.tokens;
     if tokens.is_empty() {
         // A worker serves only probes and metrics, on the address it is configured with.
-        if state.role != crate::jobs::runner::Role::Worker {
+        if state.role != crate::config::Role::Worker {
             if let Err(e) = local_only(req.headers(), &state.config.server) {
                 tracing::warn!(reason = %e.message, "refused a non-local request (no tokens configured)");
                 return Ok(req.error_response(e));

@@ -275,7 +275,7 @@ async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHan
             state
                 .serving
                 .load_on_demand(&name, version, || async {
-                    let h = crate::server::load_version(&state.config, &registry, &name, version).await?;
+                    let h = crate::infer::load::load_version(&state.config, &registry, &name, version).await?;
                     tracing::info!(model = %name, version, "loaded on demand");
                     Ok(h)
                 })
@@ -304,7 +304,7 @@ where
             )));
         }
         let too_large = || Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes"));
-        let bytes = crate::streams::collect(&mut field, limit - total, too_large, bad).await?;
+        let bytes = crate::foundation::streams::collect(&mut field, limit - total, too_large, bad).await?;
         total += bytes.len();
         images.push(bytes);
         if images.len() > MAX_IMAGES {

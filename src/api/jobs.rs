@@ -49,7 +49,7 @@ pub struct FinetuneCheck {
     /// sha256 of the archive (the dataset's id once stored).
     pub sha256: String,
     pub size: u64,
-    pub dataset: crate::dataset::DatasetSummary,
+    pub dataset: crate::records::dataset::DatasetSummary,
     /// The recipe the job would run.
     pub recipe: crate::train::recipe::Recipe,
 }
@@ -128,10 +128,11 @@ pub async fn finetune(
         }
     }
     let (content_type, mime) = crate::api::media_type(&req);
-    std::fs::create_dir_all(runner.work_dir())?;
+    crate::foundation::files::create_dir_all(&runner.work_dir())?;
     let staged = tempfile::Builder::new()
         .prefix(&crate::jobs::runner::staging_prefix("upload"))
-        .tempfile_in(runner.work_dir())?;
+        .tempfile_in(runner.work_dir())
+        .map_err(|e| Error::io("creating a staging file in", &runner.work_dir(), e))?;
     let limit = state.config.jobs.max_upload_bytes;
     let (spec, upload) = match mime.as_str() {
         "multipart/form-data" => read_form(req.headers(), payload, staged.as_file(), limit).await?,
@@ -219,7 +220,7 @@ pub async fn finetune(
         state: JobState::Queued,
         dataset: JobDataset { sha256: dataset.sha256.clone(), name },
         spec,
-        created_at: crate::clock::now_rfc3339(),
+        created_at: crate::foundation::clock::now_rfc3339(),
         started_at: None,
         finished_at: None,
         attempt: 0,
@@ -257,7 +258,7 @@ async fn check_and_store(
         size,
         terms: spec.dataset.terms.clone(),
         summary,
-        uploaded_at: crate::clock::now_rfc3339(),
+        uploaded_at: crate::foundation::clock::now_rfc3339(),
     };
     registry.put_dataset(path, &record).await?;
     Ok(record)
@@ -266,7 +267,11 @@ async fn check_and_store(
 /// Reads the dataset at `path` as training will; every problem is a 4xx. At most
 /// `jobs.max_concurrent_checks` at once (else 429), each holding at most `jobs.max_check_bytes`
 /// of files and one decoded image per thread.
-async fn check(state: &AppState, spec: &JobSpec, path: &std::path::Path) -> Result<crate::dataset::DatasetSummary> {
+async fn check(
+    state: &AppState,
+    spec: &JobSpec,
+    path: &std::path::Path,
+) -> Result<crate::records::dataset::DatasetSummary> {
     let jobs = &state.config.jobs;
     let _checking = state.uploads.checks.try_acquire().map_err(|_| {
         Error::new(
@@ -292,14 +297,14 @@ async fn check(state: &AppState, spec: &JobSpec, path: &std::path::Path) -> Resu
 /// disk, dataset checks.
 pub struct Uploads {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
-    staged: crate::budget::Budget,
+    staged: crate::foundation::budget::Budget,
     checks: tokio::sync::Semaphore,
 }
 
 /// An upload's place and staged bytes, given back when dropped.
 pub struct UploadAdmission {
     _slot: tokio::sync::OwnedSemaphorePermit,
-    _staged: crate::budget::Share,
+    _staged: crate::foundation::budget::Share,
 }
 
 const KIB: u64 = 1024;
@@ -308,7 +313,7 @@ impl Uploads {
     pub fn new(jobs: &crate::config::JobsConfig) -> Self {
         Self {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(jobs.max_concurrent_uploads.max(1))),
-            staged: crate::budget::Budget::new(jobs.max_staged_bytes, KIB),
+            staged: crate::foundation::budget::Budget::new(jobs.max_staged_bytes, KIB),
             checks: tokio::sync::Semaphore::new(jobs.max_concurrent_checks.max(1)),
         }
     }
@@ -368,7 +373,8 @@ where
                 let too_large =
                     || Error::new(ErrorCode::PayloadTooLarge, format!("the spec part exceeds {MAX_SPEC_BYTES} bytes"));
                 spec = Some(parse_spec(
-                    &crate::streams::collect(&mut field, MAX_SPEC_BYTES, too_large, multipart_error).await?,
+                    &crate::foundation::streams::collect(&mut field, MAX_SPEC_BYTES, too_large, multipart_error)
+                        .await?,
                 )?);
             }
             "dataset" => {
@@ -381,7 +387,9 @@ where
                         format!("the upload exceeds {limit} bytes (jobs.max_upload_bytes)"),
                     )
                 };
-                upload = Some(crate::streams::to_file(&mut field, file, limit, too_large, multipart_error).await?);
+                upload = Some(
+                    crate::foundation::streams::to_file(&mut field, file, limit, too_large, multipart_error).await?,
+                );
             }
             other => return Err(Error::invalid_request(format!("unknown part {other:?}: send `spec` and `dataset`"))),
         }

@@ -36,7 +36,7 @@ pub fn content_length(req: &HttpRequest) -> Option<u64> {
 
 /// Reads a whole request body, refusing more than `limit` bytes (413).
 pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, Error> {
-    crate::streams::collect(
+    crate::foundation::streams::collect(
         payload,
         limit,
         || Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")),
@@ -139,7 +139,7 @@ pub struct AppState {
     pub uploads: jobs::Uploads,
     pub started: Instant,
     /// What this process does (`petal serve [--role api]`, `petal worker`).
-    pub role: crate::jobs::runner::Role,
+    pub role: crate::config::Role,
     /// The job runner, once the registry is up.
     pub runner: std::sync::OnceLock<crate::jobs::runner::Runner>,
     /// The registry client, opened on first use and shared (one connection pool).
@@ -148,7 +148,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, role: crate::jobs::runner::Role) -> Self {
+    pub fn new(config: Config, role: crate::config::Role) -> Self {
         Self {
             role,
             metrics: observe::Metrics::new(),

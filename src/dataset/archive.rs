@@ -116,7 +116,7 @@ pub fn visit_path(path: &Path, limits: &ArchiveLimits, sink: Sink) -> Result<()>
             limits.max_archive_bytes
         )));
     }
-    let file = std::fs::File::open(path)?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io("opening the archive", path, e))?;
     visit_archive(file, limits, sink)
 }
 
@@ -124,13 +124,13 @@ pub fn visit_path(path: &Path, limits: &ArchiveLimits, sink: Sink) -> Result<()>
 pub fn visit_archive<R: Read + std::io::Seek>(mut src: R, limits: &ArchiveLimits, sink: Sink) -> Result<()> {
     let mut magic = [0u8; 4];
     let n = read_up_to(&mut src, &mut magic)?;
-    src.seek(std::io::SeekFrom::Start(0))?;
+    src.seek(std::io::SeekFrom::Start(0)).map_err(read_error)?;
     if n == 0 {
         return Err(bad_archive("the archive is empty".into()));
     }
     if magic.starts_with(b"PK") {
-        let size = src.seek(std::io::SeekFrom::End(0))?;
-        src.seek(std::io::SeekFrom::Start(0))?;
+        let size = src.seek(std::io::SeekFrom::End(0)).map_err(read_error)?;
+        src.seek(std::io::SeekFrom::Start(0)).map_err(read_error)?;
         read_zip(src, size, limits, sink)
     } else if magic.starts_with(&[0x1f, 0x8b]) {
         let counts = Rc::new(Inflation::default());
@@ -199,10 +199,15 @@ impl<R: Read> Read for Expanding<R> {
     }
 }
 
+/// A failure reading the archive itself (not one of its entries).
+fn read_error(e: std::io::Error) -> Error {
+    Error::internal(format!("reading the archive: {e}"))
+}
+
 fn read_up_to(src: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match src.read(&mut buf[n..])? {
+        match src.read(&mut buf[n..]).map_err(read_error)? {
             0 => break,
             k => n += k,
         }
@@ -355,7 +360,9 @@ fn read_tar<R: Read>(src: R, limits: &ArchiveLimits, sink: Sink) -> Result<()> {
 }
 
 fn walk(dir: &Path, prefix: &str, budget: &mut Budget) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    let listing = |e| Error::io("listing the folder", dir, e);
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).map_err(listing)?.collect::<std::io::Result<_>>().map_err(listing)?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -363,14 +370,15 @@ fn walk(dir: &Path, prefix: &str, budget: &mut Budget) -> Result<()> {
         if clean_path(&rel)?.is_none() {
             continue;
         }
-        let ft = e.file_type()?;
+        let ft = e.file_type().map_err(|err| Error::io("reading the type of", &e.path(), err))?;
         if ft.is_symlink() {
             return Err(unsafe_path(format!("{rel} is a symbolic link; links are not allowed")));
         }
         if ft.is_dir() {
             walk(&e.path(), &rel, budget)?;
         } else if ft.is_file() {
-            budget.add(rel, &mut std::fs::File::open(e.path())?, None)?;
+            let mut file = std::fs::File::open(e.path()).map_err(|err| Error::io("opening", &e.path(), err))?;
+            budget.add(rel, &mut file, None)?;
         }
     }
     Ok(())

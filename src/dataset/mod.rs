@@ -30,9 +30,11 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::DecodeLimits;
 use crate::error::{Error, ErrorCode, Result};
-use crate::registry::sha256_hex;
-use crate::vision::{self, DecodeLimits, EvalTransform};
+use crate::foundation::hash::sha256_hex;
+use crate::records::dataset::{DatasetSummary, Layout};
+use crate::vision::{self, EvalTransform};
 pub use archive::{ArchiveLimits, Files};
 
 /// What to do with files that are not decodable images.
@@ -47,7 +49,7 @@ pub enum OnBadImage {
 }
 
 /// Which official split of Oxford Flowers 102 to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum OxfordSplit {
     /// The reference experiment's: train on `tstid` (6,149), validate on `trnid` + `valid` (2,040).
@@ -117,15 +119,6 @@ fn too_many_classes(n: usize, max: usize) -> Error {
     )
 }
 
-/// Which layout a dataset was read as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    Oxford102,
-    ImageFolderSplit,
-    ImageFolder,
-}
-
 /// An image's pixels: decoded (shorter side at most the eval resize) or still encoded.
 pub enum Pixels {
     Decoded(RgbImage),
@@ -165,19 +158,6 @@ pub struct Dataset {
     pub warnings: Vec<String>,
     /// The common top-level folder(s) removed from every path (`flowers/`), or empty.
     pub prefix: String,
-}
-
-/// A summary for logs, job records and provenance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DatasetSummary {
-    pub digest: String,
-    pub layout: Layout,
-    pub split: String,
-    pub classes: Vec<String>,
-    pub class_names: Vec<String>,
-    pub train_images: usize,
-    pub val_images: usize,
-    pub warnings: usize,
 }
 
 impl std::fmt::Debug for Dataset {
@@ -419,7 +399,7 @@ fn read_labelled(read: Read, opts: &IngestOptions) -> Result<Labelled> {
 }
 
 /// Which images an evaluation measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum EvalSplit {
     /// The dataset's own validation split when it brings one (Oxford Flowers 102's, or
     /// `train/` + `val/` folders), else every image.

@@ -8,6 +8,7 @@ use prost::Message;
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::records::model_io::{meta, INPUT_NAME, OUTPUT_NAME};
 use crate::train::arch::{Activation, Op};
 use crate::train::model::Model;
 
@@ -20,8 +21,6 @@ pub mod pb {
 pub const OPSET: i64 = 17;
 /// IR version 8 goes with opset 17.
 pub const IR_VERSION: i64 = 8;
-pub const INPUT_NAME: &str = "input";
-pub const OUTPUT_NAME: &str = "logits";
 
 /// What goes into the model's metadata besides the graph.
 #[derive(Debug, Clone, Default)]
@@ -36,16 +35,6 @@ pub struct ExportOptions {
     /// Store weights as float16 (half the file), cast to float32 inside the graph: compute stays
     /// fp32, only the weights are rounded.
     pub fp16_weights: bool,
-}
-
-/// Metadata keys written into every exported model.
-pub mod meta {
-    pub const CLASS_NAMES: &str = "petal.class_names";
-    pub const TRANSFORM: &str = "petal.eval_transform";
-    pub const VERSION: &str = "petal.version";
-    pub const ARCH: &str = "petal.arch";
-    pub const IMAGE_SIZE: &str = "petal.image_size";
-    pub const PROVENANCE: &str = "petal.provenance_digest";
 }
 
 struct Builder<'a> {
@@ -373,7 +362,7 @@ pub fn export_weights(
     use crate::train::finetune::{checkpoint_metadata, META_CLASS_NAMES, META_EVAL_TRANSFORM};
     use crate::vision::EvalTransform;
 
-    let sha256 = crate::registry::sha256_hex(bytes);
+    let sha256 = crate::foundation::hash::sha256_hex(bytes);
     let tensors = crate::train::weights::read_bytes(bytes)?;
     let classes = crate::train::weights::head_classes(arch, &tensors).unwrap_or(1000);
     let mut model = Model::new(arch.network(classes), tch::Device::Cpu);

@@ -13,71 +13,13 @@ use ndarray::ArrayView4;
 use ort::ep::{ExecutionProvider, CPU, CUDA};
 use ort::session::Session;
 use ort::value::TensorRef;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::config::{EngineConfig, ProviderMode};
 use crate::error::{Error, ErrorCode, Result};
-use crate::export::onnx::{meta, INPUT_NAME, OUTPUT_NAME};
 use crate::infer::runtime::OrtRuntime;
-use crate::vision::{decode, DecodeLimits, EvalTransform};
-
-/// Which execution provider to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderMode {
-    /// CUDA when it loads, else CPU with a warning.
-    #[default]
-    Auto,
-    Cuda,
-    Cpu,
-}
-
-impl std::str::FromStr for ProviderMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(ProviderMode::Auto),
-            "cuda" => Ok(ProviderMode::Cuda),
-            "cpu" => Ok(ProviderMode::Cpu),
-            _ => Err(format!("unknown provider {s:?}: auto, cuda or cpu")),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineConfig {
-    pub provider: ProviderMode,
-    /// Images per session call; 1 turns batching off; 0 (the default) picks by provider: 32 on
-    /// CUDA, 1 on CPU, where onnxruntime is already most efficient per image at batch 1 (measured
-    /// in BENCHMARKS.md).
-    pub max_batch: usize,
-    /// How long the first request of a batch waits for company. 0: never wait — a batch is what
-    /// queued while the previous one ran, so an idle server answers at once and a busy one batches.
-    pub max_delay_ms: u64,
-    /// Requests that may wait in the queue; beyond that requests are refused with 429. Through
-    /// HTTP it bounds the requests admitted at once (decoding, waiting or running), checked
-    /// before their images are decoded.
-    pub queue_capacity: usize,
-    /// Images admitted at once per model through HTTP (decoding, waiting or running): a request
-    /// is admitted by what it costs, its number of images, checked before any is decoded. Each
-    /// admitted image may hold one input tensor (3 × crop² floats) in the queue.
-    pub max_admitted_images: usize,
-    pub decode: DecodeLimits,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            provider: ProviderMode::Auto,
-            max_batch: 0,
-            max_delay_ms: 0,
-            queue_capacity: 256,
-            max_admitted_images: 512,
-            decode: DecodeLimits::default(),
-        }
-    }
-}
+use crate::records::model_io::{meta, INPUT_NAME, OUTPUT_NAME};
+use crate::vision::{decode, EvalTransform};
 
 /// What a loaded model is.
 #[derive(Debug, Clone, Serialize)]

@@ -5,9 +5,9 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::Semaphore;
 
-use crate::budget::{Budget, Share};
 use crate::config::InferenceConfig;
 use crate::error::{Error, ErrorCode, Result};
+use crate::foundation::budget::{Budget, Share};
 use crate::infer::engine::ModelHandle;
 
 /// Requests for a version being loaded queue on its gate.

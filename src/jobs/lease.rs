@@ -104,7 +104,7 @@ fn cancel_path(job: &str) -> ObjPath {
 impl Registry {
     /// Puts a job in the shared queue.
     pub async fn enqueue(&self, job: &str) -> Result<()> {
-        let body = serde_json::to_vec(&serde_json::json!({"job": job, "at": crate::clock::now_rfc3339()}))
+        let body = serde_json::to_vec(&serde_json::json!({"job": job, "at": crate::foundation::clock::now_rfc3339()}))
             .expect("queue entry serializes");
         self.store().put(&queue_path(job), body.into()).await.map_err(|e| store_error("queueing a job", e))?;
         Ok(())
@@ -195,7 +195,7 @@ impl Registry {
             job: job.to_string(),
             attempt,
             worker: worker.to_string(),
-            claimed_at: crate::clock::now_rfc3339_millis(),
+            claimed_at: crate::foundation::clock::now_rfc3339_millis(),
             token: uuid::Uuid::new_v4().to_string(),
         };
         let body = serde_json::to_vec_pretty(&claim).expect("claim serializes");
@@ -235,8 +235,10 @@ impl Registry {
 
     /// Asks whoever holds `job` to cancel it.
     pub async fn request_cancel(&self, job: &str, by: &str) -> Result<()> {
-        let body = serde_json::to_vec(&serde_json::json!({"job": job, "by": by, "at": crate::clock::now_rfc3339()}))
-            .expect("cancel request serializes");
+        let body = serde_json::to_vec(
+            &serde_json::json!({"job": job, "by": by, "at": crate::foundation::clock::now_rfc3339()}),
+        )
+        .expect("cancel request serializes");
         self.store().put(&cancel_path(job), body.into()).await.map_err(|e| store_error("asking to cancel a job", e))?;
         Ok(())
     }

@@ -133,12 +133,7 @@ impl JobSpec {
         if self.backbones.is_empty() || self.backbones.len() > 8 || unique.len() != self.backbones.len() {
             return Err(Error::new(ErrorCode::InvalidArguments, "backbones: 1 to 8 different backbones"));
         }
-        if !["auto", "cpu", "cuda"].contains(&self.device.as_str()) {
-            return Err(Error::new(
-                ErrorCode::InvalidArguments,
-                format!("device: auto, cpu or cuda, not {:?}", self.device),
-            ));
-        }
+        self.device.parse::<crate::train::device::DeviceChoice>()?;
         for (key, name) in &self.weights {
             let arch: Arch = key.parse()?;
             if !self.backbones.contains(&arch) {
@@ -152,60 +147,7 @@ impl JobSpec {
                 crate::train::catalog::Catalog::embedded().find(arch, Some(name))?;
             }
         }
-        let recipe = self.recipe();
-        let positive = [
-            ("epochs1", recipe.phase1.epochs as f64),
-            ("batch_size", recipe.batch_size as f64),
-            ("lr1", recipe.phase1.lr),
-            ("lr2", recipe.phase2.top_lr),
-        ];
-        for (name, v) in positive {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(Error::new(ErrorCode::InvalidArguments, format!("{name} must be positive")));
-            }
-        }
-        let finite_pos = |v: f64| v.is_finite() && v > 0.0;
-        let unit = |v: f64| (0.0..=1.0).contains(&v);
-        let a = &recipe.augment;
-        let checks = [
-            ("phase1.step_size", recipe.phase1.step_size >= 1),
-            ("phase2.step_size", recipe.phase2.step_size >= 1),
-            ("phase1.gamma", finite_pos(recipe.phase1.gamma) && recipe.phase1.gamma <= 1.0),
-            ("phase2.gamma", finite_pos(recipe.phase2.gamma) && recipe.phase2.gamma <= 1.0),
-            ("phase2.rest_lr", recipe.phase2.rest_lr.is_finite() && recipe.phase2.rest_lr >= 0.0),
-            ("adam.beta1", (0.0..1.0).contains(&recipe.adam.beta1)),
-            ("adam.beta2", (0.0..1.0).contains(&recipe.adam.beta2)),
-            ("adam.eps", finite_pos(recipe.adam.eps)),
-            ("adam.weight_decay", recipe.adam.weight_decay.is_finite() && recipe.adam.weight_decay >= 0.0),
-            ("augment.hflip", unit(a.hflip)),
-            ("augment.brightness", unit(a.brightness)),
-            ("augment.contrast", unit(a.contrast)),
-            ("augment.degrees", (0.0..=180.0).contains(&a.degrees)),
-            ("augment.shear", (0.0..=89.0).contains(&a.shear)),
-            (
-                "eval_transform.mean/std",
-                recipe.eval_transform.mean.iter().all(|m| m.is_finite())
-                    && recipe.eval_transform.std.iter().all(|s| s.is_finite() && *s > 0.0),
-            ),
-        ];
-        if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
-            return Err(Error::new(ErrorCode::InvalidArguments, format!("recipe: {name} is out of range")));
-        }
-        let t = &recipe.eval_transform;
-        t.check().map_err(|m| Error::new(ErrorCode::InvalidArguments, m))?;
-        // One input batch stays under ~1 GB of float32.
-        if recipe.batch_size as u64 * u64::from(t.crop).pow(2) > 256 * 512 * 512 {
-            return Err(Error::new(ErrorCode::InvalidArguments, "batch_size × crop² is over 256 × 512²"));
-        }
-        if recipe.loader_threads > 64 {
-            return Err(Error::new(ErrorCode::InvalidArguments, "loader_threads: at most 64"));
-        }
-        if recipe.phase1.epochs > 1000 || recipe.phase2.epochs > 1000 || recipe.batch_size > 4096 {
-            return Err(Error::new(
-                ErrorCode::InvalidArguments,
-                "epochs (≤ 1000 per phase) or batch_size (≤ 4096) too large",
-            ));
-        }
+        self.recipe().validate()?;
         if let Some(f) = self.split.val_fraction {
             if !(f > 0.0 && f < 1.0) {
                 return Err(Error::new(ErrorCode::InvalidArguments, "split.val_fraction must be in (0, 1)"));
@@ -391,7 +333,7 @@ impl Job {
     pub fn end(&mut self, state: JobState, stage: &str, error: Option<JobError>) {
         debug_assert!(state.is_terminal());
         self.state = state;
-        self.finished_at = Some(crate::clock::now_rfc3339());
+        self.finished_at = Some(crate::foundation::clock::now_rfc3339());
         self.progress.stage = stage.into();
         self.error = error;
     }

@@ -39,7 +39,7 @@ impl Removed {
 
 /// `seconds` before now, as the records write times (RFC 3339, seconds).
 fn cutoff(seconds: u64) -> String {
-    crate::clock::rfc3339_at(crate::clock::unix_now() - seconds as i64)
+    crate::foundation::clock::rfc3339_at(crate::foundation::clock::unix_now() - seconds as i64)
 }
 
 /// Whether RFC 3339 time `t` (with or without milliseconds) is before `cutoff`.

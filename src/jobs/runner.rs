@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 
 use super::lease::LeaseWatch;
 use super::{Job, JobError, JobResult, JobState, Progress};
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::error::{Error, ErrorCode, Result};
 use crate::registry::Registry;
 use crate::train::trainer::{EpochMetrics, Event};
@@ -64,17 +64,6 @@ struct Live {
     job: Job,
     cancel: Arc<AtomicBool>,
     events: broadcast::Sender<JobEvent>,
-}
-
-/// What a process does with jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Accepts and trains jobs in one process (`petal serve`).
-    All,
-    /// Accepts jobs into the registry's shared queue; trains none (`petal serve --role api`).
-    Api,
-    /// Trains jobs of the shared queue under leases; accepts none (`petal worker`).
-    Worker,
 }
 
 struct Shared {
@@ -376,7 +365,7 @@ impl Runner {
         let worker = lease.as_ref().map(|l| l.claim.worker.clone());
         let job = self.update(id, |j| {
             j.state = JobState::Running;
-            j.started_at = Some(crate::clock::now_rfc3339());
+            j.started_at = Some(crate::foundation::clock::now_rfc3339());
             j.progress = Progress { stage: "reading the dataset".into(), ..Default::default() };
             if let Some(l) = &lease {
                 j.attempt = l.claim.attempt;
@@ -474,14 +463,18 @@ impl Runner {
         canceled()?;
         use crate::train::finetune;
         let spec = &job.spec;
-        std::fs::create_dir_all(&self.config.jobs.work_dir)?;
-        let work = tempfile::Builder::new().prefix(&staging_prefix("job")).tempdir_in(&self.config.jobs.work_dir)?;
+        let work_dir = &self.config.jobs.work_dir;
+        crate::foundation::files::create_dir_all(work_dir)?;
+        let work = tempfile::Builder::new()
+            .prefix(&staging_prefix("job"))
+            .tempdir_in(work_dir)
+            .map_err(|e| Error::io("creating a job folder in", work_dir, e))?;
         let archive = work.path().join("dataset.archive");
         rt.block_on(registry.fetch_dataset(&job.dataset.sha256, &archive))?;
         let recipe = spec.recipe();
         let data = crate::dataset::load(&archive, &spec.ingest_options(&self.config.jobs), &recipe.eval_transform)?;
-        std::fs::remove_file(&archive)?;
-        let device = crate::train::device::select(&spec.device)?;
+        std::fs::remove_file(&archive).map_err(|e| Error::io("removing", &archive, e))?;
+        let device = crate::train::device::select(spec.device.parse()?)?;
         let store = crate::train::weights::store::WeightStore::new(&self.config.weights.cache);
         let mut backbones = Vec::new();
         for &arch in &spec.backbones {

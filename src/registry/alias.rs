@@ -151,7 +151,7 @@ impl Registry {
             seq: current_seq + 1,
             from: current.map(|e| e.version),
             version: p.version,
-            at: crate::clock::now_rfc3339(),
+            at: crate::foundation::clock::now_rfc3339(),
             by: if p.by.is_empty() { "unknown".into() } else { p.by.clone() },
             reason: p.reason.clone(),
             acknowledged_terms: if p.acknowledge_terms {

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{store_error, Registry};
-use crate::dataset::DatasetSummary;
 use crate::error::{Error, ErrorCode, Result};
+use crate::records::dataset::DatasetSummary;
 
 /// What a stored dataset is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -71,12 +71,12 @@ impl Registry {
         let mut upload =
             self.store.put_multipart(&archive_path(&record.sha256)).await.map_err(|e| store_error(&what, e))?;
         let sent: Result<()> = async {
-            let mut f = std::fs::File::open(file)?;
+            let mut f = std::fs::File::open(file).map_err(|e| Error::io("opening", file, e))?;
             loop {
                 let mut buf = vec![0u8; PART];
                 let mut n = 0;
                 while n < PART {
-                    match f.read(&mut buf[n..])? {
+                    match f.read(&mut buf[n..]).map_err(|e| Error::io("reading", file, e))? {
                         0 => break,
                         k => n += k,
                     }

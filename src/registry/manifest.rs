@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::train::catalog::Licence;
+use crate::records::licence::Licence;
 
 /// Current manifest format.
 pub const MANIFEST_FORMAT: u32 = 1;

@@ -26,10 +26,10 @@ use object_store::memory::InMemory;
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 use crate::config::{RegistryBackend, RegistryConfig};
 use crate::error::{Error, ErrorCode, Result};
+use crate::foundation::hash::sha256_hex;
 
 pub mod alias;
 pub mod datasets;
@@ -136,9 +136,9 @@ pub(crate) async fn download(
     limit: u64,
     what: &str,
 ) -> Result<(String, u64)> {
-    let file = std::fs::File::create(to)?;
+    let file = std::fs::File::create(to).map_err(|e| Error::io("creating", to, e))?;
     let too_large = || Error::new(ErrorCode::DatasetTooLarge, format!("{what} exceeds {limit} bytes"));
-    crate::streams::to_file(got.into_stream(), &file, limit, too_large, |e| store_error(what, e)).await
+    crate::foundation::streams::to_file(got.into_stream(), &file, limit, too_large, |e| store_error(what, e)).await
 }
 
 /// Model and alias names: 1–64 of `a-z 0-9 - _ .`, starting with a letter or digit.
@@ -157,11 +157,6 @@ pub fn check_name(kind: &str, name: &str) -> Result<()> {
             ),
         ))
     }
-}
-
-/// Hex sha256, the digest every integrity record uses.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 impl Registry {
@@ -265,7 +260,7 @@ impl Registry {
                 format: manifest::MANIFEST_FORMAT,
                 model: model.to_string(),
                 version,
-                created_at: crate::clock::now_rfc3339(),
+                created_at: crate::foundation::clock::now_rfc3339(),
                 upload_id: upload_id.clone(),
                 artifacts: records.clone(),
                 provenance: provenance.clone(),
@@ -411,7 +406,7 @@ impl Registry {
     /// Removes upload folders that no manifest references and that are older than `grace`
     /// (younger ones may belong to a publish in progress). Returns the removed object paths.
     pub async fn gc(&self, grace: Duration, dry_run: bool) -> Result<Vec<String>> {
-        let now = crate::clock::unix_now();
+        let now = crate::foundation::clock::unix_now();
         let mut removed = Vec::new();
         let listed = self
             .store

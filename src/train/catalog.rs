@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::records::licence::Licence;
 use crate::train::arch::Arch;
 use crate::vision::EvalTransform;
 
@@ -42,16 +43,6 @@ pub struct CatalogEntry {
     /// Other places the same bytes are known to be (e.g. a PyPI package).
     pub mirrors: Vec<String>,
     pub licences: Vec<Licence>,
-}
-
-/// A licence or terms record of one component of a model's lineage.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct Licence {
-    pub component: String,
-    pub spdx: Option<String>,
-    pub url: String,
-    pub commercial_use: bool,
-    pub terms: String,
 }
 
 /// How a file's bytes were checked against the catalog.

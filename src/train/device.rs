@@ -77,15 +77,42 @@ pub fn hardware(device: tch::Device) -> serde_json::Value {
     })
 }
 
-/// The training device for a preference: `auto` (CUDA when usable, else CPU), `cpu` or `cuda`.
-pub fn select(pref: &str) -> crate::Result<tch::Device> {
+/// Where to train: `auto` (CUDA when present), `cpu` or `cuda`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(crate::Error::new(
+                crate::ErrorCode::InvalidArguments,
+                format!("device: auto, cpu or cuda, not {other:?}"),
+            )),
+        }
+    }
+}
+
+/// The device a choice means on this host; `cuda` without a usable CUDA device is an error.
+pub fn select(choice: DeviceChoice) -> crate::Result<tch::Device> {
     use crate::error::{Error, ErrorCode};
-    match pref {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-        "cuda" => Err(Error::new(ErrorCode::DeviceUnavailable, "device cuda: no CUDA device is usable here")),
-        "auto" => Ok(if tch::Cuda::is_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
-        other => Err(Error::invalid_request(format!("device must be auto, cpu or cuda, not {other:?}"))),
+    let cuda = tch::Cuda::is_available();
+    match choice {
+        DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+        DeviceChoice::Cuda if cuda => Ok(tch::Device::Cuda(0)),
+        DeviceChoice::Cuda => {
+            Err(Error::new(ErrorCode::DeviceUnavailable, "device cuda: no CUDA device is usable here"))
+        }
+        DeviceChoice::Auto => Ok(if cuda { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
     }
 }
 

@@ -9,15 +9,18 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::dataset::{Dataset, DatasetSummary};
+use crate::dataset::Dataset;
 use crate::error::{Error, ErrorCode, Result};
-use crate::registry::sha256_hex;
+use crate::foundation::files::write_atomically;
+use crate::foundation::hash::sha256_hex;
+use crate::records::dataset::DatasetSummary;
+use crate::records::licence::Licence;
 use crate::train::arch::Arch;
-use crate::train::catalog::{Catalog, Licence};
+use crate::train::catalog::Catalog;
 use crate::train::plot;
 use crate::train::recipe::Recipe;
 use crate::train::trainer::{self, Context, EpochMetrics, Event, Trained};
-use crate::train::weights::{self, store::write_atomically, store::WeightStore};
+use crate::train::weights::{self, store::WeightStore};
 
 /// Where a backbone's starting weights come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -131,9 +134,9 @@ pub fn finetune(
     if backbones.is_empty() {
         return Err(Error::invalid_request("name at least one backbone"));
     }
-    std::fs::create_dir_all(out)?;
+    crate::foundation::files::create_dir_all(out)?;
     let started = std::time::Instant::now();
-    let started_at = crate::clock::now_rfc3339();
+    let started_at = crate::foundation::clock::now_rfc3339();
     let mut ctx = Context::new(device, cancel, on_event);
     ctx.total_images = trainer::planned_images(dataset, recipe) * backbones.len() as f64;
     let mut results = Vec::new();
@@ -181,7 +184,7 @@ fn write_backbone(
 ) -> Result<BackboneResult> {
     let name = t.backbone.name();
     let dir = out.join(name);
-    std::fs::create_dir_all(&dir)?;
+    crate::foundation::files::create_dir_all(&dir)?;
     let meta = HashMap::from([
         (META_ARCH.to_string(), name.to_string()),
         (META_CLASS_NAMES.to_string(), serde_json::to_string(&dataset.class_names).expect("serializes")),

@@ -18,6 +18,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::config::DecodeLimits;
 use crate::dataset::{Dataset, Sample};
 use crate::error::{Error, ErrorCode, Result};
 use crate::train::arch::{Arch, Op};
@@ -25,7 +26,6 @@ use crate::train::augment::{self, Params};
 use crate::train::model::Model;
 use crate::train::optim::{Adam, LossScaler};
 use crate::train::recipe::{self, Recipe};
-use crate::vision::DecodeLimits;
 
 /// Progress, as it happens.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -5,27 +5,8 @@
 use image::{DynamicImage, ImageReader, RgbImage};
 use serde::{Deserialize, Serialize};
 
+use crate::config::DecodeLimits;
 use crate::error::{Error, ErrorCode, Result};
-
-/// Limits on what `decode` accepts. Together they bound what one image may cost: its decoded
-/// pixels (`max_pixels` × 3 bytes and the decoder's own buffers) and, through the aspect ratio, how
-/// far the eval resize may stretch it (the transforms themselves only compute the crop they keep).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DecodeLimits {
-    /// Pixels (width × height) of one image.
-    pub max_pixels: u64,
-    /// Width or height of one image.
-    pub max_side: u32,
-    /// Longer side over shorter side; a 20,000 × 1 strip is no photo. 0 turns the check off.
-    pub max_aspect_ratio: u32,
-}
-
-impl Default for DecodeLimits {
-    fn default() -> Self {
-        Self { max_pixels: 40_000_000, max_side: 20_000, max_aspect_ratio: 32 }
-    }
-}
 
 /// Decodes JPEG, PNG or WebP into 8-bit RGB. Grayscale is replicated, CMYK converted, alpha
 /// dropped (as PIL's `convert("RGB")` does), 16-bit reduced to 8. The size is checked from the

@@ -31,7 +31,7 @@ impl Beat {
             attempt: claim.attempt,
             worker: claim.worker.clone(),
             seq,
-            at: crate::clock::now_rfc3339_millis(),
+            at: crate::foundation::clock::now_rfc3339_millis(),
             released: false,
             ended: false,
             lost: false,

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::foundation::files::write_atomically;
+use crate::records::licence::Licence;
 use crate::train::arch::Arch;
-use crate::train::catalog::{Catalog, CatalogEntry, Licence, Verification};
+use crate::train::catalog::{Catalog, CatalogEntry, Verification};
 use crate::train::model::Model;
 use crate::train::weights;
 
@@ -98,7 +100,7 @@ impl WeightStore {
         expected: Option<&CatalogEntry>,
         source: &str,
     ) -> Result<CachedWeights> {
-        let sha256 = crate::registry::sha256_hex(bytes);
+        let sha256 = crate::foundation::hash::sha256_hex(bytes);
         let catalog = Catalog::embedded();
         let entry = expected.or_else(|| catalog.by_file_name(name)).or_else(|| catalog.by_sha256(&sha256));
         let verification = match entry {
@@ -122,7 +124,7 @@ impl WeightStore {
             model.load_state_dict(&tensors, false)?;
         }
         let file_name = entry.map(|e| e.file_name.clone()).unwrap_or_else(|| sanitize(name));
-        std::fs::create_dir_all(&self.dir)?;
+        crate::foundation::files::create_dir_all(&self.dir)?;
         let path = self.dir.join(&file_name);
         write_atomically(&path, bytes)?;
         let record = CachedWeights {
@@ -136,7 +138,7 @@ impl WeightStore {
             source: source.to_string(),
             tensors: tensors.len(),
             licences: entry.map(|e| e.licences.clone()).unwrap_or_default(),
-            stored_at: crate::clock::now_rfc3339(),
+            stored_at: crate::foundation::clock::now_rfc3339(),
         };
         write_atomically(
             &self.dir.join(format!("{file_name}.json")),
@@ -150,15 +152,6 @@ fn sanitize(name: &str) -> String {
     let clean: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     clean.trim_start_matches('.').to_string()
-}
-
-/// Writes to a temporary file in the same folder, then renames: readers never see half a file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    Ok(())
 }
 
 /// GETs a URL through object_store's HTTP client (TLS with the system's roots; plain http allowed

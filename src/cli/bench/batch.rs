@@ -6,17 +6,19 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::bench::infer::throughput;
-use crate::bench::python_reference;
+use crate::cli::bench::infer::throughput;
+use crate::cli::bench::python_reference;
 use crate::config::OnnxRuntimeConfig;
+use crate::config::{EngineConfig, ProviderMode};
 use crate::error::{Error, Result};
 use crate::export::onnx::{export, ExportOptions};
-use crate::infer::engine::{EngineConfig, ModelHandle, ProviderMode};
+use crate::foundation::files;
+use crate::infer::engine::ModelHandle;
 use crate::infer::runtime::OrtRuntime;
 use crate::train::arch::Arch;
 use crate::train::model::Model;
 
-const PY_BENCH: &str = include_str!("../../scripts/bench_batch.py");
+const PY_BENCH: &str = include_str!("../../../scripts/bench_batch.py");
 
 /// What model to measure: an exported file, or an architecture exported here with random weights
 /// (the speed does not depend on the weights).
@@ -75,13 +77,13 @@ pub fn batch(b: &BatchBench) -> Result<BatchReport> {
     if b.batches.is_empty() || b.batches.contains(&0) {
         return Err(Error::invalid_request("--batches needs one or more sizes above 0"));
     }
-    let dir = tempfile::tempdir()?;
+    let dir = files::temp_dir()?;
     let (onnx, onnx_path) = match &b.model {
-        BatchModel::Onnx(path) => (std::fs::read(path)?, path.clone()),
+        BatchModel::Onnx(path) => (files::read(path)?, path.clone()),
         BatchModel::Arch(arch) => {
             let bytes = export_random(*arch)?;
             let path = dir.path().join("model.onnx");
-            std::fs::write(&path, &bytes)?;
+            files::write(&path, &bytes)?;
             (bytes, path)
         }
     };

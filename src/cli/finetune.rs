@@ -3,13 +3,16 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use petal::dataset::{self, IngestOptions, OnBadImage};
-use petal::error::{Error, ErrorCode, Result};
-use petal::train::arch::Arch;
-use petal::train::finetune;
-use petal::train::recipe::Recipe;
-use petal::train::trainer::Event;
-use petal::train::weights::store::WeightStore;
+use crate::config::Config;
+use crate::dataset::{self, IngestOptions, OnBadImage, OxfordSplit};
+use crate::error::{Error, ErrorCode, Result};
+use crate::foundation::files;
+use crate::train::arch::Arch;
+use crate::train::device::DeviceChoice;
+use crate::train::finetune;
+use crate::train::recipe::Recipe;
+use crate::train::trainer::Event;
+use crate::train::weights::store::WeightStore;
 
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
@@ -18,7 +21,7 @@ pub struct FinetuneArgs {
     pub data: PathBuf,
     /// Backbones; each runs the recipe and the best validation accuracy wins.
     #[arg(long, value_delimiter = ',', default_value = "mobilenet_v2")]
-    pub backbone: Vec<String>,
+    pub backbone: Vec<Arch>,
     /// Starting weights: FILE, a catalog name (IMAGENET1K_V1), or `scratch`; `ARCH=…` for one
     /// backbone among several. Default: the cached catalog default of each backbone.
     #[arg(long, value_name = "SPEC")]
@@ -48,9 +51,9 @@ pub struct FinetuneArgs {
     pub resize: Option<u32>,
     #[arg(long)]
     pub crop: Option<u32>,
-    /// auto (CUDA when present), cpu or cuda.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// Where to train (auto: CUDA when present).
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
     /// libtorch CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -58,8 +61,8 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
     /// Oxford Flowers 102 split: reference (train tstid) or papers (train trnid+valid).
-    #[arg(long, default_value = "reference")]
-    pub oxford_split: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub oxford_split: OxfordSplit,
     /// Leave out undecodable files with a warning instead of refusing the dataset.
     #[arg(long)]
     pub skip_bad_images: bool,
@@ -68,13 +71,14 @@ pub struct FinetuneArgs {
     pub json: bool,
 }
 
+/// The recipe: `--recipe` (else the default) with the flags on top, checked as a job's is.
 pub fn recipe_from(args: &FinetuneArgs) -> Result<Recipe> {
     let recipe: Recipe = match &args.recipe {
-        Some(p) => serde_json::from_slice(&std::fs::read(p)?)
+        Some(p) => serde_json::from_slice(&files::read(p)?)
             .map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{}: {e}", p.display())))?,
         None => Recipe::default(),
     };
-    Ok(recipe.with(&petal::train::recipe::Overrides {
+    let recipe = recipe.with(&crate::train::recipe::Overrides {
         epochs1: args.epochs1,
         epochs2: args.epochs2,
         batch_size: args.batch_size,
@@ -84,26 +88,28 @@ pub fn recipe_from(args: &FinetuneArgs) -> Result<Recipe> {
         cached_features: args.cached_features,
         eval_train: args.eval_train,
         ..Default::default()
-    }))
+    });
+    recipe.validate()?;
+    Ok(recipe)
 }
 
-pub fn run(config: &petal::config::Config, args: FinetuneArgs) -> Result<()> {
+pub(super) fn run(config: &Config, args: FinetuneArgs) -> Result<()> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
-    let device = petal::train::device::select(&args.device)?;
+    let device = crate::train::device::select(args.device)?;
     let recipe = recipe_from(&args)?;
     let opts = IngestOptions {
         on_bad_image: if args.skip_bad_images { OnBadImage::Skip } else { OnBadImage::Fail },
         val_fraction: args.val_fraction,
         seed: recipe.seed,
-        oxford_split: args.oxford_split.parse()?,
+        oxford_split: args.oxford_split,
         ..Default::default()
     };
-    let archs: Vec<Arch> = args.backbone.iter().map(|b| b.parse()).collect::<Result<_>>()?;
+    let archs = &args.backbone;
     let store = WeightStore::new(&config.weights.cache);
     let mut backbones = Vec::new();
-    for &arch in &archs {
+    for &arch in archs {
         let spec = weights_spec(&args.weights, arch, archs.len())?;
         backbones.push((arch, finetune::resolve_weights(arch, spec.as_deref(), &store)?));
     }
@@ -156,7 +162,7 @@ pub fn run(config: &petal::config::Config, args: FinetuneArgs) -> Result<()> {
             }
         }
     };
-    let command = command_line();
+    let command = super::recorded_command();
     let summary =
         finetune::finetune(&data, &backbones, &recipe, device, &args.out, Some(&command), &cancel, &mut on_event)?;
     if let Some(bar) = bar {
@@ -195,18 +201,6 @@ fn weights_spec(specs: &[String], arch: Arch, backbones: usize) -> Result<Option
         }
     }
     Ok(None)
-}
-
-/// This process's command line as a shell would take it back (`petal` for the binary's path).
-fn command_line() -> String {
-    let quote = |a: String| {
-        if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=./:,@+%".contains(c)) {
-            a
-        } else {
-            format!("'{}'", a.replace('\'', r"'\''"))
-        }
-    };
-    std::iter::once("petal".to_string()).chain(std::env::args().skip(1).map(quote)).collect::<Vec<_>>().join(" ")
 }
 
 fn eta(s: f64) -> String {

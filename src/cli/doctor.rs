@@ -1,5 +1,7 @@
 //! `petal doctor`: what this installation really has — versions, devices, execution providers,
 //! registry — with a clear message for whatever is missing.
+use std::process::ExitCode;
+
 use serde::Serialize;
 
 use crate::config::{Config, RegistryBackend};
@@ -48,7 +50,7 @@ pub struct RegistryInfo {
     pub exists: bool,
 }
 
-pub fn run(config: &Config) -> Report {
+pub fn report(config: &Config) -> Report {
     let mut problems = Vec::new();
     let libtorch = torch_info();
     if !libtorch.version.starts_with("2.11.0") {
@@ -157,5 +159,27 @@ impl Report {
             }
         }
         s
+    }
+}
+
+#[derive(clap::Args)]
+pub struct DoctorArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the report; exit code 1 when something needs attention.
+pub(super) fn run(config: &Config, args: &DoctorArgs) -> ExitCode {
+    let report = report(config);
+    if args.json {
+        super::invocation::print_json(&report);
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -37,6 +37,7 @@ pub async fn to_file<E>(
     too_large: impl Fn() -> Error,
     error: impl Fn(E) -> Error,
 ) -> Result<(String, u64)> {
+    let write_error = |e: std::io::Error| Error::internal(format!("writing a received stream to its file: {e}"));
     let mut out = std::io::BufWriter::new(file);
     let mut hash = Sha256::new();
     let mut size = 0u64;
@@ -47,8 +48,8 @@ pub async fn to_file<E>(
             return Err(too_large());
         }
         hash.update(&chunk);
-        out.write_all(&chunk)?;
+        out.write_all(&chunk).map_err(write_error)?;
     }
-    out.flush()?;
+    out.flush().map_err(write_error)?;
     Ok((hex::encode(hash.finalize()), size))
 }

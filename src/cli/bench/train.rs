@@ -9,16 +9,17 @@ use std::time::Instant;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::bench::python_reference;
+use crate::cli::bench::python_reference;
+use crate::config::DecodeLimits;
 use crate::dataset::{self, IngestOptions};
 use crate::error::Result;
+use crate::foundation::files;
 use crate::train::arch::Arch;
 use crate::train::augment::{self, Params};
 use crate::train::recipe::Recipe;
 use crate::train::trainer::{self, Context};
-use crate::vision::DecodeLimits;
 
-const PY_BENCH: &str = include_str!("../../scripts/bench_train.py");
+const PY_BENCH: &str = include_str!("../../../scripts/bench_train.py");
 
 pub struct TrainBench {
     pub data: PathBuf,
@@ -72,9 +73,9 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     let classes = data.classes.len();
 
     // The reference, on the same files.
-    let dir = tempfile::tempdir()?;
+    let dir = files::temp_dir()?;
     let list: String = data.train.iter().map(|s| format!("{}\t{}\n", root.join(&s.path).display(), s.label)).collect();
-    std::fs::write(dir.path().join("list.tsv"), list)?;
+    files::write(&dir.path().join("list.tsv"), list.as_bytes())?;
     let workers = if b.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { b.workers };
     let args = serde_json::json!({
         "list": dir.path().join("list.tsv"), "arch": b.arch.name(), "batch": b.batch, "workers": workers,
@@ -88,7 +89,7 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     let eval = &recipe.eval_transform;
     let n = b.pipeline_images.min(data.train.len());
     let files: Vec<Vec<u8>> =
-        data.train[..n].iter().map(|s| std::fs::read(root.join(&s.path))).collect::<std::io::Result<_>>()?;
+        data.train[..n].iter().map(|s| files::read(&root.join(&s.path))).collect::<Result<_>>()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut buf = Vec::new();
     let t0 = Instant::now();

@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::python_reference;
+use crate::cli::bench::python_reference;
 use crate::config::OnnxRuntimeConfig;
+use crate::config::{EngineConfig, ProviderMode};
 use crate::error::{Error, Result};
-use crate::infer::engine::{EngineConfig, ModelHandle, ProviderMode};
+use crate::foundation::files;
+use crate::infer::engine::ModelHandle;
 use crate::infer::runtime::OrtRuntime;
 
-const PY_BENCH: &str = include_str!("../../scripts/bench_ort.py");
+const PY_BENCH: &str = include_str!("../../../scripts/bench_ort.py");
 
 pub struct InferBench {
     pub onnx: PathBuf,
@@ -140,30 +142,32 @@ impl Drop for ServeProcess {
 }
 
 fn serve(onnx: &Path, max_batch: usize) -> Result<ServeProcess> {
-    let dir = tempfile::tempdir()?;
+    let dir = files::temp_dir()?;
     let registry = dir.path().join("registry");
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe().map_err(|e| Error::internal(format!("finding this executable: {e}")))?;
     // The server serves a version's `model.onnx`.
     let model = dir.path().join("model.onnx");
-    std::fs::copy(onnx, &model)?;
+    files::copy(onnx, &model)?;
     let status = Command::new(&exe)
         .args(["registry", "--registry"])
         .arg(&registry)
         .args(["publish", "bench"])
         .arg(&model)
         .stdout(Stdio::null())
-        .status()?;
+        .status()
+        .map_err(|e| Error::io("running", &exe, e))?;
     if !status.success() {
         return Err(Error::internal("publishing the bench model failed"));
     }
     let config = dir.path().join("petal.toml");
-    std::fs::write(
+    files::write(
         &config,
         format!(
             "[registry]\npath = {:?}\nseed = \"\"\n[log]\nlevel = \"warn,petal=info\"\nformat = \"json\"\n\
              [inference]\nmodels = [\"bench\"]\n[inference.engine]\nmax_batch = {max_batch}\n",
             registry.display().to_string()
-        ),
+        )
+        .as_bytes(),
     )?;
     let mut child = Command::new(&exe)
         .args(["--config"])
@@ -171,7 +175,8 @@ fn serve(onnx: &Path, max_batch: usize) -> Result<ServeProcess> {
         .args(["serve", "--port", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()?;
+        .spawn()
+        .map_err(|e| Error::io("starting", &exe, e))?;
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -235,8 +240,8 @@ fn measure_http(
 }
 
 pub fn infer(b: &InferBench) -> Result<InferReport> {
-    let onnx = std::fs::read(&b.onnx)?;
-    let image = Arc::new(std::fs::read(&b.image)?);
+    let onnx = files::read(&b.onnx)?;
+    let image = Arc::new(files::read(&b.image)?);
     let content_type = match b.image.extension().and_then(|e| e.to_str()) {
         Some("png") => "image/png",
         Some("webp") => "image/webp",
@@ -248,7 +253,7 @@ pub fn infer(b: &InferBench) -> Result<InferReport> {
     let input = off.preprocess(&image)?;
 
     // The reference, on the very same preprocessed input.
-    let dir = tempfile::tempdir()?;
+    let dir = files::temp_dir()?;
     let size = off.info.image_size as i64;
     let x = tch::Tensor::from_slice(&input).reshape([1, 3, size, size]);
     let input_file = dir.path().join("input.safetensors");

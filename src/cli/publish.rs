@@ -1,0 +1,77 @@
+//! `petal publish`: a fine-tuning run's winner into the registry, with its full provenance.
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::publish::{publish_run, PublishRun};
+use crate::registry::Registry;
+
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// The output folder of `petal finetune` (holding summary.json).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Publish as a new version of this model.
+    #[arg(long)]
+    pub model: String,
+    /// Then move this alias to the new version (e.g. production).
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// The dataset's name, for the provenance record and the model card.
+    #[arg(long, default_value = "")]
+    pub dataset_name: String,
+    /// The terms the dataset may be used under (recorded verbatim; without a structured licence
+    /// they count as not allowing commercial use).
+    #[arg(long)]
+    pub dataset_terms: Option<String>,
+    /// Store the ONNX weights as float16.
+    #[arg(long)]
+    pub fp16: bool,
+    /// Also store the training checkpoint (safetensors) in the registry.
+    #[arg(long)]
+    pub with_checkpoint: bool,
+    /// The command that reproduces the run, for runs whose summary does not record it.
+    #[arg(long, value_name = "TEXT")]
+    pub command: Option<String>,
+    /// Record this machine as the one the run used, for runs whose summary does not record it
+    /// (only true when the run ran here).
+    #[arg(long)]
+    pub ran_here: bool,
+    /// Who publishes (default: $USER).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Acknowledge the lineage's non-commercial terms (needed to promote under registry.usage = commercial).
+    #[arg(long)]
+    pub acknowledge_terms: bool,
+    /// Local registry folder (registry.path).
+    #[arg(long, value_name = "DIR")]
+    pub registry: Option<PathBuf>,
+}
+
+pub(super) async fn run(config: &Config, args: PublishArgs) -> Result<()> {
+    let registry = Registry::open(&config.registry)?;
+    let opts = PublishRun {
+        model: args.model,
+        alias: args.alias,
+        by: super::default_actor(args.by),
+        dataset_name: args.dataset_name,
+        dataset_terms: args.dataset_terms,
+        fp16: args.fp16,
+        with_checkpoint: args.with_checkpoint,
+        command: args.command,
+        hardware: args.ran_here.then(|| {
+            let mut h = crate::train::device::hardware(tch::Device::Cpu);
+            h["recorded"] = "at publish time, on the machine that ran the training (--ran-here)".into();
+            h
+        }),
+        acknowledge_terms: args.acknowledge_terms,
+        job: None,
+    };
+    let m = publish_run(&registry, &args.run, &opts, config.registry.usage).await?;
+    let onnx = m.artifact("model.onnx").expect("published with model.onnx");
+    println!("published {} version {} (model.onnx {} bytes, sha256 {})", m.model, m.version, onnx.size, onnx.sha256);
+    if let Some(alias) = &opts.alias {
+        println!("{}@{alias} -> version {}", m.model, m.version);
+    }
+    Ok(())
+}
