@@ -180,6 +180,21 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
     // Nothing was published by the canceled jobs.
     let model: Value = client.get(server.url("/models/shapes")).send().unwrap().json().unwrap();
     assert_eq!(model["versions"].as_array().unwrap().len(), 1);
+
+    // Every key the run left is one the registry's layout documents, and each kind it must
+    // write is there.
+    let keys = common::assert_layout(
+        &registry,
+        &[
+            "models/{model}/uploads/{upload_id}/{file}",
+            "models/{model}/versions/{version:08}.json",
+            "models/{model}/aliases/{alias}/{seq:012}.json",
+            "datasets/{sha256}/archive",
+            "datasets/{sha256}/dataset.json",
+            "jobs/{job}.json",
+        ],
+    );
+    assert!(keys.contains(&format!("datasets/{dataset_sha}/dataset.json")), "{keys:?}");
 }
 
 #[test]
@@ -465,6 +480,18 @@ fn a_dataset_in_s3_trains_with_the_registry_on_s3() {
     let client = Client::new();
     let mut spec = shapes_spec("from-s3", 3);
     spec["dataset"] = json!({"name": "shapes", "uri": "s3://petal/incoming/shapes.zip"});
+    // A dry run checks an S3 dataset as a submission would read it, and stores nothing (it
+    // refused `dataset.uri` before).
+    let r = client.post(server.url("/finetune?dry_run=true")).json(&spec).send().unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let check: Value = client.post(server.url("/finetune?dry_run=true")).json(&spec).send().unwrap().json().unwrap();
+    assert_eq!(check["dataset"]["classes"], json!(["bar", "disc", "square"]), "{check}");
+    assert_eq!(check["sha256"].as_str().unwrap(), petal::foundation::hash::sha256_hex(&std::fs::read(&zip).unwrap()));
+    assert!(!s3_root.join("petal/reg/datasets").exists(), "a dry run stores nothing");
+    let mut elsewhere = spec.clone();
+    elsewhere["dataset"]["uri"] = json!("s3://other/shapes.zip");
+    let r = client.post(server.url("/finetune?dry_run=true")).json(&elsewhere).send().unwrap();
+    assert_eq!(code(r), (422, "invalid_arguments".into()), "a bucket outside jobs.dataset_buckets");
     let r = client.post(server.url("/finetune")).json(&spec).send().unwrap();
     assert_eq!(r.status(), 202);
     let job: Value = r.json().unwrap();

@@ -50,7 +50,7 @@ fn bench_batch_refuses_what_it_cannot_measure() {
         assert!(!out.status.success() && stderr.contains(code), "{args:?}: {stderr}");
     };
     refused(&["--arch", "mobilenet_v2", "--batches", "0"], "invalid_request");
-    refused(&["--arch", "alexnet"], "unknown_architecture");
+    refused(&["--arch", "alexnet"], "unknown backbone \"alexnet\"");
     // Neither a model file nor an architecture.
     refused(&[], "--onnx");
     // CUDA asked for where this onnxruntime has none: refused, not run on the CPU instead.

@@ -124,3 +124,48 @@ fn doctor_explains_a_missing_onnxruntime() {
     // libtorch is still reported.
     assert!(text.contains("libtorch     2.11.0"), "{text}");
 }
+
+/// A `--recipe` file is held to the same ranges as a job's recipe, before any dataset is read
+/// (it was not: out-of-range values went on to training).
+#[test]
+fn finetune_refuses_an_out_of_range_recipe_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut recipe = serde_json::to_value(petal::train::recipe::Recipe::default()).unwrap();
+    for (path, value, name) in [
+        ("/batch_size", serde_json::json!(0), "batch_size"),
+        ("/augment/hflip", serde_json::json!(1.5), "augment.hflip"),
+        ("/phase1/epochs", serde_json::json!(100_000), "epochs"),
+    ] {
+        let original = recipe.pointer(path).unwrap().clone();
+        *recipe.pointer_mut(path).unwrap() = value;
+        let file = dir.path().join("recipe.json");
+        std::fs::write(&file, recipe.to_string()).unwrap();
+        let out = petal()
+            .args(["finetune", "--data", "/no/such/dataset", "--device", "cpu", "--weights", "scratch", "--recipe"])
+            .arg(&file)
+            .env("PETAL__WEIGHTS__CACHE", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {err}");
+        assert!(err.contains("[invalid_arguments]") && err.contains(name), "{path}: {err}");
+        *recipe.pointer_mut(path).unwrap() = original;
+    }
+}
+
+/// A file a user names that cannot be read is named in the error, with what was being done.
+#[test]
+fn io_errors_name_the_file_and_the_action() {
+    let out = petal().args(["export", "--arch", "resnet18", "--weights", "/no/such/weights.pth"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("reading /no/such/weights.pth: No such file or directory") && err.contains("[not_found]"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = petal()
+        .args(["finetune", "--data", "/no/such/dataset.zip", "--device", "cpu", "--weights", "scratch", "--recipe"])
+        .arg(dir.path().join("missing.json"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("reading {}", dir.path().join("missing.json").display())), "{err}");
+}

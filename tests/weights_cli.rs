@@ -84,8 +84,11 @@ fn import_of_an_unknown_file_checks_it_against_the_architecture() {
     assert!(text.contains("(Unknown)") && text.contains("not in the catalog"), "{text}");
     assert_eq!(files_in(cache.path()), vec!["resnet18.pth", "resnet18.pth.json"]);
 
+    // `--arch` is typed: an unknown architecture is a usage error, named with the known ones.
     let out = weights(cache.path(), &["import", file.to_str().unwrap(), "--arch", "resnet9"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("[unknown_architecture]"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown backbone \"resnet9\"") && err.contains("mobilenet_v2"), "{err}");
 }
 
 /// A real HTTP server on loopback serving a folder.

@@ -10,9 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
-use crate::config::Usage;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
-use crate::jobs::{Job, JobDataset, JobSpec, JobState, Progress};
+use crate::jobs::{DatasetSource, Job, JobDataset, JobSpec, JobState, Progress, Submitter};
 use crate::registry::datasets::StoredDataset;
 
 /// Largest `spec` part or JSON body.
@@ -145,25 +144,9 @@ pub async fn finetune(
         }
     };
     spec.validate()?;
-    if spec.promote.is_some() && !caller.is_some_and(|c| c.may(crate::config::Scope::Admin)) {
-        return Err(Error::new(ErrorCode::Forbidden, "`promote` moves an alias, which needs the admin scope"));
-    }
-    if let Some(uri) = &spec.dataset.uri {
-        let (bucket, _) = crate::jobs::parse_s3_uri(uri)?;
-        if !state.config.jobs.dataset_buckets.contains(&bucket) {
-            return Err(Error::new(
-                ErrorCode::InvalidArguments,
-                format!("bucket {bucket:?} is not in jobs.dataset_buckets, the buckets datasets may be read from"),
-            ));
-        }
-    }
-    if state.config.registry.usage == Usage::Commercial && spec.promote.is_some() && !spec.acknowledge_terms {
-        return Err(Error::new(
-            ErrorCode::LicenceNotAcknowledged,
-            "this deployment's use is commercial and the ImageNet weights are for non-commercial research: set \
-             acknowledge_terms to promote the result",
-        ));
-    }
+    let source = DatasetSource::of(upload, &spec.dataset)?;
+    let by = Submitter { may_promote: caller.is_some_and(|c| c.may(crate::config::Scope::Admin)) };
+    spec.check_submission(&source, &by, &state.config)?;
     let store = crate::train::weights::store::WeightStore::new(&state.config.weights.cache);
     let wanted: Vec<_> = spec.backbones.iter().map(|&a| (a, spec.weights.get(a.name()).cloned())).collect();
     web::block(move || {
@@ -175,44 +158,30 @@ pub async fn finetune(
     .await
     .map_err(|e| Error::internal(e.to_string()))??;
     let registry = runner.registry();
+    // The archive to check is in the staging file (uploaded, or fetched from S3 now), or the
+    // dataset is already stored.
+    let archive = match source {
+        DatasetSource::Upload { sha256, size } => Archive::Staged { sha256, size },
+        DatasetSource::S3 { bucket, key } => {
+            let s3 = &state.config.registry.s3;
+            let (sha256, size) = crate::registry::fetch_s3_object(s3, &bucket, &key, staged.path(), limit).await?;
+            Archive::Staged { sha256, size }
+        }
+        DatasetSource::Stored { sha256 } => Archive::Stored { sha256 },
+    };
     if query.dry_run == Some(true) {
-        let (sha256, size, dataset) = match (upload, &spec.dataset.sha256, &spec.dataset.uri) {
-            (Some((sha, size)), None, None) => (sha, size, check(&state, &spec, staged.path()).await?),
-            (None, Some(sha), None) => {
-                let d = registry.dataset(sha).await?;
+        let (sha256, size, dataset) = match archive {
+            Archive::Staged { sha256, size } => (sha256, size, check(&state, &spec, staged.path()).await?),
+            Archive::Stored { sha256 } => {
+                let d = registry.dataset(&sha256).await?;
                 (d.sha256, d.size, d.summary)
-            }
-            _ => {
-                return Err(Error::new(
-                    ErrorCode::InvalidArguments,
-                    "a dry run checks an uploaded `dataset` part or dataset.sha256",
-                ))
             }
         };
         return Ok(HttpResponse::Ok().json(FinetuneCheck { sha256, size, dataset, recipe: spec.recipe() }));
     }
-    let dataset = match (upload, &spec.dataset.sha256, &spec.dataset.uri) {
-        (Some(sha256), None, None) => check_and_store(&state, &spec, staged.path(), sha256).await?,
-        (None, Some(sha), None) => registry.dataset(sha).await?,
-        (None, None, Some(uri)) => {
-            let (bucket, key) = crate::jobs::parse_s3_uri(uri)?;
-            let path = staged.path().to_path_buf();
-            let fetched =
-                crate::registry::fetch_s3_object(&state.config.registry.s3, &bucket, &key, &path, limit).await?;
-            check_and_store(&state, &spec, staged.path(), fetched).await?
-        }
-        (None, None, None) => {
-            return Err(Error::new(
-                ErrorCode::InvalidArguments,
-                "send the dataset archive as the `dataset` part, or name one with dataset.sha256 or dataset.uri",
-            ))
-        }
-        _ => {
-            return Err(Error::new(
-                ErrorCode::InvalidArguments,
-                "give one dataset: an uploaded `dataset` part, dataset.sha256 or dataset.uri",
-            ))
-        }
+    let dataset = match archive {
+        Archive::Staged { sha256, size } => check_and_store(&state, &spec, staged.path(), (sha256, size)).await?,
+        Archive::Stored { sha256 } => registry.dataset(&sha256).await?,
     };
     let name = if spec.dataset.name.is_empty() { dataset.name.clone() } else { spec.dataset.name.clone() };
     let job = Job {
@@ -234,6 +203,12 @@ pub async fn finetune(
     };
     let job = runner.submit(job).await?;
     Ok(HttpResponse::Accepted().insert_header((LOCATION, format!("/jobs/{}", job.id))).json(job))
+}
+
+/// A job's dataset archive: in the staging file, with its sha256 and size, or already stored.
+enum Archive {
+    Staged { sha256: String, size: u64 },
+    Stored { sha256: String },
 }
 
 /// Reads the dataset at `path` as training will (every problem → 4xx), then stores it.

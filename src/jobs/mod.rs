@@ -11,14 +11,12 @@ pub mod runner;
 
 use std::collections::BTreeMap;
 
-use object_store::path::Path as ObjPath;
-use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::dataset::{IngestOptions, OnBadImage, OxfordSplit};
 use crate::error::{Error, ErrorCode, Result};
-use crate::registry::{check_name, store_error, Registry};
+use crate::registry::{check_name, Registry};
 use crate::train::arch::Arch;
 use crate::train::recipe::Recipe;
 use crate::train::trainer::EpochMetrics;
@@ -195,6 +193,80 @@ impl JobSpec {
     }
 }
 
+/// Where a submitted job's dataset comes from, decided once from what was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetSource {
+    /// The request's `dataset` part, staged with its sha256 and size.
+    Upload { sha256: String, size: u64 },
+    /// A dataset already in the registry (`dataset.sha256`).
+    Stored { sha256: String },
+    /// An archive in an allowed S3 bucket (`dataset.uri`).
+    S3 { bucket: String, key: String },
+}
+
+impl DatasetSource {
+    /// The one source among an upload (its sha256 and size), `dataset.sha256` and `dataset.uri`.
+    pub fn of(upload: Option<(String, u64)>, spec: &DatasetSpec) -> Result<DatasetSource> {
+        match (upload, &spec.sha256, &spec.uri) {
+            (Some((sha256, size)), None, None) => Ok(DatasetSource::Upload { sha256, size }),
+            (None, Some(sha256), None) => Ok(DatasetSource::Stored { sha256: sha256.clone() }),
+            (None, None, Some(uri)) => {
+                let (bucket, key) = parse_s3_uri(uri)?;
+                Ok(DatasetSource::S3 { bucket, key })
+            }
+            (None, None, None) => Err(Error::new(
+                ErrorCode::InvalidArguments,
+                "send the dataset archive as the `dataset` part, or name one with dataset.sha256 or dataset.uri",
+            )),
+            _ => Err(Error::new(
+                ErrorCode::InvalidArguments,
+                "give one dataset: an uploaded `dataset` part, dataset.sha256 or dataset.uri",
+            )),
+        }
+    }
+}
+
+/// Who submits a job, as far as the submission policy cares.
+pub struct Submitter {
+    /// Holds the admin scope (or no tokens are configured).
+    pub may_promote: bool,
+}
+
+impl JobSpec {
+    /// The deployment's submission policy, checked after `validate`: moving an alias needs the
+    /// admin scope; S3 datasets come only from `jobs.dataset_buckets`; under a commercial usage
+    /// policy, promoting needs the lineage's non-commercial terms acknowledged.
+    pub fn check_submission(
+        &self,
+        source: &DatasetSource,
+        by: &Submitter,
+        config: &crate::config::Config,
+    ) -> Result<()> {
+        if self.promote.is_some() && !by.may_promote {
+            return Err(Error::new(ErrorCode::Forbidden, "`promote` moves an alias, which needs the admin scope"));
+        }
+        if let DatasetSource::S3 { bucket, .. } = source {
+            if !config.jobs.dataset_buckets.contains(bucket) {
+                return Err(Error::new(
+                    ErrorCode::InvalidArguments,
+                    format!("bucket {bucket:?} is not in jobs.dataset_buckets, the buckets datasets may be read from"),
+                ));
+            }
+        }
+        if config.registry.usage == crate::config::Usage::Commercial
+            && self.promote.is_some()
+            && !self.acknowledge_terms
+        {
+            return Err(Error::new(
+                ErrorCode::LicenceNotAcknowledged,
+                "this deployment's use is commercial and the ImageNet weights are for non-commercial research: set \
+                 acknowledge_terms to promote the result",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `s3://bucket/key` → (bucket, key).
 pub fn parse_s3_uri(uri: &str) -> Result<(String, String)> {
     let rest = uri
@@ -343,10 +415,6 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-fn job_path(id: &str) -> ObjPath {
-    ObjPath::from(format!("jobs/{id}.json"))
-}
-
 /// Job ids are UUIDs.
 pub fn check_job_id(id: &str) -> Result<()> {
     uuid::Uuid::parse_str(id)
@@ -354,72 +422,20 @@ pub fn check_job_id(id: &str) -> Result<()> {
         .map_err(|_| Error::new(ErrorCode::NotFound, format!("no job {id:?}: job ids are UUIDs")))
 }
 
+/// Job records, stored by the registry (`registry::jobs`) as this module's `Job`.
 impl Registry {
     pub async fn put_job(&self, job: &Job) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(job).expect("job serializes");
-        self.store().put(&job_path(&job.id), bytes.into()).await.map_err(|e| store_error("writing a job record", e))?;
-        Ok(())
+        self.put_job_record(&job.id, job).await
     }
 
     pub async fn job(&self, id: &str) -> Result<Job> {
         check_job_id(id)?;
-        let bytes = match self.store().get(&job_path(id)).await {
-            Ok(r) => r.bytes().await.map_err(|e| store_error("reading a job record", e))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::new(ErrorCode::NotFound, format!("no job {id}")))
-            }
-            Err(e) => return Err(store_error("reading a job record", e)),
-        };
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("job {id}: unreadable record: {e}")))
+        self.job_record(id).await?.ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no job {id}")))
     }
 
     /// Every job record, oldest first.
     pub async fn jobs(&self) -> Result<Vec<Job>> {
-        use futures_util::TryStreamExt;
-        let listed: Vec<_> = self
-            .store()
-            .list(Some(&ObjPath::from("jobs")))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("listing jobs", e))?;
-        let mut jobs = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for meta in listed {
-            if let Some(id) = meta.location.filename().and_then(|f| f.strip_suffix(".json")) {
-                if check_job_id(id).is_ok() {
-                    seen.insert(id.to_string());
-                    // Unchanged since it was last read (same ETag, size and modification time): cached.
-                    let modified =
-                        format!("{:?} {} {:?}", meta.e_tag, meta.size, meta.last_modified.timestamp_nanos_opt());
-                    let cached = self
-                        .job_cache
-                        .lock()
-                        .expect("job cache")
-                        .get(id)
-                        .filter(|c| c.0 == modified)
-                        .map(|c| c.1.clone());
-                    if let Some(j) = cached {
-                        jobs.push(j);
-                        continue;
-                    }
-                    match self.job(id).await {
-                        Ok(j) => {
-                            self.job_cache
-                                .lock()
-                                .expect("job cache")
-                                .insert(id.to_string(), (modified.clone(), j.clone()));
-                            jobs.push(j)
-                        }
-                        Err(e) if e.code == ErrorCode::IntegrityError => {
-                            tracing::warn!(job = id, error = %e, "an unreadable job record is left out")
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
-        self.job_cache.lock().expect("job cache").retain(|id, _| seen.contains(id));
+        let mut jobs: Vec<Job> = self.job_records().await?;
         jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         Ok(jobs)
     }

@@ -13,14 +13,11 @@
 //! registry's own `gc` (orphaned uploads only).
 use std::collections::BTreeSet;
 
-use futures_util::TryStreamExt;
-use object_store::path::Path as ObjPath;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 pub use crate::config::RetentionConfig;
 use crate::error::Result;
-use crate::registry::{store_error, Registry};
+use crate::registry::Registry;
 
 /// What one pass removed (object paths), or would remove in a dry run.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -48,25 +45,6 @@ fn before(t: &str, cutoff: &str) -> bool {
 }
 
 impl Registry {
-    async fn objects(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>> {
-        self.store()
-            .list(Some(&ObjPath::from(prefix)))
-            .try_collect()
-            .await
-            .map_err(|e| store_error(&format!("listing {prefix}/"), e))
-    }
-
-    async fn remove(&self, path: &ObjPath, dry_run: bool, out: &mut Vec<String>) -> Result<()> {
-        if !dry_run {
-            match self.store().delete(path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_error("removing an expired record", e)),
-            }
-        }
-        out.push(path.to_string());
-        Ok(())
-    }
-
     /// Applies `policy` once. Safe to run from several processes at once (each removal is of
     /// something that will never be needed again, and a missing object is not an error).
     pub async fn expire(&self, policy: &RetentionConfig, dry_run: bool) -> Result<Removed> {
@@ -88,17 +66,18 @@ impl Registry {
         }
         // Lease records (`leases/{job}/…`) and queue markers (`queue/{job}`) of ended, expired or
         // unknown jobs.
-        for (prefix, out) in [("leases", &mut removed.leases), ("queue", &mut removed.queue)] {
-            for meta in self.objects(prefix).await? {
-                let Some(job) = meta.location.parts().nth(1).map(|p| p.as_ref().to_string()) else { continue };
-                let orphan = !ids.contains(job.as_str()) && before(&meta.last_modified.to_rfc3339(), &grace);
-                if finished.contains(job.as_str()) || orphan {
-                    self.remove(&meta.location, dry_run, out).await?;
+        let (queue, leases) = self.queue_and_lease_objects().await?;
+        for (objects, out) in [(leases, &mut removed.leases), (queue, &mut removed.queue)] {
+            for object in objects {
+                let orphan = !ids.contains(object.job.as_str()) && before(&object.modified, &grace);
+                if finished.contains(object.job.as_str()) || orphan {
+                    self.remove_job_object(&object, dry_run).await?;
+                    out.push(object.key());
                 }
             }
         }
         for id in &expired {
-            self.remove(&ObjPath::from(format!("jobs/{id}.json")), dry_run, &mut removed.jobs).await?;
+            removed.jobs.push(self.remove_job_record(id, dry_run).await?);
         }
         // Datasets no version was trained on and no unfinished job uses.
         if policy.unreferenced_datasets_s > 0 {
@@ -113,13 +92,7 @@ impl Registry {
             }
             let in_use: BTreeSet<&str> =
                 jobs.iter().filter(|j| !j.state.is_terminal()).map(|j| j.dataset.sha256.as_str()).collect();
-            let mut shas = BTreeSet::new();
-            for meta in self.objects("datasets").await? {
-                if let Some(sha) = meta.location.parts().nth(1) {
-                    shas.insert(sha.as_ref().to_string());
-                }
-            }
-            for sha in shas {
+            for sha in self.dataset_ids().await? {
                 let Ok(record) = self.dataset(&sha).await else { continue };
                 if trained_on.contains(&record.summary.digest)
                     || in_use.contains(sha.as_str())
@@ -127,10 +100,7 @@ impl Registry {
                 {
                     continue;
                 }
-                // The record first: a dataset without one does not exist.
-                self.remove(&ObjPath::from(format!("datasets/{sha}/dataset.json")), dry_run, &mut removed.datasets)
-                    .await?;
-                self.remove(&ObjPath::from(format!("datasets/{sha}/archive")), dry_run, &mut removed.datasets).await?;
+                removed.datasets.extend(self.remove_dataset(&sha, dry_run).await?);
             }
         }
         Ok(removed)

@@ -6,14 +6,13 @@
 //! with the highest `seq` is the alias's target; `seq` is the alias's ETag. Two promotions that
 //! start from the same state race for the same `seq`: exactly one create succeeds, the other gets
 //! a conflict — nobody wins silently, and no history entry is ever overwritten.
-use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutMode, PutOptions};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Usage;
 use crate::error::{Error, ErrorCode, Result};
-use crate::registry::{check_name, store_error, Registry};
+use crate::registry::{check_name, layout, store_error, Registry};
 
 /// One move of an alias.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -51,20 +50,15 @@ pub struct Promotion {
 }
 
 impl Registry {
-    fn alias_prefix(model: &str, alias: &str) -> ObjPath {
-        ObjPath::from(format!("models/{model}/aliases/{alias}"))
-    }
-
     /// The aliases a model has.
     pub async fn aliases(&self, model: &str) -> Result<Vec<String>> {
         check_name("model", model)?;
         let listed = self
-            .store()
-            .list_with_delimiter(Some(&ObjPath::from(format!("models/{model}/aliases"))))
+            .store
+            .list_with_delimiter(Some(&layout::aliases(model)))
             .await
             .map_err(|e| store_error("listing aliases", e))?;
-        let mut out: Vec<String> =
-            listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_owned)).collect();
+        let mut out: Vec<String> = listed.common_prefixes.iter().filter_map(layout::name_of).collect();
         out.sort();
         Ok(out)
     }
@@ -75,8 +69,8 @@ impl Registry {
         check_name("alias", alias)?;
         use futures_util::TryStreamExt;
         let metas: Vec<_> = self
-            .store()
-            .list(Some(&Self::alias_prefix(model, alias)))
+            .store
+            .list(Some(&layout::alias(model, alias)))
             .try_collect()
             .await
             .map_err(|e| store_error("listing alias history", e))?;
@@ -84,7 +78,7 @@ impl Registry {
         for m in metas {
             if m.location.filename().is_some_and(|f| f.ends_with(".json")) {
                 let bytes = self
-                    .store()
+                    .store
                     .get(&m.location)
                     .await
                     .map_err(|e| store_error("reading alias history", e))?
@@ -107,9 +101,9 @@ impl Registry {
     }
 
     pub(crate) async fn put_alias_entry(&self, entry: &AliasEntry) -> Result<bool> {
-        let path = ObjPath::from(format!("models/{}/aliases/{}/{:012}.json", entry.model, entry.alias, entry.seq));
+        let path = layout::alias_move(&entry.model, &entry.alias, entry.seq);
         let bytes = serde_json::to_vec_pretty(entry).expect("entry serializes");
-        match self.store().put_opts(&path, bytes.into(), PutOptions::from(PutMode::Create)).await {
+        match self.store.put_opts(&path, bytes.into(), PutOptions::from(PutMode::Create)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
             Err(e) => Err(store_error("writing the alias entry", e)),

@@ -4,12 +4,11 @@
 use std::io::Read;
 use std::path::Path;
 
-use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{store_error, Registry};
+use super::{layout, store_error, Registry};
 use crate::error::{Error, ErrorCode, Result};
 use crate::records::dataset::DatasetSummary;
 
@@ -28,14 +27,6 @@ pub struct StoredDataset {
 }
 
 const PART: usize = 8 << 20;
-
-fn archive_path(sha256: &str) -> ObjPath {
-    ObjPath::from(format!("datasets/{sha256}/archive"))
-}
-
-fn record_path(sha256: &str) -> ObjPath {
-    ObjPath::from(format!("datasets/{sha256}/dataset.json"))
-}
 
 /// The terms a model trained on a dataset carries: the first recorded terms of the dataset stand,
 /// and a later job's spec may add to them, never remove or replace them (omitting terms on a
@@ -68,8 +59,11 @@ impl Registry {
             return Ok(());
         }
         let what = format!("dataset {}", record.sha256);
-        let mut upload =
-            self.store.put_multipart(&archive_path(&record.sha256)).await.map_err(|e| store_error(&what, e))?;
+        let mut upload = self
+            .store
+            .put_multipart(&layout::dataset_archive(&record.sha256))
+            .await
+            .map_err(|e| store_error(&what, e))?;
         let sent: Result<()> = async {
             let mut f = std::fs::File::open(file).map_err(|e| Error::io("opening", file, e))?;
             loop {
@@ -95,7 +89,11 @@ impl Registry {
         }
         upload.complete().await.map_err(|e| store_error(&what, e))?;
         let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
-        match self.store.put_opts(&record_path(&record.sha256), bytes.into(), PutOptions::from(PutMode::Create)).await {
+        match self
+            .store
+            .put_opts(&layout::dataset_record(&record.sha256), bytes.into(), PutOptions::from(PutMode::Create))
+            .await
+        {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
             Err(e) => Err(store_error(&what, e)),
         }
@@ -105,7 +103,7 @@ impl Registry {
     pub async fn dataset(&self, sha256: &str) -> Result<StoredDataset> {
         check_sha256(sha256)?;
         let what = format!("dataset {sha256}");
-        let bytes = match self.store.get(&record_path(sha256)).await {
+        let bytes = match self.store.get(&layout::dataset_record(sha256)).await {
             Ok(r) => r.bytes().await.map_err(|e| store_error(&what, e))?,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Error::new(ErrorCode::NotFound, format!("no dataset {sha256} in the registry")))
@@ -120,7 +118,7 @@ impl Registry {
     pub async fn fetch_dataset(&self, sha256: &str, to: &Path) -> Result<StoredDataset> {
         let record = self.dataset(sha256).await?;
         let what = format!("dataset {sha256}");
-        let got = self.store.get(&archive_path(sha256)).await.map_err(|e| store_error(&what, e))?;
+        let got = self.store.get(&layout::dataset_archive(sha256)).await.map_err(|e| store_error(&what, e))?;
         let (sha, size) = super::download(got, to, u64::MAX, &what).await?;
         if sha != sha256 || size != record.size {
             return Err(Error::new(
@@ -139,16 +137,15 @@ impl Registry {
         use futures_util::TryStreamExt;
         let listed: Vec<_> = self
             .store
-            .list(Some(&ObjPath::from("datasets")))
+            .list(Some(&layout::datasets()))
             .try_collect()
             .await
             .map_err(|e| store_error("listing datasets", e))?;
         let mut out = Vec::new();
         for meta in listed {
-            if meta.location.filename() == Some("dataset.json") {
-                let parts: Vec<_> = meta.location.parts().collect();
-                if let Some(sha) = parts.get(1) {
-                    out.push(self.dataset(sha.as_ref()).await?);
+            if layout::is_dataset_record(&meta.location) {
+                if let Some(sha) = layout::dataset_of(&meta.location) {
+                    out.push(self.dataset(&sha).await?);
                 }
             }
         }

@@ -1,17 +1,8 @@
 //! The model registry on `object_store`: a local folder (the embedded default), any
 //! S3-compatible store, or memory (tests).
 //!
-//! Layout (every path below the configured root / bucket prefix):
-//! ```text
-//! models/{model}/uploads/{upload_id}/{file}        artifact bytes, written first
-//! models/{model}/versions/{version:08}.json        the manifest, written last with a conditional
-//!                                                  create: a version exists iff its manifest does
-//! models/{model}/aliases/{alias}/{seq:012}.json    alias moves, one create-only object each: the
-//!                                                  highest seq is the alias's current target; all
-//!                                                  of them are its audit history
-//! datasets/{digest}/…                              uploaded datasets (fine-tuning jobs)
-//! jobs/{id}/…                                      job records and checkpoints
-//! ```
+//! Every key the registry uses is built in `layout`, which documents the whole layout; only this
+//! module touches the object store.
 //! Versions are immutable and numbered per model. A crash mid-publish leaves only an unreferenced
 //! upload folder, which `gc` removes. Every artifact read is checked against the manifest's sha256
 //! and size.
@@ -33,7 +24,10 @@ use crate::foundation::hash::sha256_hex;
 
 pub mod alias;
 pub mod datasets;
+pub mod jobs;
+mod layout;
 pub mod manifest;
+pub mod remote;
 
 pub use alias::{AliasEntry, Promotion};
 pub use manifest::{Artifact, Manifest, Provenance};
@@ -43,9 +37,8 @@ pub use manifest::{Artifact, Manifest, Provenance};
 pub struct Registry {
     store: Arc<dyn ObjectStore>,
     location: String,
-    /// Job records read before, by id, with the listing's ETag, size and modification time they
-    /// were read at: a listing of `jobs/` re-reads only records that changed.
-    pub(crate) job_cache: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, crate::jobs::Job)>>>,
+    /// Job records read before (`jobs::JobCache`).
+    job_cache: jobs::JobCache,
 }
 
 /// One artifact to publish.
@@ -196,10 +189,6 @@ impl Registry {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
-    }
-
     /// Where the registry is, for people (`file:///…`, `s3://bucket/prefix at endpoint`).
     pub fn location(&self) -> &str {
         &self.location
@@ -207,14 +196,14 @@ impl Registry {
 
     /// Proves the store is reachable and writable: writes and deletes a probe object.
     pub async fn check(&self) -> Result<()> {
-        let probe = ObjPath::from(format!(".probe/{}", uuid::Uuid::new_v4()));
+        let probe = layout::probe(&uuid::Uuid::new_v4().to_string());
         self.store.put(&probe, PutPayload::from_static(b"ok")).await.map_err(|e| store_error("write probe", e))?;
         self.store.delete(&probe).await.map_err(|e| store_error("delete probe", e))?;
         Ok(())
     }
 
     fn version_path(model: &str, version: u64) -> ObjPath {
-        ObjPath::from(format!("models/{model}/versions/{version:08}.json"))
+        layout::version(model, version)
     }
 
     /// Publishes a new version: uploads every artifact, then creates the manifest under the next
@@ -240,7 +229,7 @@ impl Registry {
         let upload_id = uuid::Uuid::new_v4().to_string();
         let mut records = Vec::new();
         for a in artifacts {
-            let path = format!("models/{model}/uploads/{upload_id}/{}", a.name);
+            let path = layout::upload(model, &upload_id, &a.name);
             let record = Artifact {
                 name: a.name.clone(),
                 path: path.clone(),
@@ -309,14 +298,14 @@ impl Registry {
     pub async fn models(&self) -> Result<Vec<String>> {
         let listed = self
             .store
-            .list_with_delimiter(Some(&ObjPath::from("models")))
+            .list_with_delimiter(Some(&layout::models()))
             .await
             .map_err(|e| store_error("listing models", e))?;
         let mut out = Vec::new();
         for prefix in listed.common_prefixes {
-            if let Some(name) = prefix.filename() {
-                if !self.versions(name).await?.is_empty() {
-                    out.push(name.to_string());
+            if let Some(name) = layout::name_of(&prefix) {
+                if !self.versions(&name).await?.is_empty() {
+                    out.push(name);
                 }
             }
         }
@@ -327,11 +316,10 @@ impl Registry {
     /// The published versions of a model, ascending.
     pub async fn versions(&self, model: &str) -> Result<Vec<u64>> {
         check_name("model", model)?;
-        let prefix = ObjPath::from(format!("models/{model}/versions"));
+        let prefix = layout::versions(model);
         let metas: Vec<_> =
             self.store.list(Some(&prefix)).try_collect().await.map_err(|e| store_error("listing versions", e))?;
-        let mut v: Vec<u64> =
-            metas.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok()).collect();
+        let mut v: Vec<u64> = metas.iter().filter_map(|m| layout::version_of(&m.location)).collect();
         v.sort_unstable();
         Ok(v)
     }
@@ -410,23 +398,23 @@ impl Registry {
         let mut removed = Vec::new();
         let listed = self
             .store
-            .list_with_delimiter(Some(&ObjPath::from("models")))
+            .list_with_delimiter(Some(&layout::models()))
             .await
             .map_err(|e| store_error("listing models", e))?;
         for prefix in listed.common_prefixes {
-            let Some(model) = prefix.filename() else { continue };
+            let Some(model) = layout::name_of(&prefix) else { continue };
+            let model = model.as_str();
             let mut referenced = BTreeSet::new();
             for v in self.versions(model).await? {
                 referenced.insert(self.manifest(model, v).await?.upload_id);
             }
-            let uploads = ObjPath::from(format!("models/{model}/uploads"));
+            let uploads = layout::uploads(model);
             let metas: Vec<_> =
                 self.store.list(Some(&uploads)).try_collect().await.map_err(|e| store_error("listing uploads", e))?;
             let mut by_upload: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
             for m in metas {
-                let parts: Vec<_> = m.location.parts().collect();
-                if let Some(id) = parts.get(3) {
-                    by_upload.entry(id.as_ref().to_string()).or_default().push(m);
+                if let Some(id) = layout::upload_id_of(&m.location) {
+                    by_upload.entry(id).or_default().push(m);
                 }
             }
             for (id, objects) in by_upload {

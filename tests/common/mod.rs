@@ -430,3 +430,75 @@ impl Server {
         std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").is_ok()
     }
 }
+
+/// The registry layout documented in `src/registry/layout.rs` (its ```text block), as key
+/// patterns: `models/{model}/versions/{version:08}.json`, …
+pub fn documented_layout() -> Vec<String> {
+    let source = include_str!("../../src/registry/layout.rs");
+    let block = source.split("//! ```text\n").nth(1).expect("layout.rs documents the layout").split("//! ```").next();
+    block
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! ")?.split_whitespace().next().map(str::to_string))
+        .filter(|p| p.contains('/'))
+        .collect()
+}
+
+/// Whether `key` fits `pattern`, where each `{…}` stands for one or more characters other than `/`.
+pub fn key_fits(pattern: &str, key: &str) -> bool {
+    let (p, k): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), key.split('/').collect());
+    p.len() == k.len()
+        && p.iter().zip(&k).all(|(p, k)| {
+            // Literal pieces between the placeholders, in order.
+            let pieces: Vec<&str> = p.split('{').map(|s| s.split_once('}').map_or(s, |(_, rest)| rest)).collect();
+            if pieces.len() == 1 {
+                return p == k;
+            }
+            let mut rest = match k.strip_prefix(pieces[0]) {
+                Some(r) => r,
+                None => return false,
+            };
+            for (i, piece) in pieces.iter().enumerate().skip(1) {
+                let last = i == pieces.len() - 1;
+                let found = if last {
+                    rest.len().checked_sub(piece.len()).filter(|&at| at > 0 && rest[at..] == **piece)
+                } else {
+                    rest.get(1..).and_then(|r| r.find(piece)).map(|at| at + 1)
+                };
+                match found {
+                    Some(at) => rest = &rest[at + piece.len()..],
+                    None => return false,
+                }
+            }
+            rest.is_empty()
+        })
+}
+
+/// Every key under a local registry folder fits a documented pattern, and each of `required` (a
+/// documented pattern) is met by some key. Returns the keys.
+pub fn assert_layout(root: &Path, required: &[&str]) -> Vec<String> {
+    let layout = documented_layout();
+    for r in required {
+        assert!(layout.iter().any(|p| p == r), "{r} is not in the documented layout {layout:?}");
+    }
+    let mut keys = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                keys.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    keys.sort();
+    for k in &keys {
+        assert!(layout.iter().any(|p| key_fits(p, k)), "key {k} fits no documented pattern of {layout:?}");
+    }
+    for r in required {
+        assert!(keys.iter().any(|k| key_fits(r, k)), "no key fits {r}: {keys:?}");
+    }
+    keys
+}

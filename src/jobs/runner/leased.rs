@@ -9,9 +9,9 @@ use tokio::sync::broadcast;
 
 use super::{JobEvent, Runner};
 use crate::error::{Error, ErrorCode, Result};
-use crate::jobs::lease::{Beat, Claim};
 use crate::jobs::{Job, JobError, JobResult, JobState, Progress};
 use crate::registry::alias::Promotion;
+use crate::registry::jobs::{Beat, Claim};
 use crate::registry::Registry;
 use crate::train::arch::Arch;
 

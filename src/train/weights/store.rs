@@ -2,8 +2,6 @@
 //! into their architecture, then written atomically with a provenance record beside them.
 use std::path::{Path, PathBuf};
 
-use futures_util::StreamExt;
-use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -68,7 +66,7 @@ impl WeightStore {
             Some(m) => format!("{}/{}", m.trim_end_matches('/'), entry.file_name),
             None => entry.url.clone(),
         };
-        let bytes = download(&url).await?;
+        let bytes = crate::registry::remote::fetch_url(&url).await?;
         self.store(&bytes, &entry.file_name, Some(entry.arch), Some(entry), &url)
     }
 
@@ -152,25 +150,6 @@ fn sanitize(name: &str) -> String {
     let clean: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     clean.trim_start_matches('.').to_string()
-}
-
-/// GETs a URL through object_store's HTTP client (TLS with the system's roots; plain http allowed
-/// for mirrors on a private network).
-async fn download(url: &str) -> Result<Vec<u8>> {
-    let failed = |e: &dyn std::fmt::Display| Error::new(ErrorCode::DownloadFailed, format!("downloading {url}: {e}"));
-    let (base, file) = url.rsplit_once('/').ok_or_else(|| failed(&"not a URL"))?;
-    let store = object_store::http::HttpBuilder::new()
-        .with_url(base)
-        .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
-        .build()
-        .map_err(|e| failed(&e))?;
-    let result = store.get(&object_store::path::Path::from(file)).await.map_err(|e| failed(&e))?;
-    let mut stream = result.into_stream();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        out.extend_from_slice(&chunk.map_err(|e| failed(&e))?);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
