@@ -159,7 +159,10 @@ fn io_errors_name_the_file_and_the_action() {
     let out = petal().args(["export", "--arch", "resnet18", "--weights", "/no/such/weights.pth"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("reading /no/such/weights.pth: No such file or directory") && err.contains("[not_found]"), "{err}");
+    assert!(
+        err.contains("reading /no/such/weights.pth: No such file or directory") && err.contains("[not_found]"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = petal()
         .args(["finetune", "--data", "/no/such/dataset.zip", "--device", "cpu", "--weights", "scratch", "--recipe"])

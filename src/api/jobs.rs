@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
-use crate::jobs::{DatasetSource, Job, JobDataset, JobSpec, JobState, Progress, Submitter};
+use crate::jobs::{DatasetSource, Job, JobDataset, JobSpec, JobState, Progress, Stage, Submitter};
 use crate::registry::datasets::StoredDataset;
 
 /// Largest `spec` part or JSON body.
@@ -194,7 +194,7 @@ pub async fn finetune(
         finished_at: None,
         attempt: 0,
         worker: None,
-        progress: Progress { stage: "queued".into(), ..Default::default() },
+        progress: Progress { stage: Stage::Queued, ..Default::default() },
         epochs: Vec::new(),
         result: None,
         error: None,

@@ -306,11 +306,45 @@ impl JobState {
     }
 }
 
+/// What a job is doing, or how it ended (the wire names are those of earlier records).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, ToSchema)]
+pub enum Stage {
+    #[default]
+    #[serde(rename = "queued")]
+    Queued,
+    #[serde(rename = "reading the dataset")]
+    ReadingDataset,
+    #[serde(rename = "training")]
+    Training,
+    #[serde(rename = "publishing")]
+    Publishing,
+    #[serde(rename = "done")]
+    Done,
+    #[serde(rename = "canceled")]
+    Canceled,
+    #[serde(rename = "failed")]
+    Failed,
+    /// Its process or worker stopped while running it.
+    #[serde(rename = "interrupted")]
+    Interrupted,
+    /// A stage this version does not know (a record written by another version).
+    #[serde(rename = "unknown", other)]
+    Unknown,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = serde_json::to_value(self).expect("a stage serializes");
+        f.write_str(v.as_str().expect("a stage is a string"))
+    }
+}
+
 /// Where a running job is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, ToSchema)]
 pub struct Progress {
-    /// What it is doing: `queued`, `reading the dataset`, `training`, `publishing`, `done`.
-    pub stage: String,
+    /// What it is doing: `queued`, `reading the dataset`, `training`, `publishing`, `done`; how it
+    /// ended: `canceled`, `failed`, `interrupted`.
+    pub stage: Stage,
     pub backbone: Option<Arch>,
     pub phase: Option<u8>,
     pub epoch: Option<usize>,
@@ -402,11 +436,11 @@ pub struct JobDataset {
 
 impl Job {
     /// Ends the job: its final state, the stage it reports, why (when it did not succeed).
-    pub fn end(&mut self, state: JobState, stage: &str, error: Option<JobError>) {
+    pub fn end(&mut self, state: JobState, stage: Stage, error: Option<JobError>) {
         debug_assert!(state.is_terminal());
         self.state = state;
         self.finished_at = Some(crate::foundation::clock::now_rfc3339());
-        self.progress.stage = stage.into();
+        self.progress.stage = stage;
         self.error = error;
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
 use super::lease::LeaseWatch;
-use super::{Job, JobError, JobResult, JobState, Progress};
+use super::{Job, JobError, JobResult, JobState, Progress, Stage};
 use crate::config::{Config, Role};
 use crate::error::{Error, ErrorCode, Result};
 use crate::registry::Registry;
@@ -184,7 +184,7 @@ impl Runner {
                              submit the spec again"
                         ),
                     };
-                    job.end(JobState::Failed, "interrupted", Some(error));
+                    job.end(JobState::Failed, Stage::Interrupted, Some(error));
                     self.registry.put_job(&job).await?;
                     tracing::warn!(job = %job.id, "a job was running when petal stopped: marked failed (job_interrupted)");
                 }
@@ -285,7 +285,7 @@ impl Runner {
                 code: ErrorCode::TrainingCanceled.as_str().into(),
                 message: "canceled before it started".into(),
             };
-            canceled.end(JobState::Canceled, "canceled", Some(why));
+            canceled.end(JobState::Canceled, Stage::Canceled, Some(why));
             if let Err(e) = self.registry.put_job(&canceled).await {
                 // Not recorded: the job stays queued, where it was.
                 self.shared.queue.lock().unwrap().push_back(id.to_string());
@@ -297,7 +297,7 @@ impl Runner {
             return Ok(job);
         }
         if let Some(l) = self.shared.live.lock().unwrap().get(id) {
-            if l.job.progress.stage == "publishing" {
+            if l.job.progress.stage == Stage::Publishing {
                 return Err(Error::new(ErrorCode::JobFinished, format!("job {id} is publishing its result")));
             }
             l.cancel.store(true, Ordering::Relaxed);
@@ -366,7 +366,7 @@ impl Runner {
         let job = self.update(id, |j| {
             j.state = JobState::Running;
             j.started_at = Some(crate::foundation::clock::now_rfc3339());
-            j.progress = Progress { stage: "reading the dataset".into(), ..Default::default() };
+            j.progress = Progress { stage: Stage::ReadingDataset, ..Default::default() };
             if let Some(l) = &lease {
                 j.attempt = l.claim.attempt;
                 j.worker = worker.clone();
@@ -410,13 +410,15 @@ impl Runner {
         }
         let job = self.update(id, |j| match &outcome {
             Ok(r) => {
-                j.end(JobState::Succeeded, "done", None);
+                j.end(JobState::Succeeded, Stage::Done, None);
                 j.progress.percent = 100.0;
                 j.progress.eta_s = Some(0.0);
                 j.result = Some(r.clone());
             }
-            Err(e) if e.code == ErrorCode::TrainingCanceled => j.end(JobState::Canceled, "canceled", Some(e.into())),
-            Err(e) => j.end(JobState::Failed, "failed", Some(e.into())),
+            Err(e) if e.code == ErrorCode::TrainingCanceled => {
+                j.end(JobState::Canceled, Stage::Canceled, Some(e.into()))
+            }
+            Err(e) => j.end(JobState::Failed, Stage::Failed, Some(e.into())),
         });
         match &outcome {
             Ok(r) => tracing::info!(job = id, model = %r.model, version = r.version, "job succeeded"),
@@ -483,7 +485,7 @@ impl Runner {
         }
         let warnings = data.warnings.clone();
         self.update(&job.id, |j| {
-            j.progress.stage = "training".into();
+            j.progress.stage = Stage::Training;
             j.warnings.extend(warnings);
         });
         let run_dir = work.path().join("run");
@@ -495,7 +497,7 @@ impl Runner {
                 }
                 last_progress = Instant::now();
                 let p = Progress {
-                    stage: "training".into(),
+                    stage: Stage::Training,
                     backbone: Some(*backbone),
                     phase: Some(*phase),
                     epoch: Some(*epoch),
@@ -538,7 +540,7 @@ impl Runner {
                 return Err(Error::new(ErrorCode::TrainingCanceled, "another worker took this job over"));
             }
         }
-        self.update(&job.id, |j| j.progress.stage = "publishing".into());
+        self.update(&job.id, |j| j.progress.stage = Stage::Publishing);
         // The dataset's recorded terms stand; the spec may only add to them.
         let recorded = rt.block_on(registry.dataset(&job.dataset.sha256))?;
         let dataset_terms =

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use super::{JobEvent, Runner};
 use crate::error::{Error, ErrorCode, Result};
-use crate::jobs::{Job, JobError, JobResult, JobState, Progress};
+use crate::jobs::{Job, JobError, JobResult, JobState, Progress, Stage};
 use crate::registry::alias::Promotion;
 use crate::registry::jobs::{Beat, Claim};
 use crate::registry::Registry;
@@ -62,7 +62,7 @@ impl Runner {
             if let Some(claim) = self.registry.try_claim(&id, attempt, &format!("{} (cancel)", self.name)).await? {
                 let mut job = self.registry.job(&id).await?;
                 if !job.state.is_terminal() {
-                    job.end(JobState::Canceled, "canceled", Some(canceled_before_start()));
+                    job.end(JobState::Canceled, Stage::Canceled, Some(canceled_before_start()));
                     job.attempt = claim.attempt;
                     self.registry.put_job(&job).await?;
                 }
@@ -123,7 +123,7 @@ impl Runner {
         let job = self.update(id, |j| {
             j.state = JobState::Queued;
             j.started_at = None;
-            j.progress = Progress { stage: "queued".into(), ..Default::default() };
+            j.progress = Progress { stage: Stage::Queued, ..Default::default() };
             j.epochs.clear();
             j.warnings.push(format!(
                 "attempt {} on worker {} stopped when that worker shut down; the job restarts from the beginning",
@@ -319,7 +319,7 @@ impl Runner {
                     "version {} was published by the earlier attempt; this one recorded the end",
                     result.version
                 ));
-                job.end(JobState::Succeeded, "done", None);
+                job.end(JobState::Succeeded, Stage::Done, None);
                 job.progress.percent = 100.0;
                 job.result = Some(result);
                 registry.put_job(&job).await?;
@@ -339,13 +339,13 @@ impl Runner {
                 ),
             };
             tracing::error!(job = %id, attempts = broken, "{}", error.message);
-            job.end(JobState::Failed, "interrupted", Some(error));
+            job.end(JobState::Failed, Stage::Interrupted, Some(error));
             registry.put_job(&job).await?;
             end_lease(registry, &claim).await;
             return Ok(None);
         }
         if leases.cancel_requested || registry.cancel_requested(id).await? {
-            job.end(JobState::Canceled, "canceled", Some(canceled_before_start()));
+            job.end(JobState::Canceled, Stage::Canceled, Some(canceled_before_start()));
             registry.put_job(&job).await?;
             end_lease(registry, &claim).await;
             return Ok(None);
