@@ -523,6 +523,8 @@ impl Config {
     }
 
     /// Checks what types alone cannot; each message names the key.
+    ///
+    /// Long on purpose: a flat list of independent checks, one per key, all reported at once.
     pub fn validate(&self) -> Result<()> {
         let mut problems = Vec::new();
         if self.server.host.trim().is_empty() {

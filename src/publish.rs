@@ -5,20 +5,25 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Usage;
 use crate::error::{Error, Result};
-use crate::export::onnx::export_weights;
+use crate::export::onnx::{export_weights, WeightsExport};
+use crate::records::dataset::Layout;
+use crate::records::names::{AliasName, ModelName};
 use crate::registry::alias::Promotion;
 use crate::registry::manifest::{BaseWeights, DatasetRecord, Manifest, Metrics};
 use crate::registry::{NewArtifact, Provenance, Registry};
+use crate::train::arch::Arch;
 use crate::train::finetune::{BackboneResult, Summary};
 
 /// What to publish a run as.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PublishRun {
-    pub model: String,
+    pub model: ModelName,
     /// Move this alias to the new version.
-    pub alias: Option<String>,
+    pub alias: Option<AliasName>,
     /// Who publishes (alias history).
     pub by: String,
     /// The dataset's name and the terms it may be used under, as the uploader gave them.
@@ -39,6 +44,42 @@ pub struct PublishRun {
     pub job: Option<String>,
 }
 
+/// What a published fine-tuning run records as its provenance's `hyperparameters`, and how a
+/// later reader (a worker taking a job over) reads it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunHyperparameters {
+    pub backbones: Vec<String>,
+    pub winner: Arch,
+    pub device: String,
+    pub dataset_layout: Layout,
+    pub dataset_split: String,
+    pub image_size: i64,
+    pub fp16_weights: bool,
+    pub trained_by_petal: String,
+    pub started_at: Option<String>,
+    /// The job that ran it: how a worker that takes a job over finds a version its previous
+    /// holder published before it could record the job's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+impl RunHyperparameters {
+    /// A version's run record, when it was published from a fine-tuning run.
+    pub fn of(provenance: &Provenance) -> Option<RunHyperparameters> {
+        serde_json::from_value(provenance.hyperparameters.clone()).ok()
+    }
+}
+
+/// The key of a backbone's best validation accuracy in `metrics.best`: `val_top1` for a run of
+/// one backbone, `val_top1.{backbone}` for each of several.
+pub fn best_key(backbone: &str, backbones: usize) -> String {
+    if backbones > 1 {
+        format!("val_top1.{backbone}")
+    } else {
+        "val_top1".into()
+    }
+}
+
 /// Reads `run_dir/summary.json` (written by `train::finetune::finetune`), exports its winner and
 /// publishes it; returns the new version's manifest.
 pub async fn publish_run(registry: &Registry, run_dir: &Path, opts: &PublishRun, usage: Usage) -> Result<Manifest> {
@@ -54,7 +95,8 @@ pub async fn publish_run(registry: &Registry, run_dir: &Path, opts: &PublishRun,
         .find(|r| r.backbone == summary.winner)
         .ok_or_else(|| Error::invalid_request(format!("{}: the winner has no result", summary_path.display())))?;
     let checkpoint = crate::foundation::files::read(&run_dir.join(&winner.checkpoint))?;
-    let exported = export_weights(winner.backbone, &checkpoint, None, None, Some(opts.model.clone()), opts.fp16)?;
+    let request = WeightsExport { model_name: Some(opts.model.to_string()), fp16: opts.fp16, ..Default::default() };
+    let exported = export_weights(winner.backbone, &checkpoint, request)?;
     let provenance = provenance(&summary, winner, opts, exported.image_size);
     let mut artifacts = vec![NewArtifact::new("model.onnx", exported.onnx)];
     if opts.with_checkpoint {
@@ -120,7 +162,7 @@ pub fn provenance(summary: &Summary, winner: &BackboneResult, opts: &PublishRun,
     }
     if summary.results.len() > 1 {
         for r in &summary.results {
-            best.insert(format!("val_top1.{}", r.backbone.name()), r.best_val_accuracy);
+            best.insert(best_key(r.backbone.name(), summary.results.len()), r.best_val_accuracy);
         }
     }
     let per_epoch = winner.epochs.iter().map(|e| serde_json::to_value(e).expect("serializes")).collect();
@@ -128,25 +170,23 @@ pub fn provenance(summary: &Summary, winner: &BackboneResult, opts: &PublishRun,
     for r in &summary.results {
         timings.insert(format!("{}_s", r.backbone.name()), r.seconds);
     }
-    let mut hyperparameters = serde_json::json!({
-        "backbones": summary.results.iter().map(|r| r.backbone.name()).collect::<Vec<_>>(),
-        "winner": winner.backbone.name(),
-        "device": summary.device,
-        "dataset_layout": d.layout,
-        "dataset_split": d.split,
-        "image_size": image_size,
-        "fp16_weights": opts.fp16,
-        "trained_by_petal": summary.petal_version,
-        "started_at": summary.started_at,
-    });
-    if let Some(job) = &opts.job {
-        hyperparameters["job_id"] = job.as_str().into();
-    }
+    let hyperparameters = RunHyperparameters {
+        backbones: summary.results.iter().map(|r| r.backbone.name().to_string()).collect(),
+        winner: winner.backbone,
+        device: summary.device.clone(),
+        dataset_layout: d.layout,
+        dataset_split: d.split.clone(),
+        image_size,
+        fp16_weights: opts.fp16,
+        trained_by_petal: summary.petal_version.clone(),
+        started_at: summary.started_at.clone(),
+        job_id: opts.job.clone(),
+    };
     Provenance {
         base_weights,
         dataset: Some(dataset),
         recipe: serde_json::to_value(&summary.recipe).expect("serializes"),
-        hyperparameters,
+        hyperparameters: serde_json::to_value(&hyperparameters).expect("serializes"),
         metrics: Metrics { best, per_epoch },
         hardware: summary.hardware.clone().or_else(|| opts.hardware.clone()).unwrap_or(serde_json::Value::Null),
         timings,

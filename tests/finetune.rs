@@ -361,9 +361,19 @@ fn several_backbones_compete() {
         }
     };
     let backbones = [(Arch::Resnet18, None), (Arch::MobilenetV2, None)];
-    let summary =
-        petal::train::finetune::finetune(&data, &backbones, &recipe, Device::Cpu, &out, None, &cancel, &mut on_event)
-            .unwrap();
+    let summary = petal::train::finetune::finetune(
+        &petal::train::finetune::FinetuneRun {
+            dataset: &data,
+            backbones: &backbones,
+            recipe: &recipe,
+            device: Device::Cpu,
+            out: &out,
+            command: None,
+        },
+        &cancel,
+        &mut on_event,
+    )
+    .unwrap();
     assert_eq!(epochs, [(Arch::Resnet18, 1), (Arch::Resnet18, 2), (Arch::MobilenetV2, 1), (Arch::MobilenetV2, 2)]);
     assert_eq!(summary.results.len(), 2);
     let best = summary.results.iter().map(|r| r.best_val_accuracy).fold(0.0, f64::max);

@@ -12,6 +12,7 @@ use crate::api::connection::client_gone;
 use crate::api::AppState;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
 use crate::infer::engine::{ModelHandle, Prediction};
+use crate::records::names::{AliasName, ModelName};
 use crate::registry::ModelRef;
 
 /// Most images in one request.
@@ -21,17 +22,32 @@ pub const MAX_IMAGES: usize = crate::config::MAX_IMAGES_PER_REQUEST;
 pub struct ClassifyQuery {
     /// A model's name (default: the first of `inference.models`). Served models answer at once;
     /// any other model in the registry is loaded on demand.
-    #[param(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
-    pub model: Option<String>,
+    pub model: Option<ModelName>,
     /// A version of the model (default: the served one).
     #[param(minimum = 1, maximum = 9223372036854775807_i64)]
     pub version: Option<u64>,
     /// An alias of the model, resolved now (e.g. `staging`).
-    #[param(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
-    pub alias: Option<String>,
+    pub alias: Option<AliasName>,
     /// How many classes to return, 1–100 (default 5).
     #[param(minimum = 1, maximum = 100)]
     pub top_k: Option<usize>,
+}
+
+impl ClassifyQuery {
+    /// Checks the query's values and how they combine; returns `top_k`.
+    pub fn check(&self) -> Result<usize> {
+        let top_k = self.top_k.unwrap_or(5);
+        if !(1..=100).contains(&top_k) {
+            return Err(Error::invalid_request("top_k must be between 1 and 100"));
+        }
+        if self.version.is_some_and(|v| v == 0 || v > i64::MAX as u64) {
+            return Err(Error::invalid_request("version must be between 1 and 9223372036854775807"));
+        }
+        if self.version.is_some() && self.alias.is_some() {
+            return Err(Error::new(ErrorCode::InvalidArguments, "give version or alias, not both"));
+        }
+        Ok(top_k)
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -140,23 +156,7 @@ pub async fn classify(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let start = Instant::now();
-    let top_k = query.top_k.unwrap_or(5);
-    if !(1..=100).contains(&top_k) {
-        return Err(Error::invalid_request("top_k must be between 1 and 100"));
-    }
-    if query.version.is_some_and(|v| v == 0 || v > i64::MAX as u64) {
-        return Err(Error::invalid_request("version must be between 1 and 9223372036854775807"));
-    }
-    if let Some(m) = &query.model {
-        crate::registry::check_name("model", m)?;
-    }
-    if let Some(a) = &query.alias {
-        crate::registry::check_name("alias", a)?;
-    }
-    if query.version.is_some() && query.alias.is_some() {
-        return Err(Error::new(ErrorCode::InvalidArguments, "give version or alias, not both"));
-    }
-    let (content_type, mime) = crate::api::media_type(&req);
+    let top_k = query.check()?;
     let limit = state.config.inference.max_body_bytes;
     // Admitted by what its body will hold before a byte of it is read.
     let declared = crate::api::content_length(&req).unwrap_or(limit as u64);
@@ -164,58 +164,14 @@ pub async fn classify(
         return Err(Error::new(ErrorCode::PayloadTooLarge, format!("the body exceeds {limit} bytes")));
     }
     let body_permit = state.serving.admit_body(declared)?;
-    let images: Vec<Vec<u8>> = match mime.as_str() {
-        m if RAW_TYPES.contains(&m) => vec![crate::api::read_body(body, limit).await?],
-        "multipart/form-data" => read_form(req.headers(), body, limit).await?,
-        "application/json" => from_json(&crate::api::read_body(body, limit).await?)?,
-        _ => {
-            return Err(Error::new(
-                ErrorCode::UnsupportedMediaType,
-                format!(
-                    "Content-Type {content_type:?} is not accepted; send image/jpeg, image/png, image/webp, \
-                     application/octet-stream, multipart/form-data or application/json"
-                ),
-            ))
-        }
-    };
-    if images.is_empty() {
-        return Err(Error::invalid_request("the request holds no image"));
-    }
-    if images.len() > MAX_IMAGES {
-        return Err(Error::new(
-            ErrorCode::PayloadTooLarge,
-            format!("{} images in one request; the limit is {MAX_IMAGES}", images.len()),
-        ));
-    }
+    let images = read_images(&req, body, limit).await?;
     let handle = pick(&state, &query).await?;
     // Refused before decoding when the model is full (by images, what the request costs): an
     // overloaded server spends nothing more.
     let n = images.len();
     let _admission = handle.admit(n)?;
     let received = start.elapsed();
-    // Every image's size from its header first: a request with one image over the limits costs
-    // no decoding at all.
-    let sizes = images
-        .iter()
-        .enumerate()
-        .map(|(i, bytes)| handle.probe(bytes).map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message))))
-        .collect::<Result<Vec<_>>>()?;
-    let mut input = Vec::with_capacity(n * 3 * handle.info.image_size * handle.info.image_size);
-    // One image at a time, each within the server-wide decoding budget. When its socket says the
-    // client has gone (actix keeps running the handler), the request stops here: its places are
-    // given back and no further image is decoded.
-    for (i, (bytes, (w, h))) in images.into_iter().zip(sizes).enumerate() {
-        let decoding = state.serving.decoding(u64::from(w) * u64::from(h), || client_gone(&req)).await;
-        if decoding.is_none() || client_gone(&req) {
-            return Err(gone(i, n));
-        }
-        let model = handle.clone();
-        let x = web::block(move || model.preprocess(&bytes))
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?
-            .map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message)))?;
-        input.extend(x);
-    }
+    let input = preprocess(&req, &state, &handle, images).await?;
     drop(body_permit);
     let preprocessed = start.elapsed();
     let logits = handle.infer(input, n).await?;
@@ -241,6 +197,69 @@ pub async fn classify(
     }))
 }
 
+/// The images of a request, by its media type: one raw image, a form's parts or a JSON list;
+/// at least one and at most `MAX_IMAGES`.
+async fn read_images(req: &HttpRequest, body: web::Payload, limit: usize) -> Result<Vec<Vec<u8>>> {
+    let (content_type, mime) = crate::api::media_type(req);
+    let images: Vec<Vec<u8>> = match mime.as_str() {
+        m if RAW_TYPES.contains(&m) => vec![crate::api::read_body(body, limit).await?],
+        "multipart/form-data" => read_form(req.headers(), body, limit).await?,
+        "application/json" => from_json(&crate::api::read_body(body, limit).await?)?,
+        _ => {
+            return Err(Error::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "Content-Type {content_type:?} is not accepted; send image/jpeg, image/png, image/webp, \
+                     application/octet-stream, multipart/form-data or application/json"
+                ),
+            ))
+        }
+    };
+    if images.is_empty() {
+        return Err(Error::invalid_request("the request holds no image"));
+    }
+    if images.len() > MAX_IMAGES {
+        return Err(Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!("{} images in one request; the limit is {MAX_IMAGES}", images.len()),
+        ));
+    }
+    Ok(images)
+}
+
+/// The model's input for `images`. Every image's size is read from its header first: a request
+/// with one image over the limits costs no decoding at all. Then one image at a time, each within
+/// the server-wide decoding budget. When its socket says the client has gone (actix keeps running
+/// the handler), the request stops here: its places are given back and no further image is
+/// decoded.
+async fn preprocess(
+    req: &HttpRequest,
+    state: &AppState,
+    handle: &ModelHandle,
+    images: Vec<Vec<u8>>,
+) -> Result<Vec<f32>> {
+    let n = images.len();
+    let sizes = images
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| handle.probe(bytes).map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message))))
+        .collect::<Result<Vec<_>>>()?;
+    let mut input = Vec::with_capacity(n * 3 * handle.info.image_size * handle.info.image_size);
+    for (i, (bytes, (w, h))) in images.into_iter().zip(sizes).enumerate() {
+        let decoding = state.serving.decoding(u64::from(w) * u64::from(h), || client_gone(req)).await;
+        if decoding.is_none() || client_gone(req) {
+            return Err(gone(i, n));
+        }
+        let model = handle.clone();
+        let x = web::block(move || model.preprocess(&bytes))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+            .map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message)))?;
+        input.extend(x);
+    }
+    Ok(input)
+}
+
 /// A client that went away mid-request: answered (to nobody) and logged, its work stopped.
 fn gone(done: usize, n: usize) -> Error {
     tracing::info!(decoded = done, images = n, "the client went away: stopped decoding its images");
@@ -251,14 +270,14 @@ fn gone(done: usize, n: usize) -> Error {
 async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHandle> {
     let served = state.serving.get(q.model.as_deref());
     let name = match (&q.model, &served) {
-        (Some(m), _) => m.clone(),
+        (Some(m), _) => m.to_string(),
         (None, Ok(h)) => h.info.name.clone(),
         (None, Err(_)) => return served,
     };
     let wanted = match (q.version, &q.alias) {
         (Some(v), _) => Some(v),
         (None, Some(a)) => {
-            let r = ModelRef::Alias(name.clone(), a.clone());
+            let r = ModelRef::Alias(name.clone(), a.to_string());
             Some(state.registry()?.resolve(&r).await?)
         }
         (None, None) => None,

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
-use crate::jobs::{DatasetSource, Job, JobDataset, JobSpec, JobState, Progress, Stage, Submitter};
+use crate::jobs::{DatasetSource, Job, JobDataset, JobSpec, JobState, Submitter};
 use crate::registry::datasets::StoredDataset;
 
 /// Largest `spec` part or JSON body.
@@ -107,56 +107,20 @@ pub async fn finetune(
     // its declared bytes on disk, and room among the caller's active jobs.
     let _admitted = state.uploads.admit(&req, &state.config.jobs)?;
     if query.dry_run != Some(true) {
-        let max = state.config.jobs.max_active_per_caller;
-        let active = runner
-            .list()
-            .await?
-            .iter()
-            .filter(|j| j.owner == owner && matches!(j.state, JobState::Queued | JobState::Running))
-            .count();
-        if active >= max {
-            return Err(Error::new(
-                ErrorCode::TooManyJobs,
-                format!(
-                    "{} {active} jobs queued or running; the limit is {max} (jobs.max_active_per_caller): wait for one \
-                     to end, or cancel one",
-                    owner.as_deref().map_or("there are".to_string(), |o| format!("{o} has"))
-                ),
-            )
-            .with_header("retry-after", "60"));
-        }
+        runner.check_room_for(owner.as_deref()).await?;
     }
-    let (content_type, mime) = crate::api::media_type(&req);
     crate::foundation::files::create_dir_all(&runner.work_dir())?;
     let staged = tempfile::Builder::new()
         .prefix(&crate::jobs::runner::staging_prefix("upload"))
         .tempfile_in(runner.work_dir())
         .map_err(|e| Error::io("creating a staging file in", &runner.work_dir(), e))?;
     let limit = state.config.jobs.max_upload_bytes;
-    let (spec, upload) = match mime.as_str() {
-        "multipart/form-data" => read_form(req.headers(), payload, staged.as_file(), limit).await?,
-        "application/json" => (parse_spec(&crate::api::read_body(payload, MAX_SPEC_BYTES).await?)?, None),
-        _ => {
-            return Err(Error::new(
-                ErrorCode::UnsupportedMediaType,
-                format!("Content-Type {content_type:?} is not accepted; send multipart/form-data or application/json"),
-            ))
-        }
-    };
+    let (spec, upload) = read_submission(&req, payload, staged.as_file(), limit).await?;
     spec.validate()?;
     let source = DatasetSource::of(upload, &spec.dataset)?;
     let by = Submitter { may_promote: caller.is_some_and(|c| c.may(crate::config::Scope::Admin)) };
     spec.check_submission(&source, &by, &state.config)?;
-    let store = crate::train::weights::store::WeightStore::new(&state.config.weights.cache);
-    let wanted: Vec<_> = spec.backbones.iter().map(|&a| (a, spec.weights.get(a.name()).cloned())).collect();
-    web::block(move || {
-        for (arch, w) in wanted {
-            crate::train::finetune::resolve_weights(arch, w.as_deref(), &store)?;
-        }
-        Ok::<_, Error>(())
-    })
-    .await
-    .map_err(|e| Error::internal(e.to_string()))??;
+    weights_are_cached(&state, &spec).await?;
     let registry = runner.registry();
     // The archive to check is in the staging file (uploaded, or fetched from S3 now), or the
     // dataset is already stored.
@@ -184,25 +148,42 @@ pub async fn finetune(
         Archive::Stored { sha256 } => registry.dataset(&sha256).await?,
     };
     let name = if spec.dataset.name.is_empty() { dataset.name.clone() } else { spec.dataset.name.clone() };
-    let job = Job {
-        id: uuid::Uuid::new_v4().to_string(),
-        state: JobState::Queued,
-        dataset: JobDataset { sha256: dataset.sha256.clone(), name },
-        spec,
-        created_at: crate::foundation::clock::now_rfc3339(),
-        started_at: None,
-        finished_at: None,
-        attempt: 0,
-        worker: None,
-        progress: Progress { stage: Stage::Queued, ..Default::default() },
-        epochs: Vec::new(),
-        result: None,
-        error: None,
-        warnings: Vec::new(),
-        owner,
-    };
+    let job = Job::queued(spec, JobDataset { sha256: dataset.sha256.clone(), name }, owner);
     let job = runner.submit(job).await?;
     Ok(HttpResponse::Accepted().insert_header((LOCATION, format!("/jobs/{}", job.id))).json(job))
+}
+
+/// The job spec and, for a multipart request, its archive (staged into `file`, with its sha256
+/// and size), by the request's media type.
+async fn read_submission(
+    req: &HttpRequest,
+    payload: web::Payload,
+    file: &std::fs::File,
+    limit: u64,
+) -> Result<(JobSpec, Option<(String, u64)>)> {
+    let (content_type, mime) = crate::api::media_type(req);
+    match mime.as_str() {
+        "multipart/form-data" => read_form(req.headers(), payload, file, limit).await,
+        "application/json" => Ok((parse_spec(&crate::api::read_body(payload, MAX_SPEC_BYTES).await?)?, None)),
+        _ => Err(Error::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type {content_type:?} is not accepted; send multipart/form-data or application/json"),
+        )),
+    }
+}
+
+/// Every backbone's starting weights are in the weights cache (a job never downloads them).
+async fn weights_are_cached(state: &AppState, spec: &JobSpec) -> Result<()> {
+    let store = crate::train::weights::store::WeightStore::new(&state.config.weights.cache);
+    let wanted: Vec<_> = spec.backbones.iter().map(|&a| (a, spec.weights.get(a.name()).cloned())).collect();
+    web::block(move || {
+        for (arch, w) in wanted {
+            crate::train::finetune::resolve_weights(arch, w.as_deref(), &store)?;
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .map_err(|e| Error::internal(e.to_string()))?
 }
 
 /// A job's dataset archive: in the staging file, with its sha256 and size, or already stored.

@@ -45,6 +45,16 @@ pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, E
     .await
 }
 
+/// A request that could not be read because a model or alias name in it breaks the naming rule
+/// is answered `invalid_name`, wherever the name was (path, query, JSON body).
+fn with_name_code(e: Error) -> Error {
+    if e.message.contains(crate::records::names::INVALID_NAME) {
+        Error::new(ErrorCode::InvalidName, e.message)
+    } else {
+        e
+    }
+}
+
 /// Parses a JSON body. JSON Schema counts `5.0` as an integer, and so does petal: numbers with no
 /// fractional part are read as integers wherever the type is an integer.
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Error> {
@@ -69,7 +79,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> R
     serde_json::from_value(value).map_err(|e| {
         // A whole number JSON Schema allows but no integer field can hold: out of range, not malformed.
         let code = if huge { ErrorCode::InvalidArguments } else { ErrorCode::InvalidJson };
-        Error::new(code, format!("{what}: {e}"))
+        with_name_code(Error::new(code, format!("{what}: {e}")))
     })
 }
 
@@ -178,38 +188,66 @@ impl AppState {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "petal",
-        description = "Turns a labelled image dataset into a served image classifier by transfer learning.\n\n\
-                       Every error answers `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code`; \
-                       every response carries an `x-request-id` header.",
-        license(name = "Apache-2.0", identifier = "Apache-2.0"),
-    ),
-    paths(
-        classify::classify, jobs::finetune, jobs::list_jobs, jobs::get_job, jobs::cancel_job, jobs::job_events,
-        models::list_models, models::get_model, models::get_version, models::get_card, models::download_onnx,
-        models::promote, models::alias_history, health::healthz, health::readyz, meta::metrics, meta::openapi
-    ),
-    components(schemas(
-        ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check,
-        classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
-        crate::jobs::runner::JobEvent, Binary
-    ), responses(
-        responses::Unauthorized, responses::ForbiddenTrain, responses::ForbiddenRead, responses::RunnerNotReady,
-        responses::JobNotFound, responses::InvalidName, responses::RegistryUnavailable, responses::BadVersion,
-        responses::VersionNotFound
-    )),
-    modifiers(&BearerAuth, &ClosedVariants),
-    tags(
-        (name = "inference", description = "Classifying images with the served models."),
-        (name = "training", description = "Fine-tuning jobs: upload a dataset, follow the job, get a published model."),
-        (name = "models", description = "The model registry: versions, provenance, cards, ONNX files, aliases."),
-        (name = "operations", description = "Probes, metrics and the API description.")
-    )
-)]
-pub struct ApiDoc;
+/// Every route of the API, declared once: `configure` mounts these handlers and `ApiDoc` documents
+/// them (their `#[utoipa::path]` says each one's method, path and scope; `auth::required` is held
+/// to those scopes by a test below).
+macro_rules! api {
+    ($($module:ident::$handler:ident),* $(,)?) => {
+        /// Mounts every handler of the API.
+        fn mount_routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.service($module::$handler);)*
+        }
+
+        #[derive(OpenApi)]
+        #[openapi(
+            info(
+                title = "petal",
+                description = "Turns a labelled image dataset into a served image classifier by transfer learning.\n\n\
+                               Every error answers `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code`; \
+                               every response carries an `x-request-id` header.",
+                license(name = "Apache-2.0", identifier = "Apache-2.0"),
+            ),
+            paths($($module::$handler),*),
+            components(schemas(
+                ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check,
+                classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
+                crate::jobs::runner::JobEvent, Binary
+            ), responses(
+                responses::Unauthorized, responses::ForbiddenTrain, responses::ForbiddenRead, responses::RunnerNotReady,
+                responses::JobNotFound, responses::InvalidName, responses::RegistryUnavailable, responses::BadVersion,
+                responses::VersionNotFound
+            )),
+            modifiers(&BearerAuth, &ClosedVariants),
+            tags(
+                (name = "inference", description = "Classifying images with the served models."),
+                (name = "training", description = "Fine-tuning jobs: upload a dataset, follow the job, get a published model."),
+                (name = "models", description = "The model registry: versions, provenance, cards, ONNX files, aliases."),
+                (name = "operations", description = "Probes, metrics and the API description.")
+            )
+        )]
+        pub struct ApiDoc;
+    };
+}
+
+api!(
+    classify::classify,
+    jobs::finetune,
+    jobs::list_jobs,
+    jobs::get_job,
+    jobs::cancel_job,
+    jobs::job_events,
+    models::list_models,
+    models::get_model,
+    models::get_version,
+    models::get_card,
+    models::download_onnx,
+    models::promote,
+    models::alias_history,
+    health::healthz,
+    health::readyz,
+    meta::metrics,
+    meta::openapi,
+);
 
 /// utoipa leaves the variants of tagged enums open; petal refuses unknown fields in them
 /// (`deny_unknown_fields`), and says so.
@@ -267,30 +305,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         Error::new(code, err.to_string()).into()
     }))
     .app_data(
-        web::QueryConfig::default()
-            .error_handler(|err, _| Error::invalid_request(format!("invalid query string: {err}")).into()),
+        web::QueryConfig::default().error_handler(|err, _| {
+            with_name_code(Error::invalid_request(format!("invalid query string: {err}"))).into()
+        }),
     )
-    .app_data(
-        web::PathConfig::default()
-            .error_handler(|err, _| Error::invalid_request(format!("invalid path parameter: {err}")).into()),
-    )
-    .service(classify::classify)
-    .service(jobs::finetune)
-    .service(jobs::list_jobs)
-    .service(jobs::get_job)
-    .service(jobs::cancel_job)
-    .service(jobs::job_events)
-    .service(models::list_models)
-    .service(models::get_model)
-    .service(models::get_version)
-    .service(models::get_card)
-    .service(models::download_onnx)
-    .service(models::promote)
-    .service(models::alias_history)
-    .service(health::healthz)
-    .service(health::readyz)
-    .service(meta::metrics)
-    .service(meta::openapi)
+    .app_data(web::PathConfig::default().error_handler(|err, _| {
+        with_name_code(Error::invalid_request(format!("invalid path parameter: {err}"))).into()
+    }))
+    .configure(mount_routes)
     .service(web::redirect("/docs", "/docs/"))
     .service(SwaggerUi::new("/docs/{_:.*}").config(utoipa_swagger_ui::Config::new(["/openapi.json"])))
     .default_service(web::to(unmatched));
@@ -431,5 +453,49 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "responses without an example: {missing:#?}");
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use std::collections::BTreeSet;
+
+    use actix_web::http::Method;
+    use utoipa::OpenApi;
+
+    use crate::config::Scope;
+
+    /// The scopes `auth::required` asks of each documented operation are those its OpenAPI
+    /// operation declares (`admin` holds every scope), and the open ones declare none.
+    #[test]
+    fn the_scope_table_agrees_with_the_documented_routes() {
+        let doc = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let mut checked = 0;
+        for (template, item) in doc["paths"].as_object().unwrap() {
+            let path = template
+                .replace("{name}", "m")
+                .replace("{version}", "1")
+                .replace("{alias}", "a")
+                .replace("{id}", "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10");
+            assert!(!path.contains('{'), "a path parameter of {template} has no sample value");
+            for (method, op) in item.as_object().unwrap() {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let documented: Option<BTreeSet<String>> = op["security"].as_array().map(|reqs| {
+                    reqs.iter()
+                        .flat_map(|r| r["bearer"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()))
+                        .collect()
+                });
+                let required: Option<BTreeSet<String>> = super::auth::required(&method, &path).map(|scopes| {
+                    scopes
+                        .iter()
+                        .filter(|s| **s != Scope::Admin || scopes.len() == 1)
+                        .map(|s| serde_json::to_value(s).unwrap().as_str().unwrap().to_string())
+                        .collect()
+                });
+                assert_eq!(required, documented, "{method} {template}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 17, "{checked} operations");
     }
 }

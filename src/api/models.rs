@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use crate::api::auth::Caller;
 use crate::api::AppState;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
+use crate::records::names::{AliasName, ModelName};
 use crate::registry::alias::{AliasEntry, Promotion};
 use crate::registry::manifest::Manifest;
 use crate::registry::Registry;
@@ -86,7 +87,7 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
 
 #[utoipa::path(
     get, path = "/models/{name}", tag = "models", operation_id = "get_model", summary = "A model's versions and aliases",
-    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")),
+    params(("name" = ModelName, Path, description = "The model name.")),
     responses(
         (status = 200, description = "The model.", body = ModelDetail),
         (status = 401, response = crate::api::responses::Unauthorized),
@@ -99,8 +100,7 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<HttpResponse> {
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}")]
-pub async fn get_model(name: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse> {
-    crate::registry::check_name("model", &name)?;
+pub async fn get_model(name: web::Path<ModelName>, state: web::Data<AppState>) -> Result<HttpResponse> {
     let r = state.registry()?;
     let s = summary(&r, &name).await?;
     if s.versions.is_empty() {
@@ -119,15 +119,14 @@ pub async fn get_model(name: web::Path<String>, state: web::Data<AppState>) -> R
     Ok(HttpResponse::Ok().json(ModelDetail { name: s.name, latest: s.latest, aliases: s.aliases, versions }))
 }
 
-fn version_of(path: &(String, u64)) -> Result<(&str, u64)> {
-    crate::registry::check_name("model", &path.0)?;
+fn version_of(path: &(ModelName, u64)) -> Result<(&str, u64)> {
     Ok((path.0.as_str(), path.1))
 }
 
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}", tag = "models", operation_id = "get_version",
     summary = "A version's manifest: artifacts, provenance, metrics, licences",
-    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
     responses(
         (status = 200, description = "The manifest.", body = Manifest),
         (status = 400, description = "The version is not a number.", body = ErrorBody,
@@ -141,7 +140,7 @@ fn version_of(path: &(String, u64)) -> Result<(&str, u64)> {
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}/versions/{version}")]
-pub async fn get_version(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+pub async fn get_version(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
     let (name, v) = version_of(&path)?;
     Ok(HttpResponse::Ok().json(state.registry()?.manifest(name, v).await?))
 }
@@ -149,7 +148,7 @@ pub async fn get_version(path: web::Path<(String, u64)>, state: web::Data<AppSta
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}/card", tag = "models", operation_id = "get_card",
     summary = "A version's model card (Markdown)",
-    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
     responses(
         (status = 200, description = "The card.", content_type = "text/markdown", body = String,
          example = "# flowers102 — version 1\n\n**Use:** non-commercial only, …"),
@@ -163,7 +162,7 @@ pub async fn get_version(path: web::Path<(String, u64)>, state: web::Data<AppSta
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}/versions/{version}/card")]
-pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+pub async fn get_card(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
     let (name, v) = version_of(&path)?;
     let m = state.registry()?.manifest(name, v).await?;
     Ok(HttpResponse::Ok().content_type("text/markdown; charset=utf-8").body(m.card()))
@@ -173,7 +172,7 @@ pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>
     get, path = "/models/{name}/versions/{version}/onnx", tag = "models", operation_id = "download_onnx",
     summary = "Download a version's ONNX model",
     description = "The bytes are checked against the manifest's sha256 and size before they are sent; the ETag is the sha256.",
-    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
     responses(
         (status = 200, description = "The ONNX model.", content_type = "application/octet-stream", body = crate::api::Binary,
          headers(("ETag" = String, description = "The sha256 of the file, quoted."))),
@@ -190,7 +189,7 @@ pub async fn get_card(path: web::Path<(String, u64)>, state: web::Data<AppState>
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}/versions/{version}/onnx")]
-pub async fn download_onnx(path: web::Path<(String, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+pub async fn download_onnx(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
     let (name, v) = version_of(&path)?;
     let r = state.registry()?;
     let m = r.manifest(name, v).await?;
@@ -234,9 +233,7 @@ pub struct AliasHistory {
     pub entries: Vec<AliasEntry>,
 }
 
-fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
-    crate::registry::check_name("model", &path.0)?;
-    crate::registry::check_name("alias", &path.1)?;
+fn alias_of(path: &(ModelName, AliasName)) -> Result<(&str, &str)> {
     Ok((path.0.as_str(), path.1.as_str()))
 }
 
@@ -246,7 +243,7 @@ fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
     description = "Compare-and-swap: send `If-Match` with the alias's current seq (its ETag; `0` when the alias must not \
                    exist yet) to move it only if nobody else did in between. Every move is kept in the alias's history. \
                    Servers following the alias swap in the new version without failing requests.",
-    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("alias" = String, Path, description = "The alias, e.g. production.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"),
+    params(("name" = ModelName, Path, description = "The model name."), ("alias" = AliasName, Path, description = "The alias, e.g. production."),
            PromoteHeaders),
     request_body(content = PromoteRequest, description = "The version and why."),
     responses(
@@ -273,7 +270,7 @@ fn alias_of(path: &(String, String)) -> Result<(&str, &str)> {
 #[put("/models/{name}/aliases/{alias}")]
 pub async fn promote(
     req: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: web::Path<(ModelName, AliasName)>,
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
@@ -306,7 +303,7 @@ pub async fn promote(
 #[utoipa::path(
     get, path = "/models/{name}/aliases/{alias}/history", tag = "models", operation_id = "alias_history",
     summary = "Every move of an alias, oldest first",
-    params(("name" = String, Path, description = "The model name.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$"), ("alias" = String, Path, description = "The alias.", pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")),
+    params(("name" = ModelName, Path, description = "The model name."), ("alias" = AliasName, Path, description = "The alias.")),
     responses(
         (status = 200, description = "The history; the ETag is the current seq.", body = AliasHistory),
         (status = 401, response = crate::api::responses::Unauthorized),
@@ -320,7 +317,10 @@ pub async fn promote(
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}/aliases/{alias}/history")]
-pub async fn alias_history(path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+pub async fn alias_history(
+    path: web::Path<(ModelName, AliasName)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
     let (name, alias) = alias_of(&path)?;
     let entries = state.registry()?.history(name, alias).await?;
     let Some(last) = entries.last() else {

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::export::onnx::{export_weights, ExportedWeights};
+use crate::export::onnx::{export_weights, ExportedWeights, WeightsExport};
 use crate::foundation::files;
 use crate::registry::manifest::BaseWeights;
 use crate::registry::{NewArtifact, Provenance, Registry};
@@ -50,8 +50,11 @@ pub(super) async fn run(config: &Config, args: ExportArgs) -> Result<()> {
     let ExportArgs { arch, weights: weights_file, class_names, image_size, out, publish, fp16, .. } = args;
     let bytes = files::read(&weights_file)?;
     let names = class_names.as_deref().map(read_class_names).transpose()?;
-    let ExportedWeights { onnx, sha256, classes, image_size, catalog } =
-        export_weights(arch, &bytes, names, image_size, publish.clone(), fp16)?;
+    let ExportedWeights { onnx, sha256, classes, image_size, catalog } = export_weights(
+        arch,
+        &bytes,
+        WeightsExport { class_names: names, image_size, model_name: publish.clone(), fp16 },
+    )?;
     if let Some(out) = &out {
         files::write(out, &onnx)?;
         println!("wrote {} ({} bytes)", out.display(), onnx.len());

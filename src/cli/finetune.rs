@@ -32,25 +32,9 @@ pub struct FinetuneArgs {
     /// The whole recipe as JSON (see `Recipe`); the flags below override it.
     #[arg(long, value_name = "FILE")]
     pub recipe: Option<PathBuf>,
-    #[arg(long)]
-    pub epochs1: Option<usize>,
-    #[arg(long)]
-    pub epochs2: Option<usize>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Phase 1 on features computed once (CPU shortcut: no augmentation in phase 1).
-    #[arg(long)]
-    pub cached_features: bool,
-    /// Also evaluate the whole train set after every epoch, as the reference does.
-    #[arg(long)]
-    pub eval_train: bool,
-    /// Eval transform sizes (default 256 / 224).
-    #[arg(long)]
-    pub resize: Option<u32>,
-    #[arg(long)]
-    pub crop: Option<u32>,
+    /// Recipe values over the `--recipe` file (or the default recipe).
+    #[command(flatten)]
+    pub settings: crate::train::recipe::Overrides,
     /// Where to train (auto: CUDA when present).
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceChoice,
@@ -78,17 +62,7 @@ pub fn recipe_from(args: &FinetuneArgs) -> Result<Recipe> {
             .map_err(|e| Error::new(ErrorCode::InvalidJson, format!("{}: {e}", p.display())))?,
         None => Recipe::default(),
     };
-    let recipe = recipe.with(&crate::train::recipe::Overrides {
-        epochs1: args.epochs1,
-        epochs2: args.epochs2,
-        batch_size: args.batch_size,
-        seed: args.seed,
-        resize: args.resize,
-        crop: args.crop,
-        cached_features: args.cached_features,
-        eval_train: args.eval_train,
-        ..Default::default()
-    });
+    let recipe = recipe.with(&args.settings);
     recipe.validate()?;
     Ok(recipe)
 }
@@ -131,9 +105,29 @@ pub(super) fn run(config: &Config, args: FinetuneArgs) -> Result<()> {
     }
     let cancel = AtomicBool::new(false);
     let bar = progress_bar();
-    let mut on_event = |e: &Event| match e {
+    let mut on_event = |e: &Event| show_event(bar.as_ref(), e);
+    let command = super::recorded_command();
+    let plan = finetune::FinetuneRun {
+        dataset: &data,
+        backbones: &backbones,
+        recipe: &recipe,
+        device,
+        out: &args.out,
+        command: Some(&command),
+    };
+    let summary = finetune::finetune(&plan, &cancel, &mut on_event)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    print_summary(&summary, args.json, &args.out);
+    Ok(())
+}
+
+/// A step on the progress bar (when on a terminal), an epoch as a line.
+fn show_event(bar: Option<&indicatif::ProgressBar>, e: &Event) {
+    match e {
         Event::Step { backbone, phase, epoch, epochs, step, steps, loss, images_per_s, progress, eta_s } => {
-            if let Some(bar) = &bar {
+            if let Some(bar) = bar {
                 bar.set_position((progress * 1000.0) as u64);
                 bar.set_message(format!(
                     "{backbone} phase {phase} epoch {epoch}/{epochs} step {step}/{steps} loss {loss:.4} {images_per_s:.1} img/s ETA {}",
@@ -156,19 +150,16 @@ pub(super) fn run(config: &Config, args: FinetuneArgs) -> Result<()> {
                 m.images_per_s,
                 m.seconds
             );
-            match &bar {
+            match bar {
                 Some(bar) => bar.println(line),
                 None => eprintln!("{line}"),
             }
         }
-    };
-    let command = super::recorded_command();
-    let summary =
-        finetune::finetune(&data, &backbones, &recipe, device, &args.out, Some(&command), &cancel, &mut on_event)?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
     }
-    if args.json {
+}
+
+fn print_summary(summary: &finetune::Summary, json: bool, out: &std::path::Path) {
+    if json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("serializes"));
     } else {
         for r in &summary.results {
@@ -181,9 +172,8 @@ pub(super) fn run(config: &Config, args: FinetuneArgs) -> Result<()> {
                 r.seconds
             );
         }
-        println!("winner: {} — outputs in {}", summary.winner, args.out.display());
+        println!("winner: {} — outputs in {}", summary.winner, out.display());
     }
-    Ok(())
 }
 
 /// The `--weights` entry for `arch`: `ARCH=SPEC`, or a bare SPEC when there is one backbone.

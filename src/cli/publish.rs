@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 use crate::error::Result;
 use crate::publish::{publish_run, PublishRun};
+use crate::records::names::{AliasName, ModelName};
 use crate::registry::Registry;
 
 #[derive(clap::Args)]
@@ -13,10 +14,10 @@ pub struct PublishArgs {
     pub run: PathBuf,
     /// Publish as a new version of this model.
     #[arg(long)]
-    pub model: String,
+    pub model: ModelName,
     /// Then move this alias to the new version (e.g. production).
     #[arg(long)]
-    pub alias: Option<String>,
+    pub alias: Option<AliasName>,
     /// The dataset's name, for the provenance record and the model card.
     #[arg(long, default_value = "")]
     pub dataset_name: String,

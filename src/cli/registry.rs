@@ -74,131 +74,153 @@ pub enum RegistryCommand {
 pub(super) async fn run(config: &Config, command: RegistryCommand) -> Result<()> {
     let registry = Registry::open(&config.registry)?;
     match command {
-        RegistryCommand::Ls { model: None } => {
-            println!("{:<32} {:>8}  aliases", "model", "versions");
-            for m in registry.models().await? {
-                let versions = registry.versions(&m).await?;
-                let mut aliases = Vec::new();
-                for a in registry.aliases(&m).await? {
-                    if let Some(e) = registry.current(&m, &a).await? {
-                        aliases.push(format!("{a}→{}", e.version));
-                    }
-                }
-                println!("{m:<32} {:>8}  {}", versions.len(), aliases.join(" "));
-            }
-            println!("registry: {}", registry.location());
-        }
-        RegistryCommand::Ls { model: Some(m) } => {
-            let mut pointing: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
-            for a in registry.aliases(&m).await? {
-                if let Some(e) = registry.current(&m, &a).await? {
-                    pointing.entry(e.version).or_default().push(a);
-                }
-            }
-            println!("{:>7}  {:<20} {:>9}  {:<24} aliases", "version", "created", "artifacts", "best");
-            for v in registry.versions(&m).await? {
-                let man = registry.manifest(&m, v).await?;
-                let best: Vec<String> =
-                    man.provenance.metrics.best.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
-                println!(
-                    "{v:>7}  {:<20} {:>9}  {:<24} {}",
-                    man.created_at,
-                    man.artifacts.len(),
-                    best.join(","),
-                    pointing.get(&v).map(|a| a.join(" ")).unwrap_or_default()
-                );
-            }
-        }
-        RegistryCommand::Show { model, card } => {
-            let r: ModelRef = model.parse()?;
-            let v = registry.resolve(&r).await?;
-            let man = registry.manifest(r.model(), v).await?;
-            if card {
-                print!("{}", man.card());
-            } else {
-                print_json(&man);
-            }
-        }
-        RegistryCommand::Publish { model, files, provenance } => {
-            let provenance: Provenance = match provenance {
-                Some(p) => {
-                    let bytes = files::read(&p)?;
-                    serde_json::from_slice(&bytes)
-                        .map_err(|e| Error::invalid_request(format!("{}: not a provenance record: {e}", p.display())))?
-                }
-                None => Provenance::default(),
-            };
-            let mut artifacts = Vec::new();
-            for f in &files {
-                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-                artifacts.push(NewArtifact::new(name, files::read(f)?));
-            }
-            let man = registry.publish(&model, artifacts, provenance, |_| {}).await?;
-            println!("published {} version {}", man.model, man.version);
-        }
+        RegistryCommand::Ls { model: None } => list_models(&registry).await,
+        RegistryCommand::Ls { model: Some(m) } => list_versions(&registry, m).await,
+        RegistryCommand::Show { model, card } => show(&registry, model, card).await,
+        RegistryCommand::Publish { model, files, provenance } => publish(&registry, model, files, provenance).await,
         RegistryCommand::Promote { model, version, alias, if_match, by, reason, acknowledge_terms } => {
             let p = Promotion { version, if_match, by: super::default_actor(by), reason, acknowledge_terms };
-            let e = registry.promote(&model, &alias, &p, config.registry.usage).await?;
-            println!(
-                "{}@{} → version {} (seq {}, was {})",
-                e.model,
-                e.alias,
-                e.version,
-                e.seq,
-                e.from.map(|v| v.to_string()).unwrap_or_else(|| "unset".into())
-            );
+            promote(&registry, config, &model, &alias, &p).await
         }
-        RegistryCommand::History { model, alias } => {
-            let h = registry.history(&model, &alias).await?;
-            if h.is_empty() {
-                return Err(Error::new(ErrorCode::NotFound, format!("{model} has no alias {alias}")));
+        RegistryCommand::History { model, alias } => history(&registry, model, alias).await,
+        RegistryCommand::Verify { model } => verify(&registry, model).await,
+        RegistryCommand::Gc { grace_s, dry_run } => gc(&registry, config, grace_s, dry_run).await,
+    }
+}
+
+async fn list_models(registry: &Registry) -> Result<()> {
+    println!("{:<32} {:>8}  aliases", "model", "versions");
+    for m in registry.models().await? {
+        let versions = registry.versions(&m).await?;
+        let mut aliases = Vec::new();
+        for a in registry.aliases(&m).await? {
+            if let Some(e) = registry.current(&m, &a).await? {
+                aliases.push(format!("{a}→{}", e.version));
             }
-            print_json(&h);
         }
-        RegistryCommand::Verify { model } => {
-            let targets: Vec<(String, u64)> = match model {
-                Some(m) => {
-                    let r: ModelRef = m.parse()?;
-                    match r {
-                        ModelRef::Latest(m) => {
-                            registry.versions(&m).await?.into_iter().map(|v| (m.clone(), v)).collect()
-                        }
-                        other => vec![(other.model().to_string(), registry.resolve(&other).await?)],
-                    }
-                }
-                None => {
-                    let mut all = Vec::new();
-                    for m in registry.models().await? {
-                        all.extend(registry.versions(&m).await?.into_iter().map(|v| (m.clone(), v)));
-                    }
-                    all
-                }
-            };
-            for (m, v) in &targets {
-                let man = registry.verify(m, *v).await?;
-                println!("ok  {m}:{v}  {} artifacts", man.artifacts.len());
-            }
-            println!("{} versions verified", targets.len());
-        }
-        RegistryCommand::Gc { grace_s, dry_run } => {
-            let removed = registry.gc(std::time::Duration::from_secs(grace_s), dry_run).await?;
-            for r in &removed {
-                println!("{} {r}", if dry_run { "would remove" } else { "removed" });
-            }
-            println!("{} orphaned objects", removed.len());
-            let expired = registry.expire(&config.jobs.retention, dry_run).await?;
-            for r in expired.jobs.iter().chain(&expired.leases).chain(&expired.queue).chain(&expired.datasets) {
-                println!("{} {r}", if dry_run { "would remove" } else { "removed" });
-            }
-            println!(
-                "{} expired objects: {} job records, {} lease records, {} queue markers, {} dataset objects",
-                expired.total(),
-                expired.jobs.len(),
-                expired.leases.len(),
-                expired.queue.len(),
-                expired.datasets.len()
-            );
+        println!("{m:<32} {:>8}  {}", versions.len(), aliases.join(" "));
+    }
+    println!("registry: {}", registry.location());
+    Ok(())
+}
+
+async fn list_versions(registry: &Registry, m: String) -> Result<()> {
+    let mut pointing: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    for a in registry.aliases(&m).await? {
+        if let Some(e) = registry.current(&m, &a).await? {
+            pointing.entry(e.version).or_default().push(a);
         }
     }
+    println!("{:>7}  {:<20} {:>9}  {:<24} aliases", "version", "created", "artifacts", "best");
+    for v in registry.versions(&m).await? {
+        let man = registry.manifest(&m, v).await?;
+        let best: Vec<String> = man.provenance.metrics.best.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
+        println!(
+            "{v:>7}  {:<20} {:>9}  {:<24} {}",
+            man.created_at,
+            man.artifacts.len(),
+            best.join(","),
+            pointing.get(&v).map(|a| a.join(" ")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn show(registry: &Registry, model: String, card: bool) -> Result<()> {
+    let r: ModelRef = model.parse()?;
+    let v = registry.resolve(&r).await?;
+    let man = registry.manifest(r.model(), v).await?;
+    if card {
+        print!("{}", man.card());
+    } else {
+        print_json(&man);
+    }
+    Ok(())
+}
+
+async fn publish(registry: &Registry, model: String, files: Vec<PathBuf>, provenance: Option<PathBuf>) -> Result<()> {
+    let provenance: Provenance = match provenance {
+        Some(p) => {
+            let bytes = files::read(&p)?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::invalid_request(format!("{}: not a provenance record: {e}", p.display())))?
+        }
+        None => Provenance::default(),
+    };
+    let mut artifacts = Vec::new();
+    for f in &files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        artifacts.push(NewArtifact::new(name, files::read(f)?));
+    }
+    let man = registry.publish(&model, artifacts, provenance, |_| {}).await?;
+    println!("published {} version {}", man.model, man.version);
+    Ok(())
+}
+
+async fn promote(registry: &Registry, config: &Config, model: &str, alias: &str, p: &Promotion) -> Result<()> {
+    let e = registry.promote(model, alias, p, config.registry.usage).await?;
+    println!(
+        "{}@{} → version {} (seq {}, was {})",
+        e.model,
+        e.alias,
+        e.version,
+        e.seq,
+        e.from.map(|v| v.to_string()).unwrap_or_else(|| "unset".into())
+    );
+    Ok(())
+}
+
+async fn history(registry: &Registry, model: String, alias: String) -> Result<()> {
+    let h = registry.history(&model, &alias).await?;
+    if h.is_empty() {
+        return Err(Error::new(ErrorCode::NotFound, format!("{model} has no alias {alias}")));
+    }
+    print_json(&h);
+    Ok(())
+}
+
+async fn verify(registry: &Registry, model: Option<String>) -> Result<()> {
+    let targets: Vec<(String, u64)> = match model {
+        Some(m) => {
+            let r: ModelRef = m.parse()?;
+            match r {
+                ModelRef::Latest(m) => registry.versions(&m).await?.into_iter().map(|v| (m.clone(), v)).collect(),
+                other => vec![(other.model().to_string(), registry.resolve(&other).await?)],
+            }
+        }
+        None => {
+            let mut all = Vec::new();
+            for m in registry.models().await? {
+                all.extend(registry.versions(&m).await?.into_iter().map(|v| (m.clone(), v)));
+            }
+            all
+        }
+    };
+    for (m, v) in &targets {
+        let man = registry.verify(m, *v).await?;
+        println!("ok  {m}:{v}  {} artifacts", man.artifacts.len());
+    }
+    println!("{} versions verified", targets.len());
+    Ok(())
+}
+
+async fn gc(registry: &Registry, config: &Config, grace_s: u64, dry_run: bool) -> Result<()> {
+    let removed = registry.gc(std::time::Duration::from_secs(grace_s), dry_run).await?;
+    for r in &removed {
+        println!("{} {r}", if dry_run { "would remove" } else { "removed" });
+    }
+    println!("{} orphaned objects", removed.len());
+    let expired = registry.expire(&config.jobs.retention, dry_run).await?;
+    for r in expired.jobs.iter().chain(&expired.leases).chain(&expired.queue).chain(&expired.datasets) {
+        println!("{} {r}", if dry_run { "would remove" } else { "removed" });
+    }
+    println!(
+        "{} expired objects: {} job records, {} lease records, {} queue markers, {} dataset objects",
+        expired.total(),
+        expired.jobs.len(),
+        expired.leases.len(),
+        expired.queue.len(),
+        expired.datasets.len()
+    );
     Ok(())
 }

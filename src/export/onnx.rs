@@ -347,18 +347,26 @@ pub struct ExportedWeights {
     pub catalog: Option<&'static crate::train::catalog::CatalogEntry>,
 }
 
+/// What `export_weights` may be told; each field left at its default is taken from the
+/// checkpoint, the catalog or petal's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct WeightsExport {
+    /// The class names (default: the checkpoint's, else ImageNet's for 1000 classes).
+    pub class_names: Option<Vec<String>>,
+    /// The graph's square input size (default: the eval transform's crop).
+    pub image_size: Option<i64>,
+    /// The model's name, recorded in the ONNX metadata.
+    pub model_name: Option<String>,
+    /// Store the weights as float16.
+    pub fp16: bool,
+}
+
 /// Exports a weight file: class names from `class_names`, else the checkpoint's metadata, else
 /// ImageNet's for a 1000-class head, else `class_i`; the eval transform from the checkpoint's
 /// metadata, else the catalog entry, else the default; `image_size` overrides its crop (the
 /// graph's input size).
-pub fn export_weights(
-    arch: crate::train::arch::Arch,
-    bytes: &[u8],
-    class_names: Option<Vec<String>>,
-    image_size: Option<i64>,
-    model_name: Option<String>,
-    fp16: bool,
-) -> Result<ExportedWeights> {
+pub fn export_weights(arch: crate::train::arch::Arch, bytes: &[u8], request: WeightsExport) -> Result<ExportedWeights> {
+    let WeightsExport { class_names, image_size, model_name, fp16 } = request;
     use crate::train::finetune::{checkpoint_metadata, META_CLASS_NAMES, META_EVAL_TRANSFORM};
     use crate::vision::EvalTransform;
 

@@ -52,9 +52,55 @@ pub struct Confusion {
 /// threads. The dataset's classes are matched to the model's by name.
 pub fn evaluate(handle: &ModelHandle, set: &EvalSet, batch: usize, threads: usize) -> Result<EvalReport> {
     let names = &handle.info.class_names;
-    let mut to_model = Vec::with_capacity(set.class_names.len());
+    let to_model = class_mapping(handle, &set.class_names)?;
+    let k = names.len();
+    let mut matrix = vec![vec![0u32; k]; k];
+    let (mut top1, mut top5) = (0usize, 0usize);
+    let started = Instant::now();
+    let batch = batch.max(1);
+    let threads = threads.max(1);
+    for chunk in set.samples.chunks(batch) {
+        let flat = preprocess_chunk(handle, chunk, threads)?;
+        let logits = handle.infer_blocking(flat, chunk.len())?;
+        for (s, l) in chunk.iter().zip(logits) {
+            let truth = to_model[s.label];
+            let ranked = handle.top_k(&l, 5.min(k));
+            let predicted = ranked[0].index;
+            matrix[truth][predicted] += 1;
+            top1 += usize::from(predicted == truth);
+            top5 += usize::from(ranked.iter().any(|p| p.index == truth));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let images = set.samples.len();
+    let (per_class, confusions) = breakdown(&matrix, &set.class_names, &to_model, names);
+    Ok(EvalReport {
+        model: handle.info.name.clone(),
+        version: handle.info.version,
+        provider: handle.info.provider.to_string(),
+        split: set.split.clone(),
+        dataset_digest: set.digest.clone(),
+        images,
+        top1_correct: top1,
+        top5_correct: top5,
+        top1: top1 as f64 / images as f64,
+        top5: top5 as f64 / images as f64,
+        seconds,
+        images_per_s: images as f64 / seconds,
+        per_class,
+        confusions,
+        confusion_matrix: matrix,
+        class_names: names.clone(),
+    })
+}
+
+/// For each class of the dataset, the model's class of the same name; a dataset class the model
+/// does not have is an error naming (up to ten of) them.
+fn class_mapping(handle: &ModelHandle, classes: &[String]) -> Result<Vec<usize>> {
+    let names = &handle.info.class_names;
+    let mut to_model = Vec::with_capacity(classes.len());
     let mut unknown = Vec::new();
-    for c in &set.class_names {
+    for c in classes {
         match names.iter().position(|n| n == c) {
             Some(i) => to_model.push(i),
             None => {
@@ -74,59 +120,56 @@ pub fn evaluate(handle: &ModelHandle, set: &EvalSet, batch: usize, threads: usiz
             ),
         ));
     }
-    let k = names.len();
-    let mut matrix = vec![vec![0u32; k]; k];
-    let (mut top1, mut top5) = (0usize, 0usize);
-    let started = Instant::now();
-    let batch = batch.max(1);
-    let threads = threads.max(1);
-    for chunk in set.samples.chunks(batch) {
-        let per_thread = chunk.len().div_ceil(threads);
-        let inputs: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = chunk
-                .chunks(per_thread)
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        for s in part {
-                            let bytes = match &s.pixels {
-                                crate::dataset::Pixels::Encoded(b) => b,
-                                crate::dataset::Pixels::Decoded(_) => {
-                                    return Err(Error::internal("evaluation needs the images' original bytes"))
-                                }
-                            };
-                            out.extend(
-                                handle
-                                    .preprocess(bytes)
-                                    .map_err(|e| Error::new(e.code, format!("{}: {}", s.path, e.message)))?,
-                            );
-                        }
-                        Ok(out)
-                    })
+    Ok(to_model)
+}
+
+/// The model's input for `chunk`, each image decoded through the serving path, on `threads`
+/// threads.
+fn preprocess_chunk(handle: &ModelHandle, chunk: &[crate::dataset::Sample], threads: usize) -> Result<Vec<f32>> {
+    let per_thread = chunk.len().div_ceil(threads);
+    let inputs: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = chunk
+            .chunks(per_thread)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    for s in part {
+                        let bytes = match &s.pixels {
+                            crate::dataset::Pixels::Encoded(b) => b,
+                            crate::dataset::Pixels::Decoded(_) => {
+                                return Err(Error::internal("evaluation needs the images' original bytes"))
+                            }
+                        };
+                        out.extend(
+                            handle
+                                .preprocess(bytes)
+                                .map_err(|e| Error::new(e.code, format!("{}: {}", s.path, e.message)))?,
+                        );
+                    }
+                    Ok(out)
                 })
-                .collect();
-            workers.into_iter().map(|w| w.join().expect("decoder thread panicked")).collect()
-        });
-        let mut flat = Vec::new();
-        for part in inputs {
-            flat.extend(part?);
-        }
-        let logits = handle.infer_blocking(flat, chunk.len())?;
-        for (s, l) in chunk.iter().zip(logits) {
-            let truth = to_model[s.label];
-            let ranked = handle.top_k(&l, 5.min(k));
-            let predicted = ranked[0].index;
-            matrix[truth][predicted] += 1;
-            top1 += usize::from(predicted == truth);
-            top5 += usize::from(ranked.iter().any(|p| p.index == truth));
-        }
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("decoder thread panicked")).collect()
+    });
+    let mut flat = Vec::new();
+    for part in inputs {
+        flat.extend(part?);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let images = set.samples.len();
-    let mut per_class: Vec<ClassAccuracy> = set
-        .class_names
+    Ok(flat)
+}
+
+/// Per-class top-1 (worst first) and every confusion (most frequent first) of `matrix`
+/// (dataset class by model class).
+fn breakdown(
+    matrix: &[Vec<u32>],
+    classes: &[String],
+    to_model: &[usize],
+    names: &[String],
+) -> (Vec<ClassAccuracy>, Vec<Confusion>) {
+    let mut per_class: Vec<ClassAccuracy> = classes
         .iter()
-        .zip(&to_model)
+        .zip(to_model)
         .map(|(c, &i)| {
             let n: u32 = matrix[i].iter().sum();
             ClassAccuracy { class: c.clone(), images: n as usize, top1: f64::from(matrix[i][i]) / f64::from(n.max(1)) }
@@ -143,24 +186,7 @@ pub fn evaluate(handle: &ModelHandle, set: &EvalSet, batch: usize, threads: usiz
         }
     }
     confusions.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.actual.cmp(&y.actual)));
-    Ok(EvalReport {
-        model: handle.info.name.clone(),
-        version: handle.info.version,
-        provider: handle.info.provider.to_string(),
-        split: set.split.clone(),
-        dataset_digest: set.digest.clone(),
-        images,
-        top1_correct: top1,
-        top5_correct: top5,
-        top1: top1 as f64 / images as f64,
-        top5: top5 as f64 / images as f64,
-        seconds,
-        images_per_s: images as f64 / seconds,
-        per_class,
-        confusions,
-        confusion_matrix: matrix,
-        class_names: names.clone(),
-    })
+    (per_class, confusions)
 }
 
 impl EvalReport {

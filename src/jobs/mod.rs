@@ -16,7 +16,8 @@ use utoipa::ToSchema;
 
 use crate::dataset::{IngestOptions, OnBadImage, OxfordSplit};
 use crate::error::{Error, ErrorCode, Result};
-use crate::registry::{check_name, Registry};
+use crate::records::names::{AliasName, ModelName};
+use crate::registry::Registry;
 use crate::train::arch::Arch;
 use crate::train::recipe::Recipe;
 use crate::train::trainer::EpochMetrics;
@@ -30,8 +31,7 @@ use crate::train::trainer::EpochMetrics;
     "dataset": {"name": "Oxford Flowers 102", "terms": "research use only"}}))]
 pub struct JobSpec {
     /// The model the winner is published as (a new version of it).
-    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
-    pub model: String,
+    pub model: ModelName,
     /// Backbones to train; the best validation accuracy wins.
     #[serde(default = "default_backbones")]
     #[schema(min_items = 1, max_items = 8)]
@@ -75,8 +75,7 @@ pub struct JobSpec {
     #[serde(default)]
     pub dataset: DatasetSpec,
     /// Move this alias to the published version when the job succeeds (e.g. `production`).
-    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,63}$")]
-    pub promote: Option<String>,
+    pub promote: Option<AliasName>,
     /// Acknowledge the lineage's non-commercial terms, for `promote` under a commercial policy.
     #[serde(default)]
     pub acknowledge_terms: bool,
@@ -123,10 +122,6 @@ pub struct DatasetSpec {
 impl JobSpec {
     /// Checks everything that can be checked before the dataset is looked at.
     pub fn validate(&self) -> Result<()> {
-        check_name("model", &self.model)?;
-        if let Some(alias) = &self.promote {
-            check_name("alias", alias)?;
-        }
         let unique: std::collections::BTreeSet<_> = self.backbones.iter().collect();
         if self.backbones.is_empty() || self.backbones.len() > 8 || unique.len() != self.backbones.len() {
             return Err(Error::new(ErrorCode::InvalidArguments, "backbones: 1 to 8 different backbones"));
@@ -367,7 +362,7 @@ pub struct JobResult {
     /// Best validation accuracy of every backbone tried.
     pub backbones: BTreeMap<String, f64>,
     /// The alias moved to this version, when the spec asked.
-    pub promoted: Option<String>,
+    pub promoted: Option<AliasName>,
 }
 
 /// Why a job failed or was canceled.
@@ -454,6 +449,29 @@ pub fn check_job_id(id: &str) -> Result<()> {
     uuid::Uuid::parse_str(id)
         .map(|_| ())
         .map_err(|_| Error::new(ErrorCode::NotFound, format!("no job {id:?}: job ids are UUIDs")))
+}
+
+impl Job {
+    /// A job just submitted: queued, on `dataset`, for `owner` (the caller's token name).
+    pub fn queued(spec: JobSpec, dataset: JobDataset, owner: Option<String>) -> Job {
+        Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            state: JobState::Queued,
+            dataset,
+            spec,
+            created_at: crate::foundation::clock::now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            attempt: 0,
+            worker: None,
+            progress: Progress { stage: Stage::Queued, ..Default::default() },
+            epochs: Vec::new(),
+            result: None,
+            error: None,
+            warnings: Vec::new(),
+            owner,
+        }
+    }
 }
 
 /// Job records, stored by the registry (`registry::jobs`) as this module's `Job`.

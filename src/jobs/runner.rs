@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -24,10 +24,13 @@ use super::{Job, JobError, JobResult, JobState, Progress, Stage};
 use crate::config::{Config, Role};
 use crate::error::{Error, ErrorCode, Result};
 use crate::registry::Registry;
+use crate::train::finetune::{FinetuneRun, StartingWeights};
 use crate::train::trainer::{EpochMetrics, Event};
 
 mod leased;
-use leased::{follow, Lease};
+mod ownership;
+use leased::follow;
+use ownership::Ownership;
 
 /// What `GET /jobs/{id}/events` streams.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -352,44 +355,31 @@ impl Runner {
                     q = self.shared.wake.wait(q).unwrap();
                 }
             };
-            self.run(&rt, &registry, &id, None);
+            self.run(&rt, &registry, &id, Ownership::Local);
         }
     }
 
-    /// Runs job `id` (already live), under `lease` when a `petal worker` claimed it.
-    fn run(&self, rt: &tokio::runtime::Runtime, registry: &Registry, id: &str, lease: Option<Arc<Lease>>) {
+    /// Runs job `id` (already live), owned by this process or under a `petal worker`'s lease.
+    fn run(&self, rt: &tokio::runtime::Runtime, registry: &Registry, id: &str, owner: Ownership) {
         let cancel = match self.shared.live.lock().unwrap().get(id) {
             Some(l) => l.cancel.clone(),
             None => return,
         };
-        let worker = lease.as_ref().map(|l| l.claim.worker.clone());
         let job = self.update(id, |j| {
             j.state = JobState::Running;
             j.started_at = Some(crate::foundation::clock::now_rfc3339());
             j.progress = Progress { stage: Stage::ReadingDataset, ..Default::default() };
-            if let Some(l) = &lease {
-                j.attempt = l.claim.attempt;
-                j.worker = worker.clone();
-            }
+            owner.stamp(j);
         });
         if let Err(e) = rt.block_on(registry.put_job(&job)) {
             tracing::error!(job = id, error = %e, "cannot record that the job started");
         }
+        let worker = owner.worker();
         tracing::info!(job = id, attempt = job.attempt, worker = worker.as_deref().unwrap_or(""), "job started");
-        // The heartbeat runs beside training and stops (its sender dropped) before the end is
-        // written.
-        let heartbeat = lease.as_ref().map(|l| {
-            let (stop, stopped) = mpsc::channel::<()>();
-            let (r, l, c) = (self.clone(), l.clone(), cancel.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("heartbeat-{id}"))
-                .spawn(move || r.heartbeat(&l, &c, stopped))
-                .expect("a heartbeat thread");
-            (stop, thread)
-        });
+        let heartbeat = owner.start_heartbeat(self, id, &cancel);
         // A panic inside libtorch (an allocation that fails, say) fails this job, not the worker.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.train_and_publish(rt, registry, &job, &cancel, lease.as_deref())
+            self.train_and_publish(rt, registry, &job, &cancel, &owner)
         }))
         .unwrap_or_else(|panic| {
             let what = panic
@@ -399,16 +389,28 @@ impl Runner {
                 .unwrap_or("a panic");
             Err(Error::new(ErrorCode::TrainingFailed, format!("training stopped: {what}")))
         });
-        if let Some((stop, thread)) = heartbeat {
-            drop(stop);
-            let _ = thread.join();
+        if let Some(h) = heartbeat {
+            h.stop();
         }
         // Fenced: nothing more is written for a job another worker holds now.
         let stopped = matches!(&outcome, Err(e) if e.code == ErrorCode::TrainingCanceled);
-        if lease.as_ref().is_some_and(|l| self.after_run(rt, registry, id, l, stopped)) {
+        if owner.settled_elsewhere(self, rt, registry, id, stopped) {
             return;
         }
-        let job = self.update(id, |j| match &outcome {
+        self.record_end(rt, registry, id, &owner, &outcome);
+    }
+
+    /// Writes how the run of `id` ended, retrying: the end must reach the registry, or the job
+    /// would read `running` forever.
+    fn record_end(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        registry: &Registry,
+        id: &str,
+        owner: &Ownership,
+        outcome: &Result<JobResult>,
+    ) {
+        let job = self.update(id, |j| match outcome {
             Ok(r) => {
                 j.end(JobState::Succeeded, Stage::Done, None);
                 j.progress.percent = 100.0;
@@ -420,20 +422,17 @@ impl Runner {
             }
             Err(e) => j.end(JobState::Failed, Stage::Failed, Some(e.into())),
         });
-        match &outcome {
+        match outcome {
             Ok(r) => tracing::info!(job = id, model = %r.model, version = r.version, "job succeeded"),
             Err(e) => tracing::warn!(job = id, code = e.code.as_str(), error = %e, "job did not succeed"),
         }
-        // The end must reach the registry, or the job would read `running` forever.
         for attempt in 1..=5 {
-            if lease.as_ref().is_some_and(|l| attempt > 1 && !self.still_holds(rt, registry, id, l)) {
+            if attempt > 1 && !owner.may_write_end(self, rt, registry, id) {
                 return;
             }
             match rt.block_on(registry.put_job(&job)) {
                 Ok(()) => {
-                    if let Some(l) = &lease {
-                        rt.block_on(leased::end_lease(registry, &l.claim));
-                    }
+                    owner.ended(rt, registry);
                     self.finish_live(id);
                     return;
                 }
@@ -453,7 +452,7 @@ impl Runner {
         registry: &Registry,
         job: &Job,
         cancel: &AtomicBool,
-        lease: Option<&Lease>,
+        owner: &Ownership,
     ) -> Result<JobResult> {
         let canceled = || {
             if cancel.load(Ordering::Relaxed) {
@@ -463,15 +462,55 @@ impl Runner {
             }
         };
         canceled()?;
-        use crate::train::finetune;
-        let spec = &job.spec;
         let work_dir = &self.config.jobs.work_dir;
         crate::foundation::files::create_dir_all(work_dir)?;
         let work = tempfile::Builder::new()
             .prefix(&staging_prefix("job"))
             .tempdir_in(work_dir)
             .map_err(|e| Error::io("creating a job folder in", work_dir, e))?;
-        let archive = work.path().join("dataset.archive");
+        let run = self.prepare(rt, registry, job, work.path())?;
+        let warnings = run.data.warnings.clone();
+        self.update(&job.id, |j| {
+            j.progress.stage = Stage::Training;
+            j.warnings.extend(warnings);
+        });
+        let run_dir = work.path().join("run");
+        let mut on_event = self.progress_recorder(rt, registry, &job.id, owner);
+        let plan = FinetuneRun {
+            dataset: &run.data,
+            backbones: &run.backbones,
+            recipe: &run.recipe,
+            device: run.device,
+            out: &run_dir,
+            command: None,
+        };
+        let summary = crate::train::finetune::finetune(&plan, cancel, &mut on_event)?;
+        drop(run);
+        canceled()?;
+        owner.fence_before_publishing(rt, registry)?;
+        self.update(&job.id, |j| j.progress.stage = Stage::Publishing);
+        let manifest = self.publish(rt, registry, job, &run_dir)?;
+        Ok(JobResult {
+            model: manifest.model,
+            version: manifest.version,
+            winner: summary.winner,
+            best_val_accuracy: summary.best_val_accuracy,
+            backbones: summary.results.iter().map(|r| (r.backbone.name().to_string(), r.best_val_accuracy)).collect(),
+            promoted: job.spec.promote.clone(),
+        })
+    }
+
+    /// What a run needs before it trains: the dataset (fetched into `work` and read as the spec
+    /// says), the recipe, the device and each backbone's starting weights.
+    fn prepare(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        registry: &Registry,
+        job: &Job,
+        work: &std::path::Path,
+    ) -> Result<Prepared> {
+        let spec = &job.spec;
+        let archive = work.join("dataset.archive");
         rt.block_on(registry.fetch_dataset(&job.dataset.sha256, &archive))?;
         let recipe = spec.recipe();
         let data = crate::dataset::load(&archive, &spec.ingest_options(&self.config.jobs), &recipe.eval_transform)?;
@@ -481,16 +520,22 @@ impl Runner {
         let mut backbones = Vec::new();
         for &arch in &spec.backbones {
             let w = spec.weights.get(arch.name()).map(String::as_str);
-            backbones.push((arch, finetune::resolve_weights(arch, w, &store)?));
+            backbones.push((arch, crate::train::finetune::resolve_weights(arch, w, &store)?));
         }
-        let warnings = data.warnings.clone();
-        self.update(&job.id, |j| {
-            j.progress.stage = Stage::Training;
-            j.warnings.extend(warnings);
-        });
-        let run_dir = work.path().join("run");
+        Ok(Prepared { data, recipe, device, backbones })
+    }
+
+    /// The trainer's events as the job's live progress and epochs, sent to followers and (when
+    /// the run records its own epochs) written to the registry.
+    fn progress_recorder<'a>(
+        &'a self,
+        rt: &'a tokio::runtime::Runtime,
+        registry: &'a Registry,
+        id: &'a str,
+        owner: &'a Ownership,
+    ) -> impl FnMut(&Event) + 'a {
         let mut last_progress = Instant::now() - Duration::from_secs(1);
-        let mut on_event = |e: &Event| match e {
+        move |e: &Event| match e {
             Event::Step { backbone, phase, epoch, epochs, step, steps, images_per_s, progress, eta_s, .. } => {
                 if last_progress.elapsed() < Duration::from_millis(250) && step != steps {
                     return;
@@ -508,40 +553,39 @@ impl Runner {
                     eta_s: eta_s.is_finite().then_some(*eta_s),
                     images_per_s: Some(*images_per_s),
                 };
-                if let Some(l) = self.shared.live.lock().unwrap().get_mut(&job.id) {
+                if let Some(l) = self.shared.live.lock().unwrap().get_mut(id) {
                     l.job.progress = p.clone();
                 }
-                self.send(&job.id, JobEvent::Progress(p));
+                self.send(id, JobEvent::Progress(p));
             }
             Event::Epoch(m) => {
                 let snapshot = {
                     let mut live = self.shared.live.lock().unwrap();
-                    live.get_mut(&job.id).map(|l| {
+                    live.get_mut(id).map(|l| {
                         l.job.epochs.push(m.clone());
                         l.job.clone()
                     })
                 };
-                self.send(&job.id, JobEvent::Epoch(m.clone()));
-                // Under a lease the heartbeat writes the record (one writer at a time).
-                if let Some(j) = snapshot.filter(|_| lease.is_none()) {
+                self.send(id, JobEvent::Epoch(m.clone()));
+                if let Some(j) = snapshot.filter(|_| owner.records_epochs()) {
                     if let Err(e) = rt.block_on(registry.put_job(&j)) {
                         tracing::warn!(job = %j.id, error = %e, "cannot record an epoch");
                     }
                 }
             }
-        };
-        let summary = finetune::finetune(&data, &backbones, &recipe, device, &run_dir, None, cancel, &mut on_event)?;
-        drop(data);
-        canceled()?;
-        if let Some(l) = lease {
-            // The last fence before a model version appears: the claim must still be the newest.
-            if !rt.block_on(registry.holds(&l.claim))? {
-                l.lost.store(true, Ordering::SeqCst);
-                return Err(Error::new(ErrorCode::TrainingCanceled, "another worker took this job over"));
-            }
         }
-        self.update(&job.id, |j| j.progress.stage = Stage::Publishing);
-        // The dataset's recorded terms stand; the spec may only add to them.
+    }
+
+    /// Publishes the run's winner as a new version of the spec's model, with the dataset's
+    /// recorded terms (the spec may only add to them) and the job as its provenance.
+    fn publish(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        registry: &Registry,
+        job: &Job,
+        run_dir: &std::path::Path,
+    ) -> Result<crate::registry::Manifest> {
+        let spec = &job.spec;
         let recorded = rt.block_on(registry.dataset(&job.dataset.sha256))?;
         let dataset_terms =
             crate::registry::datasets::combined_terms(recorded.terms.as_deref(), spec.dataset.terms.as_deref());
@@ -561,16 +605,31 @@ impl Runner {
             acknowledge_terms: spec.acknowledge_terms,
             job: Some(job.id.clone()),
         };
-        let manifest =
-            rt.block_on(crate::publish::publish_run(registry, &run_dir, &opts, self.config.registry.usage))?;
-        Ok(JobResult {
-            model: manifest.model,
-            version: manifest.version,
-            winner: summary.winner,
-            best_val_accuracy: summary.best_val_accuracy,
-            backbones: summary.results.iter().map(|r| (r.backbone.name().to_string(), r.best_val_accuracy)).collect(),
-            promoted: spec.promote.clone(),
-        })
+        rt.block_on(crate::publish::publish_run(registry, run_dir, &opts, self.config.registry.usage))
+    }
+
+    /// The submission policy's limit on active jobs: `owner` (a token's name; `None` without
+    /// tokens) may have at most `jobs.max_active_per_caller` jobs queued or running.
+    pub async fn check_room_for(&self, owner: Option<&str>) -> Result<()> {
+        let max = self.config.jobs.max_active_per_caller;
+        let active = self
+            .list()
+            .await?
+            .iter()
+            .filter(|j| j.owner.as_deref() == owner && matches!(j.state, JobState::Queued | JobState::Running))
+            .count();
+        if active < max {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorCode::TooManyJobs,
+            format!(
+                "{} {active} jobs queued or running; the limit is {max} (jobs.max_active_per_caller): wait for one to \
+                 end, or cancel one",
+                owner.map_or("there are".to_string(), |o| format!("{o} has"))
+            ),
+        )
+        .with_header("retry-after", "60"))
     }
 
     /// Where uploads are staged before they are checked and stored.
@@ -581,6 +640,14 @@ impl Runner {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+}
+
+/// What a run trains on and with.
+struct Prepared {
+    data: crate::dataset::Dataset,
+    recipe: crate::train::recipe::Recipe,
+    device: tch::Device,
+    backbones: Vec<(crate::train::arch::Arch, StartingWeights)>,
 }
 
 /// The name prefix of what this process stages under `jobs.work_dir` (`upload-…`, `job-…`): the

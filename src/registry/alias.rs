@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 
 use crate::config::Usage;
 use crate::error::{Error, ErrorCode, Result};
-use crate::registry::{check_name, layout, store_error, Registry};
+use crate::records::names;
+use crate::registry::{layout, store_error, Registry};
 
 /// One move of an alias.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -52,7 +53,7 @@ pub struct Promotion {
 impl Registry {
     /// The aliases a model has.
     pub async fn aliases(&self, model: &str) -> Result<Vec<String>> {
-        check_name("model", model)?;
+        names::check("model", model)?;
         let listed = self
             .store
             .list_with_delimiter(Some(&layout::aliases(model)))
@@ -65,8 +66,8 @@ impl Registry {
 
     /// Every move of an alias, oldest first.
     pub async fn history(&self, model: &str, alias: &str) -> Result<Vec<AliasEntry>> {
-        check_name("model", model)?;
-        check_name("alias", alias)?;
+        names::check("model", model)?;
+        names::check("alias", alias)?;
         use futures_util::TryStreamExt;
         let metas: Vec<_> = self
             .store
@@ -113,8 +114,8 @@ impl Registry {
     /// Moves `alias` of `model` to `p.version`. Under a `commercial` usage policy, a model whose
     /// lineage carries non-commercial terms is refused unless `p.acknowledge_terms`.
     pub async fn promote(&self, model: &str, alias: &str, p: &Promotion, usage: Usage) -> Result<AliasEntry> {
-        check_name("model", model)?;
-        check_name("alias", alias)?;
+        names::check("model", model)?;
+        names::check("alias", alias)?;
         let manifest = self.manifest(model, p.version).await?;
         let restricted = manifest.non_commercial();
         if usage == Usage::Commercial && !restricted.is_empty() && !p.acknowledge_terms {

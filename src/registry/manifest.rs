@@ -178,6 +178,8 @@ impl Manifest {
     }
 
     /// A model card in Markdown.
+    ///
+    /// Long on purpose: the card's sections in the order a reader meets them, as a template.
     pub fn card(&self) -> String {
         let p = &self.provenance;
         let mut s = format!("# {} — version {}\n\n", self.model, self.version);

@@ -21,6 +21,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use crate::config::{RegistryBackend, RegistryConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::foundation::hash::sha256_hex;
+use crate::records::names;
 
 pub mod alias;
 pub mod datasets;
@@ -134,24 +135,6 @@ pub(crate) async fn download(
     crate::foundation::streams::to_file(got.into_stream(), &file, limit, too_large, |e| store_error(what, e)).await
 }
 
-/// Model and alias names: 1–64 of `a-z 0-9 - _ .`, starting with a letter or digit.
-pub fn check_name(kind: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorCode::InvalidName,
-            format!(
-                "{kind} name {name:?} is invalid: use 1-64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
-            ),
-        ))
-    }
-}
-
 impl Registry {
     /// Opens the configured backend.
     pub fn open(config: &RegistryConfig) -> Result<Registry> {
@@ -216,7 +199,7 @@ impl Registry {
         provenance: Provenance,
         mut after_artifact: impl FnMut(&str),
     ) -> Result<Manifest> {
-        check_name("model", model)?;
+        names::check("model", model)?;
         if artifacts.is_empty() {
             return Err(Error::invalid_request("a version needs at least one artifact"));
         }
@@ -315,7 +298,7 @@ impl Registry {
 
     /// The published versions of a model, ascending.
     pub async fn versions(&self, model: &str) -> Result<Vec<u64>> {
-        check_name("model", model)?;
+        names::check("model", model)?;
         let prefix = layout::versions(model);
         let metas: Vec<_> =
             self.store.list(Some(&prefix)).try_collect().await.map_err(|e| store_error("listing versions", e))?;
@@ -326,7 +309,7 @@ impl Registry {
 
     /// The manifest of a version.
     pub async fn manifest(&self, model: &str, version: u64) -> Result<Manifest> {
-        check_name("model", model)?;
+        names::check("model", model)?;
         let got = self.store.get(&Self::version_path(model, version)).await;
         let bytes = match got {
             Ok(r) => r.bytes().await.map_err(|e| store_error("reading the manifest", e))?,
@@ -504,7 +487,7 @@ impl std::str::FromStr for ModelRef {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         let r = if let Some((m, a)) = s.split_once('@') {
-            check_name("alias", a)?;
+            names::check("alias", a)?;
             ModelRef::Alias(m.into(), a.into())
         } else if let Some((m, v)) = s.split_once(':') {
             let v = v.parse().map_err(|_| Error::invalid_request(format!("{v:?} is not a version number")))?;
@@ -512,7 +495,7 @@ impl std::str::FromStr for ModelRef {
         } else {
             ModelRef::Latest(s.into())
         };
-        check_name("model", r.model())?;
+        names::check("model", r.model())?;
         Ok(r)
     }
 }

@@ -35,11 +35,7 @@ pub struct BaseWeightsInfo {
 /// Resolves `spec` for `arch`: `scratch` (random init), a file path, a catalog name
 /// (`IMAGENET1K_V1`, `MobileNet_V2_Weights.IMAGENET1K_V1`) looked up in the cache, or — when
 /// `None` — the catalog default if cached, else any cached file for the architecture.
-pub fn resolve_weights(
-    arch: Arch,
-    spec: Option<&str>,
-    store: &WeightStore,
-) -> Result<Option<(PathBuf, BaseWeightsInfo)>> {
+pub fn resolve_weights(arch: Arch, spec: Option<&str>, store: &WeightStore) -> Result<StartingWeights> {
     let catalog = Catalog::embedded();
     let path = match spec {
         Some("scratch") => return Ok(None),
@@ -118,19 +114,24 @@ pub struct Summary {
     pub command: Option<String>,
 }
 
-/// Runs the recipe for each backbone and writes the outputs under `out`; `command` (the command
-/// line that started it, when there is one) goes into the summary for provenance.
-#[allow(clippy::too_many_arguments)]
-pub fn finetune(
-    dataset: &Dataset,
-    backbones: &[(Arch, Option<(PathBuf, BaseWeightsInfo)>)],
-    recipe: &Recipe,
-    device: Device,
-    out: &Path,
-    command: Option<&str>,
-    cancel: &AtomicBool,
-    on_event: &mut dyn FnMut(&Event),
-) -> Result<Summary> {
+/// A backbone's starting weights: a file and what it is, or `None` for a random start.
+pub type StartingWeights = Option<(PathBuf, BaseWeightsInfo)>;
+
+/// One fine-tuning run: the dataset, the backbones with their starting weights, the recipe, the
+/// device, where the outputs go, and the command line that started it (for provenance).
+pub struct FinetuneRun<'a> {
+    pub dataset: &'a Dataset,
+    pub backbones: &'a [(Arch, StartingWeights)],
+    pub recipe: &'a Recipe,
+    pub device: Device,
+    pub out: &'a Path,
+    pub command: Option<&'a str>,
+}
+
+/// Runs the recipe for each backbone and writes the outputs under `run.out`, stopping when
+/// `cancel` is set; `on_event` hears every step and epoch.
+pub fn finetune(run: &FinetuneRun, cancel: &AtomicBool, on_event: &mut dyn FnMut(&Event)) -> Result<Summary> {
+    let FinetuneRun { dataset, backbones, recipe, device, out, command } = *run;
     if backbones.is_empty() {
         return Err(Error::invalid_request("name at least one backbone"));
     }
@@ -211,7 +212,8 @@ fn write_backbone(
     Ok(result)
 }
 
-/// The reference notebook's figure: loss and accuracy per epoch, train and validation.
+/// The reference notebook's figure (docs/reference_experiment.md): loss and accuracy per epoch,
+/// train and validation.
 pub fn curves_png(title: &str, epochs: &[EpochMetrics]) -> Vec<u8> {
     let col = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| epochs.iter().map(f).collect::<Vec<_>>();
     let train_loss = col(&|e| Some(e.train_loss));

@@ -4,6 +4,7 @@ pub mod augment;
 pub mod catalog;
 pub mod device;
 pub mod finetune;
+pub mod loader;
 pub mod model;
 pub mod optim;
 pub mod plot;

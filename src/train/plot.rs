@@ -1,6 +1,6 @@
 //! Training curves as a PNG image: loss and accuracy per epoch, the phase boundary marked.
 //!
-//! Two panels side by side, like the reference notebook's matplotlib figure: "loss" on the left and "accuracy" on
+//! Two panels side by side, like the reference notebook's matplotlib figure (docs/reference_experiment.md): "loss" on the left and "accuracy" on
 //! the right, epochs 1..=n on the x axis (n is the longest series), each series a 2 px line with its points
 //! marked, in matplotlib's default colours. Missing (`None`) and non-finite values are skipped and the line joins
 //! the points on either side. Phase 2 is marked by a dashed grey line between its first epoch and the one before.

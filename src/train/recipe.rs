@@ -2,7 +2,7 @@
 //! configurable. Also the per-layer learning rates of phase 2, computed from a network's layer
 //! groups.
 //!
-//! Phase 2 learning rates (reference.md):
+//! Phase 2 learning rates (the reference experiment's, docs/reference_experiment.md):
 //! - VGG: `classifier` at `top_lr`; module `features.i` of the `n` modules of `features` at
 //!   `top_lr + (bottom_lr - top_lr) / n * (n - i)` (linear decay towards the input; n = 44 for
 //!   vgg16_bn, 31 for vgg16).
@@ -222,18 +222,36 @@ pub fn step_lr(base: f64, epoch: usize, step_size: usize, gamma: f64) -> f64 {
 
 /// The knobs people turn most, over a whole recipe (`petal finetune` flags, a job spec's fields);
 /// `None` and `false` leave the recipe as it is.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
+    /// Epochs of phase 1 (the head only).
+    #[arg(long)]
     pub epochs1: Option<usize>,
+    /// Epochs of phase 2 (every layer).
+    #[arg(long)]
     pub epochs2: Option<usize>,
+    #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Phase 1's learning rate (the head).
+    #[arg(long)]
     pub lr1: Option<f64>,
+    /// Phase 2's learning rate of the top group; lower groups decay from it.
+    #[arg(long)]
     pub lr2: Option<f64>,
+    #[arg(long)]
     pub seed: Option<u64>,
+    #[arg(skip)]
     pub augment: Option<Augment>,
+    /// Eval transform sizes (default 256 / 224).
+    #[arg(long)]
     pub resize: Option<u32>,
+    #[arg(long)]
     pub crop: Option<u32>,
+    /// Phase 1 on features computed once (CPU shortcut: no augmentation in phase 1).
+    #[arg(long)]
     pub cached_features: bool,
+    /// Also evaluate the whole train set after every epoch, as the reference does.
+    #[arg(long)]
     pub eval_train: bool,
 }
 
@@ -354,7 +372,7 @@ mod tests {
         assert_eq!(groups.len(), 27);
         for (name, lr) in &groups {
             let want = match name.strip_prefix("features.") {
-                // The notebook: 1e-4 + (1e-7 - 1e-4) / 44 * (44 - i).
+                // The reference notebook (docs/reference_experiment.md): 1e-4 + (1e-7 - 1e-4) / 44 * (44 - i).
                 Some(i) => 1e-4 + (1e-7 - 1e-4) / 44.0 * (44.0 - i.parse::<f64>().unwrap()),
                 None => {
                     assert_eq!(name, "classifier");

@@ -1,4 +1,4 @@
-//! The two-phase fine-tuning recipe (reference.md) for one backbone, and for several (the best
+//! The two-phase fine-tuning recipe (docs/reference_experiment.md) for one backbone, and for several (the best
 //! validation accuracy wins).
 //!
 //! Phase 1 trains the new head only (every other parameter frozen; batch norm still in training
@@ -8,9 +8,7 @@
 //! across both phases. Batches are prepared by worker threads (decode when not cached, augment,
 //! normalise), each batch from its own seeded generator, so a run is repeatable whatever the
 //! thread timing. Cancellation is checked between steps.
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
@@ -18,11 +16,10 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::DecodeLimits;
 use crate::dataset::{Dataset, Sample};
 use crate::error::{Error, ErrorCode, Result};
 use crate::train::arch::{Arch, Op};
-use crate::train::augment::{self, Params};
+use crate::train::loader::{batch_slices, load_batches, mix};
 use crate::train::model::Model;
 use crate::train::optim::{Adam, LossScaler};
 use crate::train::recipe::{self, Recipe};
@@ -159,25 +156,46 @@ pub fn train(
     };
     run.phase1(&mut model, ctx)?;
     if recipe.phase2.epochs > 0 {
-        if let Some((_, _, state)) = &run.best {
-            model.load_state_dict(state, false)?;
+        if let Some(best) = &run.best {
+            model.load_state_dict(&best.state, false)?;
         }
         run.phase2(&mut model, ctx)?;
     }
-    let (acc, at, state) = run.best.take().ok_or_else(|| Error::invalid_request("the recipe has no epoch to run"))?;
-    model.load_state_dict(&state, false)?;
+    let best = run.best.take().ok_or_else(|| Error::invalid_request("the recipe has no epoch to run"))?;
+    model.load_state_dict(&best.state, false)?;
     Ok(Trained {
         backbone: arch,
         model,
-        best_val_accuracy: acc,
-        best_epoch: at,
+        best_val_accuracy: best.val_accuracy,
+        best_epoch: best.at,
         epochs: run.epochs,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// The best checkpoint so far: validation accuracy, (phase, epoch), the state on the CPU.
-type Best = (f64, (u8, usize), Vec<(String, Tensor)>);
+/// The best checkpoint so far.
+struct Best {
+    val_accuracy: f64,
+    /// (phase, epoch)
+    at: (u8, usize),
+    /// The model's state, on the CPU.
+    state: Vec<(String, Tensor)>,
+}
+
+/// What one epoch measured, for `Run::finish_epoch`.
+struct EpochResult {
+    phase: u8,
+    epoch: usize,
+    lr: f64,
+    train_loss: f64,
+    train_accuracy: f64,
+    images_per_s: f64,
+    /// Loss and accuracy over the whole train set, eval transform (`eval_train`).
+    train_eval: Option<(f64, f64)>,
+    val_loss: f64,
+    val_accuracy: f64,
+    started: Instant,
+}
 
 struct Run<'a> {
     recipe: &'a Recipe,
@@ -220,7 +238,19 @@ impl Run<'_> {
                 (None, true) => Some(self.evaluate(model, &self.dataset.train, ctx)?),
                 _ => None,
             };
-            self.finish_epoch(model, ctx, (1, epoch + 1, lr), (loss, acc, ips), train_eval, (vl, va), t0);
+            let result = EpochResult {
+                phase: 1,
+                epoch: epoch + 1,
+                lr,
+                train_loss: loss,
+                train_accuracy: acc,
+                images_per_s: ips,
+                train_eval,
+                val_loss: vl,
+                val_accuracy: va,
+                started: t0,
+            };
+            self.finish_epoch(model, ctx, result);
         }
         Ok(())
     }
@@ -253,39 +283,42 @@ impl Run<'_> {
             let (vl, va) = self.evaluate(model, &self.dataset.val, ctx)?;
             let train_eval =
                 if self.recipe.eval_train { Some(self.evaluate(model, &self.dataset.train, ctx)?) } else { None };
-            self.finish_epoch(model, ctx, (2, epoch + 1, top * factor), (loss, acc, ips), train_eval, (vl, va), t0);
+            let result = EpochResult {
+                phase: 2,
+                epoch: epoch + 1,
+                lr: top * factor,
+                train_loss: loss,
+                train_accuracy: acc,
+                images_per_s: ips,
+                train_eval,
+                val_loss: vl,
+                val_accuracy: va,
+                started: t0,
+            };
+            self.finish_epoch(model, ctx, result);
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish_epoch(
-        &mut self,
-        model: &Model,
-        ctx: &mut Context,
-        (phase, epoch, lr): (u8, usize, f64),
-        (train_loss, train_accuracy, images_per_s): (f64, f64, f64),
-        train_eval: Option<(f64, f64)>,
-        (val_loss, val_accuracy): (f64, f64),
-        t0: Instant,
-    ) {
-        let best = self.best.as_ref().is_none_or(|b| val_accuracy > b.0);
+    /// Keeps the model when this epoch is the best so far, and reports the epoch.
+    fn finish_epoch(&mut self, model: &Model, ctx: &mut Context, r: EpochResult) {
+        let best = self.best.as_ref().is_none_or(|b| r.val_accuracy > b.val_accuracy);
         if best {
-            self.best = Some((val_accuracy, (phase, epoch), snapshot(model)));
+            self.best = Some(Best { val_accuracy: r.val_accuracy, at: (r.phase, r.epoch), state: snapshot(model) });
         }
         let m = EpochMetrics {
             backbone: model.network.arch,
-            phase,
-            epoch,
-            lr,
-            train_loss,
-            train_accuracy,
-            eval_train_loss: train_eval.map(|t| t.0),
-            eval_train_accuracy: train_eval.map(|t| t.1),
-            val_loss,
-            val_accuracy,
-            images_per_s,
-            seconds: t0.elapsed().as_secs_f64(),
+            phase: r.phase,
+            epoch: r.epoch,
+            lr: r.lr,
+            train_loss: r.train_loss,
+            train_accuracy: r.train_accuracy,
+            eval_train_loss: r.train_eval.map(|t| t.0),
+            eval_train_accuracy: r.train_eval.map(|t| t.1),
+            val_loss: r.val_loss,
+            val_accuracy: r.val_accuracy,
+            images_per_s: r.images_per_s,
+            seconds: r.started.elapsed().as_secs_f64(),
             best,
         };
         (ctx.on_event)(&Event::Epoch(m.clone()));
@@ -486,121 +519,6 @@ fn emit_step(
         progress,
         eta_s,
     });
-}
-
-/// A seed for (run seed, phase, epoch, batch).
-fn mix(seed: u64, phase: u8, epoch: usize, batch: u64) -> u64 {
-    let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
-    for v in [u64::from(phase), epoch as u64, batch] {
-        h = (h ^ v).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        h ^= h >> 31;
-    }
-    h
-}
-
-/// `order` cut into batches of `bs`. For training, a trailing single image joins the batch before
-/// it: one image would give batch norm a single value per channel where the feature map is 1×1
-/// (small inputs), and a NaN running variance (PyTorch refuses such a batch).
-fn batch_slices(order: &[usize], bs: usize, training: bool) -> Vec<&[usize]> {
-    let mut batches: Vec<&[usize]> = order.chunks(bs).collect();
-    if training && batches.len() > 1 && batches.last().is_some_and(|b| b.len() == 1) {
-        batches.pop();
-        let start = (batches.len() - 1) * bs;
-        *batches.last_mut().expect("more than one batch") = &order[start..];
-    }
-    batches
-}
-
-/// Prepares batches of `samples` in `order` on worker threads and hands them, in order, to
-/// `consume(step, images, labels)`. With `augment_seeds`, training augmentation is applied, each
-/// batch drawing from its own generator.
-fn load_batches(
-    recipe: &Recipe,
-    samples: &[Sample],
-    order: &[usize],
-    augment_seeds: Option<(u64, u8, usize)>,
-    device: Device,
-    mut consume: impl FnMut(usize, Tensor, Tensor) -> Result<()>,
-) -> Result<()> {
-    let batches = batch_slices(order, recipe.batch_size, augment_seeds.is_some());
-    let threads = match recipe.loader_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
-    .min(batches.len().max(1));
-    let eval = &recipe.eval_transform;
-    // Images kept encoded passed the dataset's limits (`jobs.decode`) when it was read; decoding
-    // them again checks nothing new.
-    let limits = DecodeLimits { max_pixels: u64::MAX, max_side: u32::MAX, max_aspect_ratio: 0 };
-    let prepare = |b: usize| -> Result<(Vec<f32>, Vec<i64>)> {
-        let idx = batches[b];
-        let per = (3 * eval.crop * eval.crop) as usize;
-        let mut x = Vec::with_capacity(per * idx.len());
-        let mut y = Vec::with_capacity(idx.len());
-        let mut rng = augment_seeds.map(|(s, p, e)| rand_chacha::ChaCha8Rng::seed_from_u64(mix(s, p, e, b as u64)));
-        for &i in idx {
-            let s = &samples[i];
-            let img = s.rgb(eval, &limits)?;
-            match rng.as_mut() {
-                Some(r) => augment::train_input(&img, &Params::draw(&recipe.augment, r), eval, &mut x),
-                None => eval.normalize_into(&eval.resize_crop(&img), &mut x),
-            }
-            y.push(s.label as i64);
-        }
-        Ok((x, y))
-    };
-    let to_tensors = |(x, y): (Vec<f32>, Vec<i64>)| {
-        let n = y.len() as i64;
-        let c = i64::from(eval.crop);
-        let x = Tensor::from_slice(&x).view([n, 3, c, c]).to_device(device);
-        (x, Tensor::from_slice(&y).to_device(device))
-    };
-    if threads <= 1 {
-        for b in 0..batches.len() {
-            let (x, y) = to_tensors(prepare(b)?);
-            consume(b, x, y)?;
-        }
-        return Ok(());
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<(usize, Result<(Vec<f32>, Vec<i64>)>)>(threads * 2);
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let (next, stop, prepare, batches) = (&next, &stop, &prepare, &batches);
-            scope.spawn(move || loop {
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                if b >= batches.len() || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                if tx.send((b, prepare(b))).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut pending = BTreeMap::new();
-        let mut want = 0;
-        let result = (|| {
-            while want < batches.len() {
-                while let Some(batch) = pending.remove(&want) {
-                    let (x, y) = to_tensors(batch?);
-                    consume(want, x, y)?;
-                    want += 1;
-                }
-                if want >= batches.len() {
-                    break;
-                }
-                let (b, batch) = rx.recv().map_err(|_| Error::internal("a batch loader thread stopped"))?;
-                pending.insert(b, batch);
-            }
-            Ok(())
-        })();
-        stop.store(true, Ordering::Relaxed);
-        drop(rx); // unblocks senders
-        result
-    })
 }
 
 /// One optimiser step on a batch (training mode; fp16 autocast with loss scaling when `mixed`).

@@ -46,7 +46,7 @@ pub struct BatchRow {
     pub petal: f64,
     /// onnxruntime's Python `session.run` on the same file and provider, host tensors in and out.
     pub python_ort: Option<f64>,
-    /// PyTorch eager, input already on the device (as reference.md measures).
+    /// PyTorch eager, input already on the device (the reference GPU measurements' setting).
     pub torch_on_device: Option<f64>,
     /// PyTorch eager, input copied from the host and logits back each batch (as ort does).
     pub torch_host: Option<f64>,

@@ -115,6 +115,15 @@ pub struct EngineBenchArgs {
     json: bool,
 }
 
+/// A report as JSON, or as its text.
+fn show(report: &impl serde::Serialize, json: bool, text: String) {
+    if json {
+        print_json(report);
+    } else {
+        print!("{text}");
+    }
+}
+
 pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
     match args.command {
         BenchCommand::Infer { onnx, image, seconds, clients, max_batch, engine } => {
@@ -129,11 +138,7 @@ pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
                 ort: config.onnxruntime.clone(),
             };
             let r = infer(&b)?;
-            if engine.json {
-                print_json(&r);
-            } else {
-                print!("{}", r.to_text());
-            }
+            show(&r, engine.json, r.to_text());
         }
         BenchCommand::Batch { onnx, arch, batches, seconds, engine } => {
             let model = match (onnx, arch) {
@@ -150,11 +155,7 @@ pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
                 ort: config.onnxruntime.clone(),
             };
             let r = batch::batch(&b)?;
-            if engine.json {
-                print_json(&r);
-            } else {
-                print!("{}", r.to_text());
-            }
+            show(&r, engine.json, r.to_text());
         }
         BenchCommand::Train {
             data,
@@ -187,11 +188,7 @@ pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
                 channels_last: channels_last.unwrap_or(device.is_cuda()),
             };
             let r = train::train(&b)?;
-            if json {
-                print_json(&r);
-            } else {
-                print!("{}", r.to_text());
-            }
+            show(&r, json, r.to_text());
         }
     }
     Ok(())

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::{JobEvent, Runner};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{ErrorCode, Result};
 use crate::jobs::{Job, JobError, JobResult, JobState, Progress, Stage};
+use crate::publish::{best_key, RunHyperparameters};
 use crate::registry::alias::Promotion;
-use crate::registry::jobs::{Beat, Claim};
+use crate::registry::jobs::{Beat, Claim, Leases};
 use crate::registry::Registry;
-use crate::train::arch::Arch;
 
 /// A worker's hold on one attempt of a job.
 pub(super) struct Lease {
@@ -228,7 +228,7 @@ impl Runner {
                 Ok(Some((job, lease))) => {
                     let id = job.id.clone();
                     self.insert_live(job);
-                    self.run(&rt, &registry, &id, Some(lease));
+                    self.run(&rt, &registry, &id, super::Ownership::Leased(lease));
                 }
                 Ok(None) => {
                     let q = self.shared.queue.lock().unwrap();
@@ -311,10 +311,23 @@ impl Runner {
         }
         job.attempt = attempt;
         job.worker = Some(self.name.clone());
+        if self.ends_before_running(registry, &mut job, &leases).await? {
+            registry.put_job(&job).await?;
+            end_lease(registry, &claim).await;
+            return Ok(None);
+        }
+        let lease = Lease { claim, lost: AtomicBool::new(false), cancel_requested: AtomicBool::new(false) };
+        Ok(Some((job, Arc::new(lease))))
+    }
+
+    /// Whether the job, just claimed for a new attempt, ends here instead of running (the end is
+    /// set in `job`; the caller records it): an earlier attempt already published it, too many
+    /// attempts stopped without ending it, or a cancel was asked.
+    async fn ends_before_running(&self, registry: &Registry, job: &mut Job, leases: &Leases) -> Result<bool> {
         if leases.latest().is_some() {
-            if let Some(result) = self.already_published(registry, &job).await? {
+            if let Some(result) = self.already_published(registry, job).await? {
                 // The previous holder published, then died before recording the end.
-                tracing::info!(job = %id, version = result.version, "already published by an earlier attempt");
+                tracing::info!(job = %job.id, version = result.version, "already published by an earlier attempt");
                 job.warnings.push(format!(
                     "version {} was published by the earlier attempt; this one recorded the end",
                     result.version
@@ -322,13 +335,11 @@ impl Runner {
                 job.end(JobState::Succeeded, Stage::Done, None);
                 job.progress.percent = 100.0;
                 job.result = Some(result);
-                registry.put_job(&job).await?;
-                end_lease(registry, &claim).await;
-                return Ok(None);
+                return Ok(true);
             }
         }
         // Attempts that stopped without ending the job, their workers' shutdowns not counted.
-        let broken = (attempt - 1).saturating_sub(leases.released);
+        let broken = (job.attempt - 1).saturating_sub(leases.released);
         if broken >= self.config.jobs.max_attempts {
             let error = JobError {
                 code: ErrorCode::JobInterrupted.as_str().into(),
@@ -338,20 +349,15 @@ impl Runner {
                     self.config.jobs.max_attempts
                 ),
             };
-            tracing::error!(job = %id, attempts = broken, "{}", error.message);
+            tracing::error!(job = %job.id, attempts = broken, "{}", error.message);
             job.end(JobState::Failed, Stage::Interrupted, Some(error));
-            registry.put_job(&job).await?;
-            end_lease(registry, &claim).await;
-            return Ok(None);
+            return Ok(true);
         }
-        if leases.cancel_requested || registry.cancel_requested(id).await? {
+        if leases.cancel_requested || registry.cancel_requested(&job.id).await? {
             job.end(JobState::Canceled, Stage::Canceled, Some(canceled_before_start()));
-            registry.put_job(&job).await?;
-            end_lease(registry, &claim).await;
-            return Ok(None);
+            return Ok(true);
         }
-        let lease = Lease { claim, lost: AtomicBool::new(false), cancel_requested: AtomicBool::new(false) };
-        Ok(Some((job, Arc::new(lease))))
+        Ok(false)
     }
 
     /// The version an earlier attempt of `job` published (its manifest's
@@ -366,20 +372,13 @@ impl Runner {
         for version in versions.into_iter().rev() {
             let manifest = registry.manifest(model, version).await?;
             let p = &manifest.provenance;
-            if p.hyperparameters["job_id"].as_str() != Some(job.id.as_str()) {
+            let Some(run) = RunHyperparameters::of(p).filter(|r| r.job_id.as_deref() == Some(job.id.as_str())) else {
                 continue;
-            }
+            };
             let best = |key: &str| p.metrics.best.get(key).copied().unwrap_or(f64::NAN);
-            let winner: Arch = serde_json::from_value(p.hyperparameters["winner"].clone())
-                .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("{model} version {version}: {e}")))?;
-            let names: Vec<String> = serde_json::from_value(p.hyperparameters["backbones"].clone()).unwrap_or_default();
-            let backbones = names
-                .iter()
-                .map(|n| {
-                    let key = if names.len() > 1 { format!("val_top1.{n}") } else { "val_top1".into() };
-                    (n.clone(), best(&key))
-                })
-                .collect();
+            let winner = run.winner;
+            let names = &run.backbones;
+            let backbones = names.iter().map(|n| (n.clone(), best(&best_key(n, names.len())))).collect();
             if let Some(alias) = &job.spec.promote {
                 // Moved once already (then perhaps on to a newer version): never moved back.
                 let history = registry.history(model, alias).await?;
@@ -395,7 +394,7 @@ impl Runner {
                 }
             }
             return Ok(Some(JobResult {
-                model: model.clone(),
+                model: model.to_string(),
                 version,
                 winner,
                 best_val_accuracy: best("val_top1"),

@@ -166,6 +166,9 @@ impl Item {
 /// Reads one pickle from `data` starting at `*pos`; advances `*pos` past its STOP. What it may
 /// build is bounded before it is built: nesting (`MAX_DEPTH`) and values, memo copies included
 /// (`MAX_VALUES`).
+///
+/// Long on purpose: one `match` over the opcodes of the subset, each arm a few lines, reads as
+/// the protocol's table; split, the stack and memo would be passed through a dozen helpers.
 pub fn load(data: &[u8], pos: &mut usize) -> Result<Value> {
     let mut r = Reader { data, pos: *pos };
     let mut stack: Vec<Item> = Vec::new();
