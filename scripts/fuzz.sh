@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh all [SECONDS]        every target, one after the other
 # SECONDS defaults to 600. The corpus grows in var/fuzz/corpus/TARGET (seeded from fuzz/seeds);
 # a crash lands in fuzz/artifacts/TARGET/: copy it to fuzz/regressions/TARGET/, fix, and
-# tests/fuzz_regressions.rs replays it forever after. Needs: rustup's nightly toolchain and
+# tests/robustness/fuzz_regressions.rs replays it forever after. Needs: rustup's nightly toolchain and
 # cargo-fuzz (installed into tools/ on first use).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

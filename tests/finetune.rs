@@ -17,10 +17,8 @@ use tch::{Device, Tensor};
 
 /// libtorch's random generator (head initialisation, dropout) and its CPU thread pool are one per
 /// process: tests that run libtorch in this binary take turns, so each run is repeatable.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    common::one_at_a_time()
 }
 
 fn small_recipe() -> Recipe {

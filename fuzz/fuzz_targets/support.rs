@@ -1,4 +1,4 @@
-//! What each fuzz target does with its input, shared with `tests/fuzz_regressions.rs` (which
+//! What each fuzz target does with its input, shared with `tests/robustness/fuzz_regressions.rs` (which
 //! replays `fuzz/regressions/{target}/*` through the same functions on the stable build). Every
 //! input must end in `Ok` or a petal `Error`, within the limits set here: a panic, a crash, a
 //! hang or an allocation past libFuzzer's RSS limit is a finding.

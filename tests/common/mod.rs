@@ -502,3 +502,11 @@ pub fn assert_layout(root: &Path, required: &[&str]) -> Vec<String> {
     }
     keys
 }
+
+/// A turn among the tests of one binary that drive libtorch in the test process: libtorch's
+/// thread pool takes every core (two such tests at once oversubscribe a small machine) and its
+/// random seed is global. Held until dropped.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,12 +1,12 @@
 //! `petal weights`: the catalog, import and fetch with checksum verification, and nothing stored
 //! when a check fails.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::real_mobilenet;
+use crate::common::real_mobilenet;
 
 fn weights(cache: &Path, args: &[&str]) -> std::process::Output {
     common::petal().args(["weights", "--cache"]).arg(cache).args(args).output().unwrap()

@@ -1,6 +1,6 @@
 //! The inference engine on the real MobileNetV2 ImageNet weights: export → registry → ort, the
 //! same answers from Python's onnxruntime, batching, a full queue, provider choice.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

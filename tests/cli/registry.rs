@@ -1,5 +1,5 @@
 //! `petal registry …` on the command line, against the local filesystem and s3s-fs.
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,5 +1,5 @@
 //! The real native stack: libtorch through tch, onnxruntime through ort.
-mod common;
+use crate::common;
 
 use ndarray::Array2;
 use ort::value::TensorRef;
@@ -12,6 +12,7 @@ use tch::{nn, nn::Module, Device, Kind, Tensor};
 /// d(sum out)/db[o] = N*H_out*W_out.
 #[test]
 fn tch_conv_forward_backward_on_cpu() {
+    let _turn = common::one_at_a_time();
     tch::manual_seed(7);
     let vs = nn::VarStore::new(Device::Cpu);
     let conv = nn::conv2d(vs.root() / "conv", 3, 5, 3, Default::default());
@@ -42,6 +43,7 @@ fn tch_conv_forward_backward_on_cpu() {
 /// onnxruntime through ort and gives relu(x W^T + b).
 #[test]
 fn ort_runs_a_small_onnx_model() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.onnx");
     common::oracle("tiny_onnx.py", &[model.to_str().unwrap()]);

@@ -1,6 +1,6 @@
 //! Backbones against torchvision: same names, same outputs, same batch-norm updates; the real
 //! ImageNet MobileNetV2 weights on real photos; hostile weight files.
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -55,7 +55,7 @@ fn parity(arch: Arch) {
 }
 
 macro_rules! parity_tests {
-    ($($name:ident => $arch:expr,)*) => { $( #[test] fn $name() { parity($arch) } )* };
+    ($($name:ident => $arch:expr,)*) => { $( #[test] fn $name() { let _turn = common::one_at_a_time(); parity($arch) } )* };
 }
 
 parity_tests! {
@@ -74,6 +74,7 @@ parity_tests! {
 /// package set-up verified) classify real photos from scikit-image.
 #[test]
 fn real_mobilenet_v2_weights_classify_real_photos() {
+    let _turn = common::one_at_a_time();
     let file = common::real_mobilenet();
     let bytes = std::fs::read(&file).expect("set-up fetched the weights");
     assert_eq!(weights::detect(&bytes[..64]).unwrap(), weights::Format::TorchLegacy);
@@ -120,6 +121,7 @@ fn small_pth(dir: &Path) -> PathBuf {
 
 #[test]
 fn zip_views_and_safetensors_read_back() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let sd: std::collections::HashMap<String, Tensor> =
         weights::read_file(&small_pth(dir.path())).unwrap().into_iter().collect();
@@ -136,6 +138,7 @@ fn zip_views_and_safetensors_read_back() {
 
 #[test]
 fn hostile_weight_files_each_get_their_own_clear_error() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
 
     // A pickle that would call os.system when unpickled by Python: refused, nothing runs.

@@ -1,8 +1,8 @@
 //! The benchmark commands run end to end and report every column they promise (the numbers
 //! themselves are for BENCHMARKS.md, never asserted here).
-mod common;
+use crate::common;
 
-use common::{petal, python, tools};
+use crate::common::{petal, python, tools};
 
 fn json_of(cmd: &mut std::process::Command) -> serde_json::Value {
     let out = cmd.arg("--json").output().unwrap();

@@ -1,5 +1,5 @@
 //! petal's decoding and eval transform against torchvision's on real photos.
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 
@@ -13,6 +13,7 @@ fn photos() -> PathBuf {
 
 #[test]
 fn eval_transform_matches_torchvision_on_real_photos() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let listed = common::oracle(
         "eval_transform.py",

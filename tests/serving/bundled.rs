@@ -1,11 +1,10 @@
 //! The bundled flower model: committed in `registry/`, seeded into the embedded registry and
 //! served by default, with its provenance, model card and integrity check; it classifies real
 //! Flowers 102 photos it never trained on (tests/fixtures) through the HTTP API and `petal eval`.
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{petal, Server};
+use crate::common::{petal, Server};
 
 const MODEL: &str = "flowers102@production";
 

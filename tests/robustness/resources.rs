@@ -3,13 +3,13 @@
 //! training side); each case prints its answer, time and the server's peak RSS rise (the
 //! `common::hostile` harness), and the last test runs a mixed hostile workload against a server
 //! held to the API pod's memory limit.
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::hostile::{message, png_of, shapes_files, zip_of, Hostile, MIB};
-use common::{submit, wait_for};
+use crate::common::hostile::{message, png_of, shapes_files, zip_of, Hostile, MIB};
+use crate::common::{submit, wait_for};
 use reqwest::blocking::{multipart, Client};
 use serde_json::{json, Value};
 

@@ -1,5 +1,5 @@
 //! petal's train augmentation against torchvision's, pixel for pixel, on real photos and noise.
-mod common;
+use crate::common;
 
 use petal::config::DecodeLimits;
 use petal::train::augment::{apply, Params};
@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 
 #[test]
 fn augmentation_matches_torchvision_pixel_for_pixel() {
+    let _turn = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let eval = EvalTransform::default();
     let photos = common::tools().join("testdata");

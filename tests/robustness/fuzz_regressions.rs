@@ -2,7 +2,7 @@
 //! every input a fuzzing run found a problem with (`fuzz/regressions/{target}/`, kept once fixed),
 //! through the very functions the targets call (`fuzz/fuzz_targets/support.rs`). The seeds are
 //! also checked to be valid inputs, so the harness cannot pass by reading nothing.
-#[path = "../fuzz/fuzz_targets/support.rs"]
+#[path = "../../fuzz/fuzz_targets/support.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

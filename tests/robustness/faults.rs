@@ -3,12 +3,12 @@
 //! Each ends in a clear job state or answer, leaves no version or dataset half-written, and
 //! petal works again once the fault is gone. (A process killed mid-job is in tests/api.rs, a
 //! worker killed mid-job in tests/workers.rs.)
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{shapes_spec, shapes_zip, submit, wait_for, weights_cache, S3Server, Server};
+use crate::common::{shapes_spec, shapes_zip, submit, wait_for, weights_cache, S3Server, Server};
 use reqwest::blocking::Client;
 use serde_json::Value;
 

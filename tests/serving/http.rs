@@ -1,7 +1,7 @@
 //! Every endpoint of the real server, over real HTTP on loopback.
-mod common;
+use crate::common;
 
-use common::Server;
+use crate::common::Server;
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 

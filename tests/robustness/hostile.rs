@@ -6,13 +6,13 @@
 //! the server still answers `/healthz`, nothing reached the registry (`datasets/` and `jobs/`
 //! absent, `models/` as seeded), no staged upload is left in `jobs.work_dir`, and the server's peak
 //! memory (VmHWM, reset before each case) grew far less than what a bomb expands to.
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::Duration;
 
-use common::hostile::{message, png_of, shapes_files, zip_of, zip_with, Hostile, Want, MIB};
-use common::{submit, zip_dir};
+use crate::common::hostile::{message, png_of, shapes_files, zip_of, zip_with, Hostile, Want, MIB};
+use crate::common::{submit, zip_dir};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 

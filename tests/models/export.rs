@@ -1,6 +1,6 @@
 //! ONNX export of every architecture: onnxruntime (from Rust and from Python) against libtorch
 //! on the same weights, and onnx.checker's full check.
-mod common;
+use crate::common;
 
 use ndarray::{Array4, ArrayD};
 use ort::value::TensorRef;
@@ -121,7 +121,7 @@ fn parity(arch: Arch) {
 }
 
 macro_rules! export_tests {
-    ($($name:ident => $arch:expr,)*) => { $( #[test] fn $name() { parity($arch) } )* };
+    ($($name:ident => $arch:expr,)*) => { $( #[test] fn $name() { let _turn = common::one_at_a_time(); parity($arch) } )* };
 }
 
 export_tests! {
@@ -138,6 +138,7 @@ export_tests! {
 
 #[test]
 fn class_names_must_fit_the_head() {
+    let _turn = common::one_at_a_time();
     let model = random_model(Arch::Resnet18, 3);
     let e = export(&model, &ExportOptions { image_size: 224, class_names: vec!["a".into()], ..Default::default() })
         .unwrap_err();
