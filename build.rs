@@ -1,5 +1,5 @@
 //! Links petal against the libtorch of the torch wheel so that one binary runs anywhere the
-//! same torch is installed (shared/notes/stack.md):
+//! same torch is installed (docs/native_stack.md):
 //! 1. embeds an rpath to torch's `lib/` folder, so no LD_LIBRARY_PATH is needed on the build host;
 //! 2. force-links `libtorch_cuda.so` when it exists, because `--as-needed` would otherwise drop it
 //!    and `tch::Cuda::is_available()` would be false even on a GPU host (tch-rs #907, #980);

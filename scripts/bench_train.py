@@ -1,4 +1,4 @@
-"""The reference training stack for `petal bench train` (the notebook's): PIL + torchvision
+"""The reference training stack for `petal bench train` (the reference notebook's, docs/reference_experiment.md): PIL + torchvision
 transforms + DataLoader, a torchvision model, torch.optim.Adam. Measures, on the images listed in
 the given file: the input pipeline alone (one process, and through a DataLoader with workers),
 end-to-end full fine-tuning through the DataLoader, and the bare training step on synthetic

@@ -50,12 +50,21 @@ pub struct PublishRun {
 pub struct RunHyperparameters {
     pub backbones: Vec<String>,
     pub winner: Arch,
+    // What a reader that takes a job over needs is above; the rest may be missing from records
+    // other tools or versions wrote.
+    #[serde(default)]
     pub device: String,
-    pub dataset_layout: Layout,
+    #[serde(default)]
+    pub dataset_layout: Option<Layout>,
+    #[serde(default)]
     pub dataset_split: String,
+    #[serde(default)]
     pub image_size: i64,
+    #[serde(default)]
     pub fp16_weights: bool,
+    #[serde(default)]
     pub trained_by_petal: String,
+    #[serde(default)]
     pub started_at: Option<String>,
     /// The job that ran it: how a worker that takes a job over finds a version its previous
     /// holder published before it could record the job's end.
@@ -174,7 +183,7 @@ pub fn provenance(summary: &Summary, winner: &BackboneResult, opts: &PublishRun,
         backbones: summary.results.iter().map(|r| r.backbone.name().to_string()).collect(),
         winner: winner.backbone,
         device: summary.device.clone(),
-        dataset_layout: d.layout,
+        dataset_layout: Some(d.layout),
         dataset_split: d.split.clone(),
         image_size,
         fp16_weights: opts.fp16,

@@ -240,6 +240,15 @@ fn training_and_model_errors_have_their_codes() {
     assert_eq!(code(post("{", "application/json")), (400, "invalid_json".into()));
     assert_eq!(code(post(r#"{"model": "m", "colour": 1}"#, "application/json")), (400, "invalid_json".into()));
     assert_eq!(code(post(r#"{"model": "Bad Name"}"#, "application/json")), (422, "invalid_name".into()));
+    let alias = json!({"model": "m", "promote": "Prod"});
+    assert_eq!(code(post(&alias.to_string(), "application/json")), (422, "invalid_name".into()));
+    let device = json!({"model": "m", "device": "gpu"});
+    let (status, message) = {
+        let r = post(&device.to_string(), "application/json");
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(status, 422, "{message}");
+    assert!(message.contains("invalid_arguments") && message.contains("auto, cpu or cuda"), "{message}");
     assert_eq!(code(post(r#"{"model": "m"}"#, "application/json")), (422, "invalid_arguments".into()));
     let unknown = json!({"model": "m", "dataset": {"sha256": "0".repeat(64)}});
     assert_eq!(code(post(&unknown.to_string(), "application/json")), (404, "not_found".into()));
@@ -339,6 +348,12 @@ fn training_and_model_errors_have_their_codes() {
     let r =
         client.post(server.url("/classify?model=nope")).header("content-type", "image/png").body(img).send().unwrap();
     assert_eq!(code(r), (404, "not_found".into()));
+    // A name that breaks the rule is `invalid_name` in the query as in paths and bodies.
+    for query in ["model=Bad%20Name", "model=m&alias=Prod"] {
+        let r =
+            client.post(server.url(&format!("/classify?{query}"))).header("content-type", "image/png").send().unwrap();
+        assert_eq!(code(r), (422, "invalid_name".into()), "{query}");
+    }
     let r = client.post(server.url("/classify")).json(&json!({"images": ["***"]})).send().unwrap();
     assert_eq!(code(r), (400, "invalid_request".into()));
     let r = client.post(server.url("/classify")).header("content-type", "text/plain").body("x").send().unwrap();

@@ -45,11 +45,16 @@ pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, E
     .await
 }
 
-/// A request that could not be read because a model or alias name in it breaks the naming rule
-/// is answered `invalid_name`, wherever the name was (path, query, JSON body).
+/// A request that could not be read because a typed value in it was refused as it was read is
+/// answered with that refusal's code, wherever the value was (path, query, JSON body): a model or
+/// alias name that breaks the naming rule `invalid_name`, a device that is none of the choices
+/// `invalid_arguments`.
 fn with_name_code(e: Error) -> Error {
+    let device = format!("device: {}", crate::train::device::DeviceChoice::EXPECTED);
     if e.message.contains(crate::records::names::INVALID_NAME) {
         Error::new(ErrorCode::InvalidName, e.message)
+    } else if e.message.contains(&device) {
+        Error::new(ErrorCode::InvalidArguments, e.message)
     } else {
         e
     }

@@ -19,6 +19,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::records::names::{AliasName, ModelName};
 use crate::registry::Registry;
 use crate::train::arch::Arch;
+use crate::train::device::DeviceChoice;
 use crate::train::recipe::Recipe;
 use crate::train::trainer::EpochMetrics;
 
@@ -64,9 +65,8 @@ pub struct JobSpec {
     pub cached_features: bool,
     pub seed: Option<u64>,
     /// `auto` (CUDA when present), `cpu` or `cuda`.
-    #[serde(default = "default_device")]
-    #[schema(pattern = "^(auto|cpu|cuda)$")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceChoice,
     #[serde(default)]
     pub split: SplitSpec,
     /// Leave undecodable images out with a warning instead of refusing the dataset.
@@ -83,10 +83,6 @@ pub struct JobSpec {
 
 fn default_backbones() -> Vec<Arch> {
     vec![Arch::MobilenetV2]
-}
-
-fn default_device() -> String {
-    "auto".into()
 }
 
 /// How to split a dataset that brings no split of its own.
@@ -126,7 +122,6 @@ impl JobSpec {
         if self.backbones.is_empty() || self.backbones.len() > 8 || unique.len() != self.backbones.len() {
             return Err(Error::new(ErrorCode::InvalidArguments, "backbones: 1 to 8 different backbones"));
         }
-        self.device.parse::<crate::train::device::DeviceChoice>()?;
         for (key, name) in &self.weights {
             let arch: Arch = key.parse()?;
             if !self.backbones.contains(&arch) {

@@ -46,14 +46,7 @@ impl Registry {
 
     /// Job `id`'s record, `None` when there is none.
     pub async fn job_record<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
-        let bytes = match self.store.get(&layout::job(id)).await {
-            Ok(r) => r.bytes().await.map_err(|e| store_error("reading a job record", e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(store_error("reading a job record", e)),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("job {id}: unreadable record: {e}")))
+        self.get_json(&layout::job(id), "job record").await
     }
 
     /// Every job record, in listing order; an unreadable one is left out with a warning.
@@ -243,15 +236,17 @@ impl Registry {
         Ok(listed.into_iter().filter_map(|m| layout::job_in(&m.location)).collect())
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &ObjPath) -> Result<Option<T>> {
+    /// The JSON record at `path` (a `what`), `None` when there is none; an unreadable one is an
+    /// integrity error.
+    async fn get_json<T: DeserializeOwned>(&self, path: &ObjPath, what: &str) -> Result<Option<T>> {
         let bytes = match self.store.get(path).await {
-            Ok(r) => r.bytes().await.map_err(|e| store_error("reading a lease record", e))?,
+            Ok(r) => r.bytes().await.map_err(|e| store_error(&format!("reading a {what}"), e))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(store_error("reading a lease record", e)),
+            Err(e) => return Err(store_error(&format!("reading a {what}"), e)),
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("{path}: unreadable lease record: {e}")))
+            .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("{path}: unreadable {what}: {e}")))
     }
 
     async fn exists(&self, path: &ObjPath) -> Result<bool> {
@@ -282,13 +277,13 @@ impl Registry {
         attempts.sort_unstable();
         let mut claims = Vec::new();
         for n in attempts {
-            if let Some(c) = self.get_json::<Claim>(&layout::claim(job, n)).await? {
+            if let Some(c) = self.get_json::<Claim>(&layout::claim(job, n), "lease record").await? {
                 claims.push(c);
             }
         }
         let (mut beat, mut released) = (None, 0);
         for c in &claims {
-            beat = self.get_json::<Beat>(&layout::beat(job, c.attempt)).await?;
+            beat = self.get_json::<Beat>(&layout::beat(job, c.attempt), "lease record").await?;
             released += u32::from(beat.as_ref().is_some_and(|b| b.released));
         }
         Ok(Leases { claims, beat, released, cancel_requested })
@@ -317,7 +312,7 @@ impl Registry {
 
     /// The stored claim of `attempt` of `job`.
     pub async fn claim_of(&self, job: &str, attempt: u32) -> Result<Option<Claim>> {
-        self.get_json(&layout::claim(job, attempt)).await
+        self.get_json(&layout::claim(job, attempt), "lease record").await
     }
 
     /// Whether `claim` is still the job's claim of its attempt and no newer attempt exists.

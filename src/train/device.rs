@@ -78,8 +78,10 @@ pub fn hardware(device: tch::Device) -> serde_json::Value {
 }
 
 /// Where to train: `auto` (CUDA when present), `cpu` or `cuda`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum DeviceChoice {
     #[default]
     Auto,
@@ -96,9 +98,22 @@ impl std::str::FromStr for DeviceChoice {
             "cuda" => Ok(DeviceChoice::Cuda),
             other => Err(crate::Error::new(
                 crate::ErrorCode::InvalidArguments,
-                format!("device: auto, cpu or cuda, not {other:?}"),
+                format!("device: {}, not {other:?}", Self::EXPECTED),
             )),
         }
+    }
+}
+
+impl DeviceChoice {
+    /// The choices, as every refusal names them (`api::parse_json` answers a job spec with another
+    /// device `invalid_arguments` by it).
+    pub const EXPECTED: &'static str = "auto, cpu or cuda";
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = crate::Error;
+    fn try_from(s: String) -> crate::Result<Self> {
+        s.parse()
     }
 }
 

@@ -184,16 +184,15 @@ struct Best {
 
 /// What one epoch measured, for `Run::finish_epoch`.
 struct EpochResult {
-    phase: u8,
-    epoch: usize,
+    /// (phase, epoch within it, 1-based)
+    at: (u8, usize),
     lr: f64,
-    train_loss: f64,
-    train_accuracy: f64,
-    images_per_s: f64,
+    /// Training loss, accuracy and images/s, as the epoch went.
+    train: (f64, f64, f64),
     /// Loss and accuracy over the whole train set, eval transform (`eval_train`).
     train_eval: Option<(f64, f64)>,
-    val_loss: f64,
-    val_accuracy: f64,
+    /// Validation loss and accuracy.
+    val: (f64, f64),
     started: Instant,
 }
 
@@ -238,18 +237,8 @@ impl Run<'_> {
                 (None, true) => Some(self.evaluate(model, &self.dataset.train, ctx)?),
                 _ => None,
             };
-            let result = EpochResult {
-                phase: 1,
-                epoch: epoch + 1,
-                lr,
-                train_loss: loss,
-                train_accuracy: acc,
-                images_per_s: ips,
-                train_eval,
-                val_loss: vl,
-                val_accuracy: va,
-                started: t0,
-            };
+            let at = (1, epoch + 1);
+            let result = EpochResult { at, lr, train: (loss, acc, ips), train_eval, val: (vl, va), started: t0 };
             self.finish_epoch(model, ctx, result);
         }
         Ok(())
@@ -283,18 +272,8 @@ impl Run<'_> {
             let (vl, va) = self.evaluate(model, &self.dataset.val, ctx)?;
             let train_eval =
                 if self.recipe.eval_train { Some(self.evaluate(model, &self.dataset.train, ctx)?) } else { None };
-            let result = EpochResult {
-                phase: 2,
-                epoch: epoch + 1,
-                lr: top * factor,
-                train_loss: loss,
-                train_accuracy: acc,
-                images_per_s: ips,
-                train_eval,
-                val_loss: vl,
-                val_accuracy: va,
-                started: t0,
-            };
+            let (at, lr) = ((2, epoch + 1), top * factor);
+            let result = EpochResult { at, lr, train: (loss, acc, ips), train_eval, val: (vl, va), started: t0 };
             self.finish_epoch(model, ctx, result);
         }
         Ok(())
@@ -302,22 +281,22 @@ impl Run<'_> {
 
     /// Keeps the model when this epoch is the best so far, and reports the epoch.
     fn finish_epoch(&mut self, model: &Model, ctx: &mut Context, r: EpochResult) {
-        let best = self.best.as_ref().is_none_or(|b| r.val_accuracy > b.val_accuracy);
+        let best = self.best.as_ref().is_none_or(|b| r.val.1 > b.val_accuracy);
         if best {
-            self.best = Some(Best { val_accuracy: r.val_accuracy, at: (r.phase, r.epoch), state: snapshot(model) });
+            self.best = Some(Best { val_accuracy: r.val.1, at: r.at, state: snapshot(model) });
         }
         let m = EpochMetrics {
             backbone: model.network.arch,
-            phase: r.phase,
-            epoch: r.epoch,
+            phase: r.at.0,
+            epoch: r.at.1,
             lr: r.lr,
-            train_loss: r.train_loss,
-            train_accuracy: r.train_accuracy,
+            train_loss: r.train.0,
+            train_accuracy: r.train.1,
             eval_train_loss: r.train_eval.map(|t| t.0),
             eval_train_accuracy: r.train_eval.map(|t| t.1),
-            val_loss: r.val_loss,
-            val_accuracy: r.val_accuracy,
-            images_per_s: r.images_per_s,
+            val_loss: r.val.0,
+            val_accuracy: r.val.1,
+            images_per_s: r.train.2,
             seconds: r.started.elapsed().as_secs_f64(),
             best,
         };
