@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use common::S3Server;
 use petal::config::{RegistryBackend, RegistryConfig, Usage};
+use petal::records::names::{AliasName, ModelName};
 use petal::registry::manifest::{BaseWeights, DatasetRecord};
 use petal::registry::{NewArtifact, Promotion, Provenance, Registry};
 use petal::train::arch::Arch;
@@ -57,8 +58,8 @@ fn artifacts(tag: &str) -> Vec<NewArtifact> {
 async fn roundtrip(r: &Registry) {
     assert!(r.models().await.unwrap().is_empty());
     r.check().await.unwrap();
-    let v1 = r.publish("flowers", artifacts("one"), provenance(), |_| {}).await.unwrap();
-    let v2 = r.publish("flowers", artifacts("two"), provenance(), |_| {}).await.unwrap();
+    let v1 = r.publish(&model("flowers"), artifacts("one"), provenance(), |_| {}).await.unwrap();
+    let v2 = r.publish(&model("flowers"), artifacts("two"), provenance(), |_| {}).await.unwrap();
     assert_eq!((v1.version, v2.version), (1, 2));
     assert_eq!(r.models().await.unwrap(), vec!["flowers".to_string()]);
     assert_eq!(r.versions("flowers").await.unwrap(), vec![1, 2]);
@@ -72,9 +73,9 @@ async fn roundtrip(r: &Registry) {
     assert_eq!(r.manifest("flowers", 3).await.unwrap_err().code, ErrorCode::NotFound);
 
     let promote = |v, by: &str| Promotion { version: v, by: by.into(), reason: "test".into(), ..Default::default() };
-    let e1 = r.promote("flowers", "production", &promote(1, "alice"), Usage::Research).await.unwrap();
+    let e1 = r.promote(&model("flowers"), &alias("production"), &promote(1, "alice"), Usage::Research).await.unwrap();
     assert_eq!((e1.seq, e1.from, e1.version), (1, None, 1));
-    let e2 = r.promote("flowers", "production", &promote(2, "bob"), Usage::Research).await.unwrap();
+    let e2 = r.promote(&model("flowers"), &alias("production"), &promote(2, "bob"), Usage::Research).await.unwrap();
     assert_eq!((e2.seq, e2.from, e2.version), (2, Some(1), 2));
     assert_eq!(r.current("flowers", "production").await.unwrap().unwrap().version, 2);
     let h = r.history("flowers", "production").await.unwrap();
@@ -82,14 +83,14 @@ async fn roundtrip(r: &Registry) {
     assert_eq!(r.aliases("flowers").await.unwrap(), vec!["production".to_string()]);
     // A promotion to a version that does not exist changes nothing.
     assert_eq!(
-        r.promote("flowers", "production", &promote(9, "eve"), Usage::Research).await.unwrap_err().code,
+        r.promote(&model("flowers"), &alias("production"), &promote(9, "eve"), Usage::Research).await.unwrap_err().code,
         ErrorCode::NotFound
     );
     assert_eq!(r.history("flowers", "production").await.unwrap().len(), 2);
     // Stale If-Match.
     let stale = Promotion { if_match: Some(1), ..promote(1, "carol") };
     assert_eq!(
-        r.promote("flowers", "production", &stale, Usage::Research).await.unwrap_err().code,
+        r.promote(&model("flowers"), &alias("production"), &stale, Usage::Research).await.unwrap_err().code,
         ErrorCode::AliasPreconditionFailed
     );
 
@@ -106,6 +107,15 @@ async fn roundtrip(r: &Registry) {
     ] {
         assert!(card.contains(want), "card lacks {want:?}:\n{card}");
     }
+}
+
+/// A model name for these tests (the registry's write path takes checked names).
+fn model(name: &str) -> ModelName {
+    ModelName::new(name).unwrap()
+}
+
+fn alias(name: &str) -> AliasName {
+    AliasName::new(name).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -127,7 +137,7 @@ async fn roundtrip_on_s3() {
 /// If-Match, each retrying on conflict: all land, one after another, none lost.
 async fn racing_promotions(r: Arc<Registry>) {
     for tag in ["a", "b", "c"] {
-        r.publish("race", artifacts(tag), Provenance::default(), |_| {}).await.unwrap();
+        r.publish(&model("race"), artifacts(tag), Provenance::default(), |_| {}).await.unwrap();
     }
     const N: u64 = 8;
     let mut tasks = Vec::new();
@@ -135,7 +145,7 @@ async fn racing_promotions(r: Arc<Registry>) {
         let r = r.clone();
         tasks.push(tokio::spawn(async move {
             let p = Promotion { version: 1 + i % 3, if_match: Some(0), by: format!("w{i}"), ..Default::default() };
-            r.promote("race", "prod", &p, Usage::Research).await
+            r.promote(&model("race"), &alias("prod"), &p, Usage::Research).await
         }));
     }
     let mut winners = 0;
@@ -154,7 +164,7 @@ async fn racing_promotions(r: Arc<Registry>) {
         tasks.push(tokio::spawn(async move {
             let p = Promotion { version: 1 + i % 3, by: format!("retry{i}"), ..Default::default() };
             for _ in 0..100 {
-                match r.promote("race", "prod", &p, Usage::Research).await {
+                match r.promote(&model("race"), &alias("prod"), &p, Usage::Research).await {
                     Ok(e) => return e,
                     Err(e) if e.code == ErrorCode::AliasConflict => continue,
                     Err(e) => panic!("{e:?}"),
@@ -202,7 +212,7 @@ async fn s3_stopped_mid_publish_leaves_no_version_and_gc_cleans_up() {
     let r = Registry::open(&s3.registry_config("crash")).unwrap();
     let mut killed = false;
     let err = r
-        .publish("m", artifacts("x"), provenance(), |name| {
+        .publish(&model("m"), artifacts("x"), provenance(), |name| {
             if name == "model.onnx" {
                 s3.stop();
                 killed = true;
@@ -217,7 +227,7 @@ async fn s3_stopped_mid_publish_leaves_no_version_and_gc_cleans_up() {
     s3.restart();
     assert!(r.versions("m").await.unwrap().is_empty(), "no visible partial version");
     assert!(r.models().await.unwrap().is_empty());
-    let v = r.publish("m", artifacts("y"), provenance(), |_| {}).await.unwrap();
+    let v = r.publish(&model("m"), artifacts("y"), provenance(), |_| {}).await.unwrap();
     assert_eq!(v.version, 1);
 
     // The first attempt's uploaded artifact is an orphan; a young one is left alone.
@@ -232,7 +242,7 @@ async fn s3_stopped_mid_publish_leaves_no_version_and_gc_cleans_up() {
 }
 
 async fn tampering_is_detected(r: &Registry, object_file: impl Fn(&str) -> std::path::PathBuf) {
-    let m = r.publish("t", artifacts("clean"), provenance(), |_| {}).await.unwrap();
+    let m = r.publish(&model("t"), artifacts("clean"), provenance(), |_| {}).await.unwrap();
     let a = m.artifact("model.onnx").unwrap();
     let file = object_file(&a.path);
     let mut bytes = std::fs::read(&file).unwrap();
@@ -266,9 +276,9 @@ async fn tampering_is_detected_on_both_backends() {
 async fn commercial_use_needs_the_terms_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let r = local(dir.path());
-    r.publish("lic", artifacts("l"), provenance(), |_| {}).await.unwrap();
+    r.publish(&model("lic"), artifacts("l"), provenance(), |_| {}).await.unwrap();
     let p = Promotion { version: 1, by: "ops".into(), ..Default::default() };
-    let e = r.promote("lic", "production", &p, Usage::Commercial).await.unwrap_err();
+    let e = r.promote(&model("lic"), &alias("production"), &p, Usage::Commercial).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::LicenceNotAcknowledged);
     assert!(e.message.contains("base weights MobileNet_V2_Weights.IMAGENET1K_V1"), "{}", e.message);
     assert!(e.message.contains("ImageNet"), "{}", e.message);
@@ -276,23 +286,25 @@ async fn commercial_use_needs_the_terms_acknowledged() {
     assert!(r.history("lic", "production").await.unwrap().is_empty(), "nothing moved");
 
     let ack = Promotion { acknowledge_terms: true, ..p.clone() };
-    let entry = r.promote("lic", "production", &ack, Usage::Commercial).await.unwrap();
+    let entry = r.promote(&model("lic"), &alias("production"), &ack, Usage::Commercial).await.unwrap();
     assert_eq!(entry.acknowledged_terms.len(), 2, "{:?}", entry.acknowledged_terms);
     // Research use needs no acknowledgement.
-    r.promote("lic", "staging", &p, Usage::Research).await.unwrap();
+    r.promote(&model("lic"), &alias("staging"), &p, Usage::Research).await.unwrap();
     // A model without restricted lineage needs none either.
-    r.publish("free", artifacts("f"), Provenance::default(), |_| {}).await.unwrap();
-    r.promote("free", "production", &Promotion { version: 1, ..Default::default() }, Usage::Commercial).await.unwrap();
+    r.publish(&model("free"), artifacts("f"), Provenance::default(), |_| {}).await.unwrap();
+    r.promote(&model("free"), &alias("production"), &Promotion { version: 1, ..Default::default() }, Usage::Commercial)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn seeding_copies_missing_versions_and_aliases_once() {
     let seed_dir = tempfile::tempdir().unwrap();
     let seed = local(seed_dir.path());
-    seed.publish("bundled", artifacts("s"), provenance(), |_| {}).await.unwrap();
+    seed.publish(&model("bundled"), artifacts("s"), provenance(), |_| {}).await.unwrap();
     seed.promote(
-        "bundled",
-        "production",
+        &model("bundled"),
+        &alias("production"),
         &Promotion { version: 1, by: "seed".into(), ..Default::default() },
         Usage::Research,
     )

@@ -274,7 +274,7 @@ pub async fn promote(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (name, alias) = alias_of(&path)?;
+    let (name, alias) = (&path.0, &path.1);
     if crate::api::media_type(&req).1 != "application/json" {
         return Err(Error::new(ErrorCode::UnsupportedMediaType, "send the promotion as application/json"));
     }

@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::export::onnx::{export_weights, ExportedWeights, WeightsExport};
 use crate::foundation::files;
+use crate::records::names::ModelName;
 use crate::registry::manifest::BaseWeights;
 use crate::registry::{NewArtifact, Provenance, Registry};
 use crate::train::arch::Arch;
@@ -73,6 +74,7 @@ pub(super) async fn run(config: &Config, args: ExportArgs) -> Result<()> {
             command: Some(super::recorded_command()),
             ..Default::default()
         };
+        let name = ModelName::new(name)?;
         let m = registry.publish(&name, vec![NewArtifact::new("model.onnx", onnx)], provenance, |_| {}).await?;
         println!("published {} version {}", m.model, m.version);
     }

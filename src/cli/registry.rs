@@ -7,6 +7,7 @@ use super::invocation::print_json;
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::foundation::files;
+use crate::records::names::{AliasName, ModelName};
 use crate::registry::{ModelRef, NewArtifact, Promotion, Provenance, Registry};
 
 #[derive(clap::Args)]
@@ -152,13 +153,13 @@ async fn publish(registry: &Registry, model: String, files: Vec<PathBuf>, proven
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         artifacts.push(NewArtifact::new(name, files::read(f)?));
     }
-    let man = registry.publish(&model, artifacts, provenance, |_| {}).await?;
+    let man = registry.publish(&ModelName::new(model)?, artifacts, provenance, |_| {}).await?;
     println!("published {} version {}", man.model, man.version);
     Ok(())
 }
 
 async fn promote(registry: &Registry, config: &Config, model: &str, alias: &str, p: &Promotion) -> Result<()> {
-    let e = registry.promote(model, alias, p, config.registry.usage).await?;
+    let e = registry.promote(&ModelName::new(model)?, &AliasName::new(alias)?, p, config.registry.usage).await?;
     println!(
         "{}@{} → version {} (seq {}, was {})",
         e.model,

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::config::Usage;
 use crate::error::{Error, ErrorCode, Result};
-use crate::records::names;
+use crate::records::names::{self, AliasName, ModelName};
 use crate::registry::{layout, store_error, Registry};
 
 /// One move of an alias.
@@ -113,9 +113,13 @@ impl Registry {
 
     /// Moves `alias` of `model` to `p.version`. Under a `commercial` usage policy, a model whose
     /// lineage carries non-commercial terms is refused unless `p.acknowledge_terms`.
-    pub async fn promote(&self, model: &str, alias: &str, p: &Promotion, usage: Usage) -> Result<AliasEntry> {
-        names::check("model", model)?;
-        names::check("alias", alias)?;
+    pub async fn promote(
+        &self,
+        model: &ModelName,
+        alias: &AliasName,
+        p: &Promotion,
+        usage: Usage,
+    ) -> Result<AliasEntry> {
         let manifest = self.manifest(model, p.version).await?;
         let restricted = manifest.non_commercial();
         if usage == Usage::Commercial && !restricted.is_empty() && !p.acknowledge_terms {

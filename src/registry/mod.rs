@@ -21,7 +21,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use crate::config::{RegistryBackend, RegistryConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::foundation::hash::sha256_hex;
-use crate::records::names;
+use crate::records::names::{self, ModelName};
 
 pub mod alias;
 pub mod datasets;
@@ -194,12 +194,11 @@ impl Registry {
     /// tests).
     pub async fn publish(
         &self,
-        model: &str,
+        model: &ModelName,
         artifacts: Vec<NewArtifact>,
         provenance: Provenance,
         mut after_artifact: impl FnMut(&str),
     ) -> Result<Manifest> {
-        names::check("model", model)?;
         if artifacts.is_empty() {
             return Err(Error::invalid_request("a version needs at least one artifact"));
         }
