@@ -424,6 +424,11 @@ impl Default for S3Config {
 pub struct WeightsConfig {
     /// Where fetched and imported pretrained weights are kept.
     pub cache: PathBuf,
+    /// A folder of weight files imported into the cache (checked and proven to load) the first
+    /// time a job needs them: `scripts/setup.sh` downloads MobileNetV2's ImageNet weights into
+    /// `tools/weights`, so the default job trains on a fresh clone with no further step. Empty:
+    /// none.
+    pub seed: PathBuf,
     /// A base URL to download catalog files from instead of their canonical URLs
     /// (`{mirror}/{file_name}`), e.g. an internal mirror.
     pub mirror: Option<String>,
@@ -431,7 +436,7 @@ pub struct WeightsConfig {
 
 impl Default for WeightsConfig {
     fn default() -> Self {
-        Self { cache: PathBuf::from("var/weights"), mirror: None }
+        Self { cache: PathBuf::from("var/weights"), seed: PathBuf::from("tools/weights"), mirror: None }
     }
 }
 

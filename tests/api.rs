@@ -360,6 +360,36 @@ fn training_and_model_errors_have_their_codes() {
     assert_eq!(code(r), (415, "unsupported_media_type".into()));
 }
 
+/// The first job on a fresh clone: set-up leaves MobileNetV2's weights in the seed folder
+/// (`weights.seed`, tools/weights), not in the cache; the default spec trains with them, imported
+/// (checked and proven to load) when first needed.
+#[test]
+fn the_default_backbone_trains_from_the_seed_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seed, cache) = (dir.path().join("seed"), dir.path().join("empty-cache"));
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::copy(common::real_mobilenet(), seed.join("mobilenet_v2-b0353104.pth")).unwrap();
+    let server = Server::start_with(|cmd| {
+        cmd.env("PETAL__WEIGHTS__CACHE", &cache)
+            .env("PETAL__WEIGHTS__SEED", &seed)
+            .env("PETAL__JOBS__WORK_DIR", dir.path().join("work"))
+            .env("PETAL__REGISTRY__PATH", dir.path().join("registry"));
+    });
+    server.wait_ready(200);
+    let client = Client::new();
+    let zip = shapes_zip(dir.path());
+    let mut spec = shapes_spec("first", 1);
+    spec.as_object_mut().unwrap().remove("weights");
+    let form =
+        multipart::Form::new().text("spec", spec.to_string()).part("dataset", multipart::Part::file(&zip).unwrap());
+    let r = client.post(server.url("/finetune?dry_run=true")).multipart(form).send().unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(cache.join("mobilenet_v2-b0353104.pth.json")).unwrap()).unwrap();
+    assert_eq!(record["catalog"], "MobileNet_V2_Weights.IMAGENET1K_V1", "{record}");
+    assert_ne!(record["verification"], "unknown", "checked against the catalog: {record}");
+}
+
 fn uuid_like() -> String {
     "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10".to_string()
 }
@@ -388,6 +418,9 @@ scopes = ["train"]
 "#,
     )
     .unwrap();
+    // An empty weights cache and no seed folder: no weights to train with.
+    let weights = format!("\n[weights]\ncache = {:?}\nseed = \"\"\n", dir.path().join("weights").display().to_string());
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + &weights).unwrap();
     let server = Server::start_with(|cmd| {
         cmd.env("PETAL_CONFIG", &config).args(["--host", "0.0.0.0"]);
     });
@@ -427,11 +460,13 @@ scopes = ["train"]
     let r = client.post(server.url("/finetune")).bearer_auth("train-token-0123456789abc").json(&spec).send().unwrap();
     assert_eq!(code(r), (403, "forbidden".into()));
     let r = client.post(server.url("/finetune")).bearer_auth("admin-token-0123456789ab").json(&spec).send().unwrap();
-    assert_eq!(
-        code(r),
-        (404, "unknown_weights".into()),
-        "an admin gets past the scope check (to no cached weights here)"
-    );
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "unknown_weights", "an admin gets past the scope check (to no weights here)");
+    // The refusal names the file and the commands that fix it.
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("mobilenet_v2-7ebf99e0.pth"), "{message}");
+    assert!(message.contains("`petal weights fetch mobilenet_v2 --weights IMAGENET1K_V2`"), "{message}");
+    assert!(message.contains("`petal weights import PATH/mobilenet_v2-7ebf99e0.pth`"), "{message}");
     let logs = server.log_text();
     for secret in ["classify-token", "admin-token", "train-token", "wrong-token"] {
         assert!(!logs.contains(secret), "tokens never reach the logs: {secret}");

@@ -174,7 +174,7 @@ async fn read_submission(
 
 /// Every backbone's starting weights are in the weights cache (a job never downloads them).
 async fn weights_are_cached(state: &AppState, spec: &JobSpec) -> Result<()> {
-    let store = crate::train::weights::store::WeightStore::new(&state.config.weights.cache);
+    let store = crate::train::weights::store::WeightStore::from_config(&state.config.weights);
     let wanted: Vec<_> = spec.backbones.iter().map(|&a| (a, spec.weights.get(a.name()).cloned())).collect();
     web::block(move || {
         for (arch, w) in wanted {

@@ -81,7 +81,7 @@ pub(super) fn run(config: &Config, args: FinetuneArgs) -> Result<()> {
         ..Default::default()
     };
     let archs = &args.backbone;
-    let store = WeightStore::new(&config.weights.cache);
+    let store = WeightStore::from_config(&config.weights);
     let mut backbones = Vec::new();
     for &arch in archs {
         let spec = weights_spec(&args.weights, arch, archs.len())?;

@@ -56,7 +56,7 @@ pub enum WeightsCommand {
 }
 
 pub(super) fn run(config: &Config, command: WeightsCommand) -> Result<()> {
-    let store = WeightStore::new(&config.weights.cache);
+    let store = WeightStore::from_config(&config.weights);
     let catalog = Catalog::embedded();
     match command {
         WeightsCommand::List { json } => {

@@ -516,7 +516,7 @@ impl Runner {
         let data = crate::dataset::load(&archive, &spec.ingest_options(&self.config.jobs), &recipe.eval_transform)?;
         std::fs::remove_file(&archive).map_err(|e| Error::io("removing", &archive, e))?;
         let device = crate::train::device::select(spec.device)?;
-        let store = crate::train::weights::store::WeightStore::new(&self.config.weights.cache);
+        let store = crate::train::weights::store::WeightStore::from_config(&self.config.weights);
         let mut backbones = Vec::new();
         for &arch in &spec.backbones {
             let w = spec.weights.get(arch.name()).map(String::as_str);

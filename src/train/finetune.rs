@@ -42,12 +42,12 @@ pub fn resolve_weights(arch: Arch, spec: Option<&str>, store: &WeightStore) -> R
         Some(s) if Path::new(s).is_file() => PathBuf::from(s),
         Some(name) => {
             let entry = catalog.find(arch, Some(name))?;
-            store.cached(&entry.file_name).map(|c| c.path).ok_or_else(|| not_cached(arch, &entry.weights))?
+            store.cached_or_seeded(&entry.file_name).map(|c| c.path).ok_or_else(|| not_cached(entry, store))?
         }
         None => {
-            let default = catalog.find(arch, None).ok().and_then(|e| store.cached(&e.file_name));
-            let any = || store.list().into_iter().find(|c| c.arch == Some(arch));
-            default.or_else(any).map(|c| c.path).ok_or_else(|| not_cached(arch, "the default"))?
+            let entry = catalog.find(arch, None)?;
+            let default = store.cached_or_seeded(&entry.file_name);
+            default.or_else(|| store.any_for(arch)).map(|c| c.path).ok_or_else(|| not_cached(entry, store))?
         }
     };
     let bytes = std::fs::read(&path)
@@ -65,12 +65,19 @@ pub fn resolve_weights(arch: Arch, spec: Option<&str>, store: &WeightStore) -> R
     Ok(Some((path, info)))
 }
 
-fn not_cached(arch: Arch, which: &str) -> Error {
+/// The weights of `entry` are in neither the cache nor the seed folder: the error names the
+/// commands that put them there.
+fn not_cached(entry: &crate::train::catalog::CatalogEntry, store: &WeightStore) -> Error {
+    let (arch, file) = (entry.arch, &entry.file_name);
+    let short = entry.weights.rsplit('.').next().unwrap_or(&entry.weights);
     Error::new(
         ErrorCode::UnknownWeights,
         format!(
-            "{which} weights for {arch} are not in the weights cache: `petal weights fetch {arch}` (or `petal weights \
-             import FILE`), pass --weights FILE, or train from scratch with --weights scratch"
+            "{} ({file}) is not in the weights cache {}: `petal weights fetch {arch} --weights {short}` downloads \
+             it, `petal weights import PATH/{file}` imports a copy on disk (`make run` and `make test` put \
+             MobileNetV2's in tools/weights, which is imported when needed); or name other weights, or scratch",
+            entry.weights,
+            store.dir().display()
         ),
     )
 }

@@ -33,11 +33,64 @@ pub struct CachedWeights {
 
 pub struct WeightStore {
     dir: PathBuf,
+    /// Weight files imported into the cache when first needed (`weights.seed`).
+    seed: Option<PathBuf>,
 }
 
 impl WeightStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self { dir: dir.into(), seed: None }
+    }
+
+    /// The cache of `weights.cache`, seeded from `weights.seed`.
+    pub fn from_config(config: &crate::config::WeightsConfig) -> Self {
+        let seed = Some(config.seed.clone()).filter(|s| !s.as_os_str().is_empty());
+        Self { dir: config.cache.clone(), seed }
+    }
+
+    /// A cached file by name, else the seed folder's file of that name, imported now.
+    pub fn cached_or_seeded(&self, file_name: &str) -> Option<CachedWeights> {
+        self.cached(file_name).or_else(|| {
+            let path = self.seed.as_ref()?.join(file_name);
+            path.is_file().then(|| self.import_seed(&path)).flatten()
+        })
+    }
+
+    /// Any file for `arch`: a cached one, else one of the seed folder that the catalog says is
+    /// for `arch`, imported now.
+    pub fn any_for(&self, arch: Arch) -> Option<CachedWeights> {
+        if let Some(c) = self.list().into_iter().find(|c| c.arch == Some(arch)) {
+            return Some(c);
+        }
+        let catalog = Catalog::embedded();
+        let mut seeds: Vec<PathBuf> =
+            std::fs::read_dir(self.seed.as_ref()?).ok()?.flatten().map(|e| e.path()).collect();
+        seeds.sort();
+        seeds.into_iter().find_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            (catalog.by_file_name(name)?.arch == arch).then(|| self.import_seed(&p)).flatten()
+        })
+    }
+
+    /// Imports a seed file (one at a time in this process); a file that fails the checks is left
+    /// out with a warning.
+    fn import_seed(&self, path: &Path) -> Option<CachedWeights> {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let name = path.file_name()?.to_str()?;
+        if let Some(c) = self.cached(name) {
+            return Some(c);
+        }
+        match self.import(path, None) {
+            Ok(c) => {
+                tracing::info!(file = %path.display(), cache = %self.dir.display(), "imported seed weights");
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "seed weights left out");
+                None
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
