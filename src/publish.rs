@@ -66,6 +66,9 @@ pub struct RunHyperparameters {
     pub trained_by_petal: String,
     #[serde(default)]
     pub started_at: Option<String>,
+    /// How each of the winner's phases ended (completed, or stopped early and why).
+    #[serde(default)]
+    pub phases: Vec<crate::train::trainer::PhaseEnd>,
     /// The job that ran it: how a worker that takes a job over finds a version its previous
     /// holder published before it could record the job's end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +192,7 @@ pub fn provenance(summary: &Summary, winner: &BackboneResult, opts: &PublishRun,
         fp16_weights: opts.fp16,
         trained_by_petal: summary.petal_version.clone(),
         started_at: summary.started_at.clone(),
+        phases: winner.phases.clone(),
         job_id: opts.job.clone(),
     };
     Provenance {

@@ -408,3 +408,41 @@ fn channels_last_trains_like_contiguous() {
         assert!((x.val_loss - y.val_loss).abs() < 1e-3 * x.val_loss.abs().max(1.0), "{x:?} vs {y:?}");
     }
 }
+
+/// Early stopping stops a phase when its rule says so and not otherwise, and the run records how
+/// each phase ended: no validation loss improves by 10, so phase 1 stops after the first epoch and
+/// `patience` more; phase 2, without a rule, runs its epochs.
+#[test]
+fn early_stopping_ends_a_phase_when_its_rule_says_and_records_why() {
+    use petal::train::recipe::{EarlyStopping, Monitor};
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    common::shapes_dataset(dir.path(), 5, 40, 3);
+    let mut recipe = tiny_recipe();
+    recipe.phase1.epochs = 6;
+    recipe.phase1.early_stopping = Some(EarlyStopping { monitor: Monitor::ValLoss, patience: 2, min_delta: 10.0 });
+    recipe.phase2.epochs = 2;
+    recipe.validate().unwrap();
+    let data = load(dir.path(), &recipe);
+    let cancel = AtomicBool::new(false);
+    let mut on_event = |_: &Event| {};
+    let mut ctx = Context::new(Device::Cpu, &cancel, &mut on_event);
+    let t = trainer::train(Arch::MobilenetV2, None, &data, &recipe, &mut ctx).unwrap();
+    let phases: Vec<(u8, usize)> = t.epochs.iter().map(|e| (e.phase, e.epoch)).collect();
+    assert_eq!(phases, [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]);
+    assert_eq!((t.phases[0].phase, t.phases[0].epochs, t.phases[0].planned), (1, 3, 6));
+    assert!(t.phases[0].stopped.starts_with("early stopping: val_loss did not improve"), "{:?}", t.phases[0]);
+    assert_eq!((t.phases[1].epochs, t.phases[1].stopped.as_str()), (2, "completed"));
+
+    // A rule that always sees improvement (accuracy never has to beat a margin) never stops.
+    recipe.phase1.epochs = 3;
+    recipe.phase1.early_stopping = Some(EarlyStopping { monitor: Monitor::ValAccuracy, patience: 3, min_delta: 0.0 });
+    recipe.phase2.epochs = 0;
+    let mut ctx = Context::new(Device::Cpu, &cancel, &mut on_event);
+    let t = trainer::train(Arch::MobilenetV2, None, &data, &recipe, &mut ctx).unwrap();
+    assert_eq!((t.epochs.len(), t.phases[0].stopped.as_str()), (3, "completed"));
+
+    // Out-of-range rules are refused.
+    recipe.phase2.early_stopping = Some(EarlyStopping { monitor: Monitor::ValLoss, patience: 0, min_delta: 0.0 });
+    assert_eq!(recipe.validate().unwrap_err().code, petal::ErrorCode::InvalidArguments);
+}

@@ -19,7 +19,7 @@ use crate::train::arch::Arch;
 use crate::train::catalog::Catalog;
 use crate::train::plot;
 use crate::train::recipe::Recipe;
-use crate::train::trainer::{self, Context, EpochMetrics, Event, Trained};
+use crate::train::trainer::{self, Context, EpochMetrics, Event, PhaseEnd, Trained};
 use crate::train::weights::{self, store::WeightStore};
 
 /// Where a backbone's starting weights come from.
@@ -92,6 +92,9 @@ pub struct BackboneResult {
     pub best_epoch: usize,
     pub seconds: f64,
     pub epochs: Vec<EpochMetrics>,
+    /// How each phase ended: completed, or stopped early and why.
+    #[serde(default)]
+    pub phases: Vec<PhaseEnd>,
     /// Files written for it, relative to the output folder.
     pub checkpoint: String,
     pub metrics: String,
@@ -210,6 +213,7 @@ fn write_backbone(
         best_epoch: t.best_epoch.1,
         seconds: t.seconds,
         epochs: t.epochs.clone(),
+        phases: t.phases.clone(),
         checkpoint: format!("{name}/checkpoint.safetensors"),
         metrics: format!("{name}/metrics.json"),
         curves: format!("{name}/curves.png"),

@@ -31,11 +31,78 @@ pub struct Phase1 {
     /// train the head on them. Not the reference (which augments and runs batch norm in training
     /// mode); recorded in the provenance when used.
     pub cached_features: bool,
+    /// Stop the phase early when validation stops improving (off in the reference).
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 impl Default for Phase1 {
     fn default() -> Self {
-        Self { epochs: 16, lr: 1e-3, step_size: 6, gamma: 0.3, cached_features: false }
+        Self { epochs: 16, lr: 1e-3, step_size: 6, gamma: 0.3, cached_features: false, early_stopping: None }
+    }
+}
+
+/// What early stopping watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    /// Validation loss: lower is better.
+    ValLoss,
+    /// Validation top-1 accuracy: higher is better.
+    ValAccuracy,
+}
+
+/// Stops a phase once `monitor` has not improved on its best by more than `min_delta` for
+/// `patience` epochs in a row (Keras' and Lightning's rule). The best checkpoint is kept as ever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    pub monitor: Monitor,
+    /// Epochs without improvement before the phase stops, at least 1.
+    #[schema(minimum = 1)]
+    pub patience: usize,
+    /// How much better than the best so far counts as an improvement (loss or accuracy units).
+    #[serde(default)]
+    #[schema(minimum = 0.0)]
+    pub min_delta: f64,
+}
+
+/// Where early stopping stands within one phase.
+#[derive(Debug, Clone)]
+pub struct EarlyStop {
+    rule: EarlyStopping,
+    best: Option<(f64, usize)>,
+    waited: usize,
+}
+
+impl EarlyStop {
+    pub fn new(rule: &EarlyStopping) -> Self {
+        Self { rule: rule.clone(), best: None, waited: 0 }
+    }
+
+    /// Takes epoch `epoch`'s validation loss and accuracy; `Some(reason)` when the phase stops
+    /// after it.
+    pub fn update(&mut self, epoch: usize, val_loss: f64, val_accuracy: f64) -> Option<String> {
+        let (value, better) = match self.rule.monitor {
+            Monitor::ValLoss => (val_loss, self.best.is_none_or(|(b, _)| val_loss < b - self.rule.min_delta)),
+            Monitor::ValAccuracy => {
+                (val_accuracy, self.best.is_none_or(|(b, _)| val_accuracy > b + self.rule.min_delta))
+            }
+        };
+        if better {
+            self.best = Some((value, epoch));
+            self.waited = 0;
+            return None;
+        }
+        self.waited += 1;
+        let (best, at) = self.best.expect("a best after the first epoch");
+        (self.waited >= self.rule.patience).then(|| {
+            format!(
+                "early stopping: {} did not improve on {best:.4} (epoch {at}) by more than {} for {} epochs",
+                serde_json::to_value(self.rule.monitor).expect("serializes").as_str().unwrap_or("?"),
+                self.rule.min_delta,
+                self.rule.patience
+            )
+        })
     }
 }
 
@@ -61,11 +128,13 @@ pub struct Phase2 {
     pub rest_lr: f64,
     pub step_size: usize,
     pub gamma: f64,
+    /// Stop the phase early when validation stops improving (off in the reference).
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 impl Default for Phase2 {
     fn default() -> Self {
-        Self { epochs: 8, top_lr: 1e-4, decay: None, rest_lr: 1e-8, step_size: 2, gamma: 0.7 }
+        Self { epochs: 8, top_lr: 1e-4, decay: None, rest_lr: 1e-8, step_size: 2, gamma: 0.7, early_stopping: None }
     }
 }
 
@@ -314,6 +383,16 @@ impl Recipe {
                 "epochs (≤ 1000 per phase) or batch_size (≤ 4096) too large",
             ));
         }
+        for (name, rule) in [("phase1", &recipe.phase1.early_stopping), ("phase2", &recipe.phase2.early_stopping)] {
+            if let Some(r) = rule {
+                if r.patience == 0 || !(r.min_delta.is_finite() && r.min_delta >= 0.0) {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArguments,
+                        format!("recipe: {name}.early_stopping needs patience ≥ 1 and a finite min_delta ≥ 0"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -339,6 +418,29 @@ impl Recipe {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn early_stopping_waits_patience_epochs_without_improvement() {
+        let rule = |monitor, patience, min_delta| EarlyStopping { monitor, patience, min_delta };
+        // Loss: epoch 2 improves, 3 and 4 do not: stops after 4 with patience 2.
+        let mut s = EarlyStop::new(&rule(Monitor::ValLoss, 2, 0.0));
+        let stops: Vec<bool> =
+            [1.0, 0.9, 0.95, 0.91, 0.5].iter().enumerate().map(|(i, &l)| s.update(i + 1, l, 0.0).is_some()).collect();
+        assert_eq!(stops, [false, false, false, true, false]);
+        // Improving every epoch never stops.
+        let mut s = EarlyStop::new(&rule(Monitor::ValLoss, 1, 0.0));
+        assert!((1..=10).all(|e| s.update(e, 1.0 / e as f64, 0.0).is_none()));
+        // An improvement within min_delta does not count.
+        let mut s = EarlyStop::new(&rule(Monitor::ValLoss, 1, 0.05));
+        assert!(s.update(1, 1.0, 0.0).is_none());
+        let why = s.update(2, 0.97, 0.0).expect("0.03 better is not better by more than 0.05");
+        assert!(why.contains("val_loss did not improve on 1.0000 (epoch 1) by more than 0.05 for 1 epochs"), "{why}");
+        // Accuracy: higher is better; the wait restarts at each improvement.
+        let mut s = EarlyStop::new(&rule(Monitor::ValAccuracy, 2, 0.0));
+        let accs = [0.5, 0.5, 0.6, 0.6, 0.6];
+        let stops: Vec<bool> = accs.iter().enumerate().map(|(i, &a)| s.update(i + 1, 0.0, a).is_some()).collect();
+        assert_eq!(stops, [false, false, false, false, true]);
+    }
 
     #[test]
     fn overrides_touch_only_what_they_name() {

@@ -80,7 +80,21 @@ pub struct Trained {
     /// (phase, epoch) of the best checkpoint.
     pub best_epoch: (u8, usize),
     pub epochs: Vec<EpochMetrics>,
+    /// How each phase that ran ended.
+    pub phases: Vec<PhaseEnd>,
     pub seconds: f64,
+}
+
+/// How a phase ended: after its planned epochs, or early (and why).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PhaseEnd {
+    pub phase: u8,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Epochs the recipe planned.
+    pub planned: usize,
+    /// `completed`, or why it stopped early (`early stopping: …`).
+    pub stopped: String,
 }
 
 /// Where a run is: the device, cancellation, progress reporting.
@@ -153,6 +167,7 @@ pub fn train(
         scaler: LossScaler::new(device),
         epochs: Vec::new(),
         best: None,
+        phases: Vec::new(),
     };
     run.phase1(&mut model, ctx)?;
     if recipe.phase2.epochs > 0 {
@@ -169,6 +184,7 @@ pub fn train(
         best_val_accuracy: best.val_accuracy,
         best_epoch: best.at,
         epochs: run.epochs,
+        phases: run.phases,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -204,6 +220,7 @@ struct Run<'a> {
     scaler: LossScaler,
     epochs: Vec<EpochMetrics>,
     best: Option<Best>,
+    phases: Vec<PhaseEnd>,
 }
 
 impl Run<'_> {
@@ -220,6 +237,7 @@ impl Run<'_> {
         }
         let mut adam = Adam::new(self.recipe.adam.clone(), vec![("head".into(), spec.lr, head_params)]);
         let cached = if spec.cached_features { Some(self.cache_features(model, ctx)?) } else { None };
+        let mut stop = spec.early_stopping.as_ref().map(recipe::EarlyStop::new);
         for epoch in 0..spec.epochs {
             adam.scale_lr(recipe::step_lr(1.0, epoch, spec.step_size, spec.gamma));
             let t0 = Instant::now();
@@ -240,7 +258,12 @@ impl Run<'_> {
             let at = (1, epoch + 1);
             let result = EpochResult { at, lr, train: (loss, acc, ips), train_eval, val: (vl, va), started: t0 };
             self.finish_epoch(model, ctx, result);
+            if let Some(why) = stop.as_mut().and_then(|s| s.update(epoch + 1, vl, va)) {
+                self.phases.push(PhaseEnd { phase: 1, epochs: epoch + 1, planned: spec.epochs, stopped: why });
+                return Ok(());
+            }
         }
+        self.phases.push(PhaseEnd { phase: 1, epochs: spec.epochs, planned: spec.epochs, stopped: "completed".into() });
         Ok(())
     }
 
@@ -264,6 +287,7 @@ impl Run<'_> {
             .collect();
         let top = groups.iter().map(|g| g.1).fold(0.0, f64::max);
         let mut adam = Adam::new(self.recipe.adam.clone(), groups);
+        let mut stop = spec.early_stopping.as_ref().map(recipe::EarlyStop::new);
         for epoch in 0..spec.epochs {
             let factor = recipe::step_lr(1.0, epoch, spec.step_size, spec.gamma);
             adam.scale_lr(factor);
@@ -275,7 +299,12 @@ impl Run<'_> {
             let (at, lr) = ((2, epoch + 1), top * factor);
             let result = EpochResult { at, lr, train: (loss, acc, ips), train_eval, val: (vl, va), started: t0 };
             self.finish_epoch(model, ctx, result);
+            if let Some(why) = stop.as_mut().and_then(|s| s.update(epoch + 1, vl, va)) {
+                self.phases.push(PhaseEnd { phase: 2, epochs: epoch + 1, planned: spec.epochs, stopped: why });
+                return Ok(());
+            }
         }
+        self.phases.push(PhaseEnd { phase: 2, epochs: spec.epochs, planned: spec.epochs, stopped: "completed".into() });
         Ok(())
     }
 
