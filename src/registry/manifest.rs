@@ -225,7 +225,7 @@ impl Manifest {
         if !p.metrics.best.is_empty() {
             s += "## Metrics\n\n| metric | best |\n| --- | --- |\n";
             for (k, v) in &p.metrics.best {
-                s += &format!("| {k} | {v:.4} |\n");
+                s += &format!("| {k} | {} |\n", metric_text(*v));
             }
             s += &format!("\n{} epochs recorded.\n\n", p.metrics.per_epoch.len());
             s += &epoch_table(&p.metrics.per_epoch);
@@ -237,7 +237,7 @@ impl Manifest {
             );
         }
         if let Some(cmd) = &p.command {
-            s += &format!("## Reproduce\n\n```sh\n{cmd}\n```\n\n");
+            s += &format!("## Reproduce\n\n```sh\n{}\n```\n\n", without_machine_paths(cmd));
         }
         if !p.hardware.is_null() || !p.timings.is_empty() {
             s += "## Hardware and timings\n\n";
@@ -268,6 +268,28 @@ impl Manifest {
         }
         s
     }
+}
+
+/// A metric for the card: counts (epochs, phases) as integers, measures with four decimals.
+fn metric_text(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// A recorded command line for the card, without the absolute paths of the machine it ran on:
+/// `/work/runs/flowers` reads `…/flowers` (the manifest keeps the command as recorded).
+fn without_machine_paths(command: &str) -> String {
+    command
+        .split(' ')
+        .map(|word| match word.strip_prefix('/') {
+            Some(path) if !path.is_empty() => format!("…/{}", path.rsplit('/').next().unwrap_or(path)),
+            _ => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// User text (a dataset's name, its terms) as inline Markdown that stays text: on one line (it
@@ -312,4 +334,32 @@ fn epoch_table(epochs: &[serde_json::Value]) -> String {
     let mut s = "| phase | epoch | train loss | val loss | val top-1 |\n| --- | --- | --- | --- | --- |\n".to_string();
     s.extend(rows);
     s + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_card_shows_counts_as_integers_and_no_machine_paths() {
+        assert_eq!(metric_text(6.0), "6");
+        assert_eq!(metric_text(0.95441), "0.9544");
+        assert_eq!(
+            without_machine_paths("petal finetune --data /home/u/data/flowers --out runs/x --seed 0"),
+            "petal finetune --data …/flowers --out runs/x --seed 0"
+        );
+        let mut m = Manifest {
+            format: 1,
+            model: "m".into(),
+            version: 1,
+            created_at: "2026-12-02T00:00:00Z".into(),
+            upload_id: "u".into(),
+            artifacts: Vec::new(),
+            provenance: Provenance { command: Some("petal finetune --out /tmp/run".into()), ..Default::default() },
+        };
+        m.provenance.metrics.best.insert("best_epoch".into(), 6.0);
+        let card = m.card();
+        assert!(card.contains("| best_epoch | 6 |") && card.contains("--out …/run"), "{card}");
+        assert!(!card.contains("/tmp/"), "{card}");
+    }
 }
