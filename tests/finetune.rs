@@ -446,3 +446,39 @@ fn early_stopping_ends_a_phase_when_its_rule_says_and_records_why() {
     recipe.phase2.early_stopping = Some(EarlyStopping { monitor: Monitor::ValLoss, patience: 0, min_delta: 0.0 });
     assert_eq!(recipe.validate().unwrap_err().code, petal::ErrorCode::InvalidArguments);
 }
+
+/// An imbalanced dataset: its summary says how imbalanced, and both counter-measures train (the
+/// weighted loss gives another loss than the plain one on the same images and seed).
+#[test]
+fn class_imbalance_is_reported_and_countered() {
+    use petal::train::recipe::Imbalance;
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    common::shapes_dataset(dir.path(), 10, 40, 5);
+    for i in 4..10 {
+        std::fs::remove_file(dir.path().join("bar").join(format!("{i}.png"))).unwrap();
+    }
+    let mut recipe = tiny_recipe();
+    recipe.phase1.epochs = 1;
+    recipe.phase2.epochs = 0;
+    let data = load(dir.path(), &recipe);
+    let summary = data.summary();
+    assert_eq!(summary.class_counts.iter().sum::<usize>(), summary.train_images);
+    let (lo, hi) = (*summary.class_counts.iter().min().unwrap(), *summary.class_counts.iter().max().unwrap());
+    assert!(lo < hi, "{:?}", summary.class_counts);
+    assert_eq!(summary.imbalance, hi as f64 / lo as f64);
+
+    let cancel = AtomicBool::new(false);
+    let mut losses = Vec::new();
+    for imbalance in [Imbalance::None, Imbalance::WeightedLoss, Imbalance::BalancedSampler] {
+        recipe.imbalance = imbalance;
+        let mut on_event = |_: &Event| {};
+        let mut ctx = Context::new(Device::Cpu, &cancel, &mut on_event);
+        let t = trainer::train(Arch::MobilenetV2, None, &data, &recipe, &mut ctx).unwrap();
+        let loss = t.epochs[0].train_loss;
+        assert!(loss.is_finite(), "{imbalance:?}");
+        losses.push(loss);
+    }
+    assert_ne!(losses[0], losses[1], "the weighted loss is another loss");
+    assert_ne!(losses[0], losses[2], "the balanced sampler draws other batches");
+}

@@ -168,6 +168,12 @@ impl std::fmt::Debug for Dataset {
 
 impl Dataset {
     pub fn summary(&self) -> DatasetSummary {
+        let class_counts = self.class_counts();
+        let (smallest, largest) = (class_counts.iter().min().copied(), class_counts.iter().max().copied());
+        let imbalance = match (smallest, largest) {
+            (Some(lo), Some(hi)) if lo > 0 => hi as f64 / lo as f64,
+            _ => 0.0,
+        };
         DatasetSummary {
             digest: self.digest.clone(),
             layout: self.layout,
@@ -177,7 +183,18 @@ impl Dataset {
             train_images: self.train.len(),
             val_images: self.val.len(),
             warnings: self.warnings.len(),
+            class_counts,
+            imbalance,
         }
+    }
+
+    /// Training images per class, in class order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        for s in &self.train {
+            counts[s.label] += 1;
+        }
+        counts
     }
 }
 

@@ -21,4 +21,10 @@ pub struct DatasetSummary {
     pub train_images: usize,
     pub val_images: usize,
     pub warnings: usize,
+    /// Training images per class, in class order.
+    #[serde(default)]
+    pub class_counts: Vec<usize>,
+    /// The largest class over the smallest (training images): 1 is balanced.
+    #[serde(default)]
+    pub imbalance: f64,
 }

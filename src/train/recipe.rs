@@ -202,6 +202,29 @@ pub struct Recipe {
     pub channels_last: Option<bool>,
     /// Threads preparing batches (decode when not cached, augment, normalise); 0 = all cores.
     pub loader_threads: usize,
+    /// What to do about classes of very different sizes (nothing in the reference).
+    pub imbalance: Imbalance,
+}
+
+/// Counter-measures for class imbalance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Imbalance {
+    /// Every image once per epoch, shuffled; plain cross-entropy.
+    #[default]
+    None,
+    /// Cross-entropy weighted per class by `images / (classes × images of the class)`
+    /// (scikit-learn's `balanced`; PyTorch's weighted mean).
+    WeightedLoss,
+    /// Each epoch draws as many images as the train set has, with replacement, every class
+    /// equally likely (PyTorch's `WeightedRandomSampler` with weights `1 / images of the class`).
+    BalancedSampler,
+}
+
+/// Per-class loss weights for `Imbalance::WeightedLoss`: `total / (classes × count)`.
+pub fn class_weights(counts: &[usize]) -> Vec<f64> {
+    let total: usize = counts.iter().sum();
+    counts.iter().map(|&c| if c == 0 { 0.0 } else { total as f64 / (counts.len() * c) as f64 }).collect()
 }
 
 impl Default for Recipe {
@@ -218,6 +241,7 @@ impl Default for Recipe {
             mixed_precision: None,
             channels_last: None,
             loader_threads: 0,
+            imbalance: Imbalance::None,
         }
     }
 }
@@ -322,6 +346,9 @@ pub struct Overrides {
     /// Also evaluate the whole train set after every epoch, as the reference does.
     #[arg(long)]
     pub eval_train: bool,
+    /// Counter class imbalance: a class-weighted loss or a balanced sampler.
+    #[arg(long, value_enum)]
+    pub imbalance: Option<Imbalance>,
 }
 
 impl Recipe {
@@ -412,12 +439,14 @@ impl Recipe {
         self.eval_transform.crop = o.crop.unwrap_or(self.eval_transform.crop);
         self.phase1.cached_features |= o.cached_features;
         self.eval_train |= o.eval_train;
+        self.imbalance = o.imbalance.unwrap_or(self.imbalance);
         self
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn early_stopping_waits_patience_epochs_without_improvement() {
@@ -457,7 +486,6 @@ mod tests {
         assert!(r.phase1.cached_features);
         assert_eq!((r.phase2.epochs, r.batch_size, r.seed), (base.phase2.epochs, base.batch_size, base.seed));
     }
-    use super::*;
 
     fn lrs(arch: Arch) -> Vec<(String, f64)> {
         lr_groups(&arch.network(102), &Phase2::default()).into_iter().map(|g| (g.name, g.lr)).collect()

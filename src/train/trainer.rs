@@ -159,11 +159,14 @@ pub fn train(
     if channels_last {
         to_channels_last(&model);
     }
+    let class_weights = (recipe.imbalance == recipe::Imbalance::WeightedLoss).then(|| {
+        let w: Vec<f32> = recipe::class_weights(&dataset.class_counts()).into_iter().map(|w| w as f32).collect();
+        Tensor::from_slice(&w).to_device(device)
+    });
     let mut run = Run {
         recipe,
         dataset,
-        mixed: recipe.mixed_precision.unwrap_or(cuda) && cuda,
-        channels_last,
+        step: StepOptions { mixed: recipe.mixed_precision.unwrap_or(cuda) && cuda, channels_last, class_weights },
         scaler: LossScaler::new(device),
         epochs: Vec::new(),
         best: None,
@@ -215,8 +218,7 @@ struct EpochResult {
 struct Run<'a> {
     recipe: &'a Recipe,
     dataset: &'a Dataset,
-    mixed: bool,
-    channels_last: bool,
+    step: StepOptions,
     scaler: LossScaler,
     epochs: Vec<EpochMetrics>,
     best: Option<Best>,
@@ -333,6 +335,25 @@ impl Run<'_> {
         self.epochs.push(m);
     }
 
+    /// The training images of one epoch, in order: every image once, shuffled; or, with a balanced
+    /// sampler, as many draws with replacement, each class equally likely. Seeded by (run seed,
+    /// phase, epoch).
+    fn epoch_order(&self, phase: u8, epoch: usize) -> Vec<usize> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.recipe.seed, phase, epoch, u64::MAX));
+        let samples = &self.dataset.train;
+        if self.recipe.imbalance != recipe::Imbalance::BalancedSampler {
+            let mut order: Vec<usize> = (0..samples.len()).collect();
+            order.shuffle(&mut rng);
+            return order;
+        }
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); self.dataset.classes.len()];
+        for (i, s) in samples.iter().enumerate() {
+            by_class[s.label].push(i);
+        }
+        by_class.retain(|members| !members.is_empty());
+        balanced_draws(&by_class, samples.len(), &mut rng)
+    }
+
     /// One epoch over shuffled, augmented training batches.
     fn train_epoch(
         &mut self,
@@ -342,13 +363,11 @@ impl Run<'_> {
         ctx: &mut Context,
     ) -> Result<(f64, f64, f64)> {
         let samples = &self.dataset.train;
-        let mut order: Vec<usize> = (0..samples.len()).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.recipe.seed, phase, epoch, u64::MAX)));
+        let order = self.epoch_order(phase, epoch);
         let steps = batch_slices(&order, self.recipe.batch_size, true).len();
         let seeds = (self.recipe.seed, phase, epoch);
         let t0 = Instant::now();
-        let (mixed, channels_last) = (self.mixed, self.channels_last);
-        let scaler = &mut self.scaler;
+        let (how, scaler) = (&self.step, &mut self.scaler);
         // Sums stay on the device; reading them syncs, so on CUDA progress is read every few steps.
         let report_every = if ctx.device.is_cuda() { 20 } else { 1 };
         let (mut loss_sum, mut correct) =
@@ -357,7 +376,7 @@ impl Run<'_> {
         let mut last_loss = f64::NAN;
         load_batches(self.recipe, samples, &order, Some(seeds), ctx.device, |step, x, y| {
             ctx.check_cancel()?;
-            let (loss, ok) = train_step(model, &x, &y, adam, scaler, mixed, channels_last)?;
+            let (loss, ok) = train_step(model, (&x, &y), adam, scaler, how)?;
             let n = y.size()[0] as usize;
             loss_sum += loss.to_kind(Kind::Double) * n as f64;
             correct += ok;
@@ -392,8 +411,7 @@ impl Run<'_> {
         ctx: &mut Context,
     ) -> Result<(f64, f64, f64)> {
         let n = c.train.size()[0];
-        let mut order: Vec<i64> = (0..n).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix(self.recipe.seed, phase, epoch, u64::MAX)));
+        let order: Vec<i64> = self.epoch_order(phase, epoch).into_iter().map(|i| i as i64).collect();
         let order = Tensor::from_slice(&order).to_device(c.train.device());
         let bs = self.recipe.batch_size as i64;
         let steps = (n + bs - 1) / bs;
@@ -407,7 +425,7 @@ impl Run<'_> {
             adam.zero_grad();
             let x = if dropout > 0.0 { x.dropout(dropout, true) } else { x };
             let logits = model.classify(&x, true);
-            let loss = logits.cross_entropy_for_logits(&y);
+            let loss = cross_entropy(&logits, &y, self.step.class_weights.as_ref());
             loss.backward();
             adam.step(None)?;
             let lv = loss.double_value(&[]);
@@ -424,7 +442,7 @@ impl Run<'_> {
     fn evaluate(&self, model: &Model, samples: &[Sample], ctx: &mut Context) -> Result<(f64, f64)> {
         let order: Vec<usize> = (0..samples.len()).collect();
         let (mut loss_sum, mut correct) = (0.0, 0i64);
-        let (mixed, channels_last) = (self.mixed, self.channels_last);
+        let (mixed, channels_last) = (self.step.mixed, self.step.channels_last);
         tch::no_grad(|| {
             load_batches(self.recipe, samples, &order, None, ctx.device, |_, x, y| {
                 ctx.check_cancel()?;
@@ -449,8 +467,8 @@ impl Run<'_> {
             tch::no_grad(|| {
                 load_batches(self.recipe, samples, &order, None, ctx.device, |s, x, y| {
                     ctx.check_cancel()?;
-                    let x = if self.channels_last { nhwc(&x) } else { x };
-                    feats.push(tch::autocast(self.mixed, || model.features(&x, false)).to_kind(Kind::Float));
+                    let x = if self.step.channels_last { nhwc(&x) } else { x };
+                    feats.push(tch::autocast(self.step.mixed, || model.features(&x, false)).to_kind(Kind::Float));
                     labels.push(y);
                     ctx.done_images += x.size()[0] as f64;
                     emit_step(
@@ -529,23 +547,49 @@ fn emit_step(
     });
 }
 
+/// `n` draws with replacement: a class uniformly, then one of its members uniformly — each image's
+/// chance is `1 / (classes × images of its class)`, as with PyTorch's `WeightedRandomSampler`
+/// weighted by `1 / images of the class`.
+fn balanced_draws(by_class: &[Vec<usize>], n: usize, rng: &mut impl rand::Rng) -> Vec<usize> {
+    (0..n)
+        .map(|_| {
+            let members = &by_class[rng.gen_range(0..by_class.len())];
+            members[rng.gen_range(0..members.len())]
+        })
+        .collect()
+}
+
+/// How training steps run: fp16 autocast with loss scaling, channels_last, per-class loss weights.
+struct StepOptions {
+    mixed: bool,
+    channels_last: bool,
+    class_weights: Option<Tensor>,
+}
+
+/// Mean cross-entropy, weighted per class when `weights` are given (PyTorch's weighted mean:
+/// `Σ w_y·l / Σ w_y`).
+fn cross_entropy(logits: &Tensor, y: &Tensor, weights: Option<&Tensor>) -> Tensor {
+    match weights {
+        Some(w) => logits.cross_entropy_loss(y, Some(w), tch::Reduction::Mean, -100, 0.0),
+        None => logits.cross_entropy_for_logits(y),
+    }
+}
+
 /// One optimiser step on a batch (training mode; fp16 autocast with loss scaling when `mixed`).
 /// Returns the loss (a detached scalar, float32) and the number of correct predictions, both on
 /// the device: nothing here waits for the device unless loss scaling must check for overflow.
 fn train_step(
     model: &Model,
-    x: &Tensor,
-    y: &Tensor,
+    (x, y): (&Tensor, &Tensor),
     adam: &mut Adam,
     scaler: &mut LossScaler,
-    mixed: bool,
-    channels_last: bool,
+    how: &StepOptions,
 ) -> Result<(Tensor, Tensor)> {
-    let x = if channels_last { nhwc(x) } else { x.shallow_clone() };
+    let x = if how.channels_last { nhwc(x) } else { x.shallow_clone() };
     adam.zero_grad();
-    let logits = tch::autocast(mixed, || model.forward(&x, true)).to_kind(Kind::Float);
-    let loss = logits.cross_entropy_for_logits(y);
-    if mixed {
+    let logits = tch::autocast(how.mixed, || model.forward(&x, true)).to_kind(Kind::Float);
+    let loss = cross_entropy(&logits, y, how.class_weights.as_ref());
+    if how.mixed {
         scaler.backward_and_step(&loss, adam)?;
     } else {
         loss.backward();
@@ -578,18 +622,19 @@ pub fn bare_step_rate(
     let mut scaler = LossScaler::new(device);
     let x = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
     let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
+    let how = StepOptions { mixed, channels_last, class_weights: None };
     let sync = || {
         if device.is_cuda() {
             tch::Cuda::synchronize(0)
         }
     };
     for _ in 0..warmup {
-        let _ = train_step(&model, &x, &y, &mut adam, &mut scaler, mixed, channels_last)?;
+        let _ = train_step(&model, (&x, &y), &mut adam, &mut scaler, &how)?;
     }
     sync();
     let t0 = Instant::now();
     for _ in 0..steps {
-        let _ = train_step(&model, &x, &y, &mut adam, &mut scaler, mixed, channels_last)?;
+        let _ = train_step(&model, (&x, &y), &mut adam, &mut scaler, &how)?;
     }
     sync();
     Ok((steps as i64 * batch) as f64 / t0.elapsed().as_secs_f64())
@@ -624,4 +669,46 @@ fn to_channels_last(model: &Model) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_balanced_sampler_draws_every_class_alike() {
+        // 90 images of class 0, 10 of class 1.
+        let by_class = vec![(0..90).collect::<Vec<usize>>(), (90..100).collect()];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let draws = balanced_draws(&by_class, 10_000, &mut rng);
+        let minority = draws.iter().filter(|&&i| i >= 90).count() as f64 / draws.len() as f64;
+        assert!((minority - 0.5).abs() < 0.02, "{minority}");
+        // Within a class, every image alike.
+        let mut seen = [0usize; 100];
+        for &i in &draws {
+            seen[i] += 1;
+        }
+        assert!(seen[90..].iter().all(|&c| (400..600).contains(&c)), "{:?}", &seen[90..]);
+        assert!(seen[..90].iter().all(|&c| (25..90).contains(&c)), "{:?}", &seen[..90]);
+        // The same seed, the same draws.
+        let again = balanced_draws(&by_class, 10_000, &mut rand_chacha::ChaCha8Rng::seed_from_u64(7));
+        assert_eq!(draws, again);
+    }
+
+    #[test]
+    fn class_weights_are_scikit_learns_balanced_and_weight_the_mean() {
+        let w = recipe::class_weights(&[10, 30]);
+        assert!((w[0] - 2.0).abs() < 1e-12 && (w[1] - 2.0 / 3.0).abs() < 1e-12, "{w:?}");
+        // Σ w_y·l / Σ w_y, by hand, for two samples of classes 0 and 1.
+        let logits = Tensor::from_slice(&[2.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+        let y = Tensor::from_slice(&[0i64, 1]);
+        let weights = Tensor::from_slice(&[2.0f32, 0.5]);
+        let l0 = (1.0f64 + (-2.0f64).exp()).ln(); // -log softmax of class 0 in [2, 0]
+        let l1 = (1.0f64 + (-1.0f64).exp()).ln(); // -log softmax of class 1 in [0, 1]
+        let want = (2.0 * l0 + 0.5 * l1) / 2.5;
+        let got = cross_entropy(&logits, &y, Some(&weights)).double_value(&[]);
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        let plain = cross_entropy(&logits, &y, None).double_value(&[]);
+        assert!((plain - (l0 + l1) / 2.0).abs() < 1e-6);
+    }
 }
