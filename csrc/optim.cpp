@@ -5,6 +5,7 @@
 #include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
 #include <ATen/ops/_amp_update_scale.h>
 #include <ATen/ops/_fused_adam.h>
+#include <ATen/ops/_fused_adamw.h>
 
 #include <cstdio>
 #include <optional>
@@ -31,15 +32,21 @@ int guarded(char* err, int err_len, F f) {
 }  // namespace
 
 extern "C" {
-// at::_fused_adam_ (no amsgrad, no maximize); `found_inf` may be null.
+// at::_fused_adam_, or at::_fused_adamw_ (decoupled weight decay) when `adamw` (no amsgrad, no
+// maximize); `found_inf` may be null.
 int petal_fused_adam(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs, void** steps, int n, double lr,
-                     double beta1, double beta2, double weight_decay, double eps, void* found_inf, char* err,
+                     double beta1, double beta2, double weight_decay, double eps, int adamw, void* found_inf, char* err,
                      int err_len) {
   return guarded(err, err_len, [&] {
     std::optional<at::Tensor> fi;
     if (found_inf) fi = *static_cast<at::Tensor*>(found_inf);
-    at::_fused_adam_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n), {}, list(steps, n), lr,
-                     beta1, beta2, weight_decay, eps, false, false, std::nullopt, fi);
+    auto ps = list(params, n), gs = list(grads, n), ms = list(exp_avgs, n), vs = list(exp_avg_sqs, n);
+    auto ts = list(steps, n);
+    if (adamw) {
+      at::_fused_adamw_(ps, gs, ms, vs, {}, ts, lr, beta1, beta2, weight_decay, eps, false, false, std::nullopt, fi);
+    } else {
+      at::_fused_adam_(ps, gs, ms, vs, {}, ts, lr, beta1, beta2, weight_decay, eps, false, false, std::nullopt, fi);
+    }
   });
 }
 

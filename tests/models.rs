@@ -11,5 +11,7 @@ mod backbones;
 mod export;
 #[path = "models/native_stack.rs"]
 mod native_stack;
+#[path = "models/schedules.rs"]
+mod schedules;
 #[path = "models/vision.rs"]
 mod vision;

@@ -23,6 +23,7 @@ extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
+        adamw: c_int,
         found_inf: *mut c_void,
         err: *mut c_char,
         err_len: c_int,
@@ -130,7 +131,7 @@ impl Adam {
     /// One step. With `found_inf` (a one-element float tensor), groups skip the update on the
     /// device when it is non-zero, and their step count does not advance.
     pub fn step(&mut self, found_inf: Option<&Tensor>) -> Result<()> {
-        let AdamSpec { beta1, beta2, eps, weight_decay } = self.spec;
+        let AdamSpec { beta1, beta2, eps, weight_decay, decoupled_weight_decay } = self.spec;
         tch::no_grad(|| {
             for g in &mut self.groups {
                 let live: Vec<usize> = (0..g.params.len()).filter(|&i| g.params[i].grad().defined()).collect();
@@ -159,6 +160,7 @@ impl Adam {
                         beta2,
                         weight_decay,
                         eps,
+                        c_int::from(decoupled_weight_decay),
                         fi,
                         err,
                         len,
@@ -228,11 +230,20 @@ mod tests {
     use super::*;
     use tch::Device;
 
-    /// Two steps against Adam's formulas written out in f64.
+    /// Two steps against Adam's formulas written out in f64; with weight decay, coupled (Adam:
+    /// `g + wd·x`) and decoupled (AdamW: `x ← x − lr·wd·x` before the update), as PyTorch documents
+    /// `torch.optim.Adam` and `torch.optim.AdamW`.
     #[test]
     fn matches_the_formulas() {
+        for (weight_decay, decoupled) in [(0.0, false), (0.1, false), (0.1, true)] {
+            adam_steps_match(weight_decay, decoupled);
+        }
+    }
+
+    fn adam_steps_match(weight_decay: f64, decoupled_weight_decay: bool) {
         let p = Tensor::from_slice(&[1.0f32, -2.0, 0.5]).set_requires_grad(true);
-        let mut adam = Adam::new(AdamSpec::default(), vec![("g".into(), 0.1, vec![p.shallow_clone()])]);
+        let spec = AdamSpec { weight_decay, decoupled_weight_decay, ..AdamSpec::default() };
+        let mut adam = Adam::new(spec, vec![("g".into(), 0.1, vec![p.shallow_clone()])]);
         let (mut x, mut m, mut v) = ([1.0f64, -2.0, 0.5], [0.0f64; 3], [0.0f64; 3]);
         for t in 1..=2 {
             adam.zero_grad();
@@ -240,7 +251,12 @@ mod tests {
             loss.backward();
             adam.step(None).unwrap();
             for i in 0..3 {
-                let g = 2.0 * x[i];
+                let mut g = 2.0 * x[i];
+                if decoupled_weight_decay {
+                    x[i] -= 0.1 * weight_decay * x[i];
+                } else {
+                    g += weight_decay * x[i];
+                }
                 m[i] = 0.9 * m[i] + 0.1 * g;
                 v[i] = 0.999 * v[i] + 0.001 * g * g;
                 let mh = m[i] / (1.0 - 0.9f64.powi(t));

@@ -33,12 +33,58 @@ pub struct Phase1 {
     pub cached_features: bool,
     /// Stop the phase early when validation stops improving (off in the reference).
     pub early_stopping: Option<EarlyStopping>,
+    /// A cosine schedule with linear warm-up instead of StepLR (off in the reference).
+    pub cosine: Option<Cosine>,
 }
 
 impl Default for Phase1 {
     fn default() -> Self {
-        Self { epochs: 16, lr: 1e-3, step_size: 6, gamma: 0.3, cached_features: false, early_stopping: None }
+        Self {
+            epochs: 16,
+            lr: 1e-3,
+            step_size: 6,
+            gamma: 0.3,
+            cached_features: false,
+            early_stopping: None,
+            cosine: None,
+        }
     }
+}
+
+impl Phase1 {
+    /// The learning rate's factor in 0-based `epoch`.
+    pub fn lr_factor(&self, epoch: usize) -> f64 {
+        lr_factor(self.cosine.as_ref(), (self.step_size, self.gamma), epoch, self.epochs)
+    }
+}
+
+/// Cosine annealing to 0 after a linear warm-up, per epoch: PyTorch's
+/// `SequentialLR([LinearLR(start_factor, 1.0, total_iters=warmup_epochs),
+/// CosineAnnealingLR(T_max=epochs - warmup_epochs)], milestones=[warmup_epochs])`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cosine {
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// The factor of the first warm-up epoch, in (0, 1].
+    #[serde(default = "default_start_factor")]
+    pub start_factor: f64,
+}
+
+fn default_start_factor() -> f64 {
+    0.1
+}
+
+/// The learning rate's factor in 0-based `epoch` of `epochs`: StepLR (`step_size`, `gamma`), or
+/// the cosine schedule.
+pub fn lr_factor(cosine: Option<&Cosine>, (step_size, gamma): (usize, f64), epoch: usize, epochs: usize) -> f64 {
+    let Some(c) = cosine else { return step_lr(1.0, epoch, step_size, gamma) };
+    let w = c.warmup_epochs;
+    if epoch < w {
+        return c.start_factor + (1.0 - c.start_factor) * epoch as f64 / w as f64;
+    }
+    let span = epochs.saturating_sub(w).max(1) as f64;
+    0.5 * (1.0 + (std::f64::consts::PI * (epoch - w) as f64 / span).cos())
 }
 
 /// What early stopping watches.
@@ -130,11 +176,29 @@ pub struct Phase2 {
     pub gamma: f64,
     /// Stop the phase early when validation stops improving (off in the reference).
     pub early_stopping: Option<EarlyStopping>,
+    /// A cosine schedule with linear warm-up instead of StepLR (off in the reference).
+    pub cosine: Option<Cosine>,
 }
 
 impl Default for Phase2 {
     fn default() -> Self {
-        Self { epochs: 8, top_lr: 1e-4, decay: None, rest_lr: 1e-8, step_size: 2, gamma: 0.7, early_stopping: None }
+        Self {
+            epochs: 8,
+            top_lr: 1e-4,
+            decay: None,
+            rest_lr: 1e-8,
+            step_size: 2,
+            gamma: 0.7,
+            early_stopping: None,
+            cosine: None,
+        }
+    }
+}
+
+impl Phase2 {
+    /// The learning rates' factor in 0-based `epoch`.
+    pub fn lr_factor(&self, epoch: usize) -> f64 {
+        lr_factor(self.cosine.as_ref(), (self.step_size, self.gamma), epoch, self.epochs)
     }
 }
 
@@ -173,11 +237,14 @@ pub struct AdamSpec {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+    /// Decoupled weight decay (AdamW: `x ← x − lr·weight_decay·x` apart from the gradient) instead
+    /// of Adam's L2 term added to the gradient.
+    pub decoupled_weight_decay: bool,
 }
 
 impl Default for AdamSpec {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled_weight_decay: false }
     }
 }
 
@@ -204,6 +271,9 @@ pub struct Recipe {
     pub loader_threads: usize,
     /// What to do about classes of very different sizes (nothing in the reference).
     pub imbalance: Imbalance,
+    /// Label smoothing of the training loss, in [0, 1) (PyTorch's `label_smoothing`: the target
+    /// is `(1 − ε)·one-hot + ε / classes`); 0 in the reference.
+    pub label_smoothing: f64,
 }
 
 /// Counter-measures for class imbalance.
@@ -242,6 +312,7 @@ impl Default for Recipe {
             channels_last: None,
             loader_threads: 0,
             imbalance: Imbalance::None,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -349,6 +420,9 @@ pub struct Overrides {
     /// Counter class imbalance: a class-weighted loss or a balanced sampler.
     #[arg(long, value_enum)]
     pub imbalance: Option<Imbalance>,
+    /// Label smoothing of the training loss, in [0, 1).
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
 }
 
 impl Recipe {
@@ -420,6 +494,22 @@ impl Recipe {
                 }
             }
         }
+        if !(0.0..1.0).contains(&recipe.label_smoothing) {
+            return Err(Error::new(ErrorCode::InvalidArguments, "recipe: label_smoothing must be in [0, 1)"));
+        }
+        for (name, cosine, epochs) in [
+            ("phase1", &recipe.phase1.cosine, recipe.phase1.epochs),
+            ("phase2", &recipe.phase2.cosine, recipe.phase2.epochs),
+        ] {
+            if let Some(c) = cosine {
+                if !(c.start_factor > 0.0 && c.start_factor <= 1.0) || c.warmup_epochs > epochs {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArguments,
+                        format!("recipe: {name}.cosine needs start_factor in (0, 1] and warmup_epochs ≤ epochs"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -440,6 +530,7 @@ impl Recipe {
         self.phase1.cached_features |= o.cached_features;
         self.eval_train |= o.eval_train;
         self.imbalance = o.imbalance.unwrap_or(self.imbalance);
+        self.label_smoothing = o.label_smoothing.unwrap_or(self.label_smoothing);
         self
     }
 }

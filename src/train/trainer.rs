@@ -166,7 +166,12 @@ pub fn train(
     let mut run = Run {
         recipe,
         dataset,
-        step: StepOptions { mixed: recipe.mixed_precision.unwrap_or(cuda) && cuda, channels_last, class_weights },
+        step: StepOptions {
+            mixed: recipe.mixed_precision.unwrap_or(cuda) && cuda,
+            channels_last,
+            class_weights,
+            label_smoothing: recipe.label_smoothing,
+        },
         scaler: LossScaler::new(device),
         epochs: Vec::new(),
         best: None,
@@ -241,7 +246,7 @@ impl Run<'_> {
         let cached = if spec.cached_features { Some(self.cache_features(model, ctx)?) } else { None };
         let mut stop = spec.early_stopping.as_ref().map(recipe::EarlyStop::new);
         for epoch in 0..spec.epochs {
-            adam.scale_lr(recipe::step_lr(1.0, epoch, spec.step_size, spec.gamma));
+            adam.scale_lr(spec.lr_factor(epoch));
             let t0 = Instant::now();
             let (loss, acc, ips) = match &cached {
                 Some(c) => self.train_epoch_cached(model, c, &mut adam, (1, epoch, spec.epochs), ctx)?,
@@ -291,7 +296,7 @@ impl Run<'_> {
         let mut adam = Adam::new(self.recipe.adam.clone(), groups);
         let mut stop = spec.early_stopping.as_ref().map(recipe::EarlyStop::new);
         for epoch in 0..spec.epochs {
-            let factor = recipe::step_lr(1.0, epoch, spec.step_size, spec.gamma);
+            let factor = spec.lr_factor(epoch);
             adam.scale_lr(factor);
             let t0 = Instant::now();
             let (loss, acc, ips) = self.train_epoch(model, &mut adam, (2, epoch, spec.epochs), ctx)?;
@@ -425,7 +430,7 @@ impl Run<'_> {
             adam.zero_grad();
             let x = if dropout > 0.0 { x.dropout(dropout, true) } else { x };
             let logits = model.classify(&x, true);
-            let loss = cross_entropy(&logits, &y, self.step.class_weights.as_ref());
+            let loss = cross_entropy(&logits, &y, self.step.class_weights.as_ref(), self.step.label_smoothing);
             loss.backward();
             adam.step(None)?;
             let lv = loss.double_value(&[]);
@@ -564,15 +569,13 @@ struct StepOptions {
     mixed: bool,
     channels_last: bool,
     class_weights: Option<Tensor>,
+    label_smoothing: f64,
 }
 
-/// Mean cross-entropy, weighted per class when `weights` are given (PyTorch's weighted mean:
-/// `Σ w_y·l / Σ w_y`).
-fn cross_entropy(logits: &Tensor, y: &Tensor, weights: Option<&Tensor>) -> Tensor {
-    match weights {
-        Some(w) => logits.cross_entropy_loss(y, Some(w), tch::Reduction::Mean, -100, 0.0),
-        None => logits.cross_entropy_for_logits(y),
-    }
+/// The training loss: mean cross-entropy, weighted per class when `weights` are given (PyTorch's
+/// weighted mean: `Σ w_y·l / Σ w_y`), with `label_smoothing` (PyTorch's).
+fn cross_entropy(logits: &Tensor, y: &Tensor, weights: Option<&Tensor>, label_smoothing: f64) -> Tensor {
+    logits.cross_entropy_loss(y, weights, tch::Reduction::Mean, -100, label_smoothing)
 }
 
 /// One optimiser step on a batch (training mode; fp16 autocast with loss scaling when `mixed`).
@@ -588,7 +591,7 @@ fn train_step(
     let x = if how.channels_last { nhwc(x) } else { x.shallow_clone() };
     adam.zero_grad();
     let logits = tch::autocast(how.mixed, || model.forward(&x, true)).to_kind(Kind::Float);
-    let loss = cross_entropy(&logits, y, how.class_weights.as_ref());
+    let loss = cross_entropy(&logits, y, how.class_weights.as_ref(), how.label_smoothing);
     if how.mixed {
         scaler.backward_and_step(&loss, adam)?;
     } else {
@@ -622,7 +625,7 @@ pub fn bare_step_rate(
     let mut scaler = LossScaler::new(device);
     let x = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
     let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
-    let how = StepOptions { mixed, channels_last, class_weights: None };
+    let how = StepOptions { mixed, channels_last, class_weights: None, label_smoothing: 0.0 };
     let sync = || {
         if device.is_cuda() {
             tch::Cuda::synchronize(0)
@@ -706,9 +709,18 @@ mod tests {
         let l0 = (1.0f64 + (-2.0f64).exp()).ln(); // -log softmax of class 0 in [2, 0]
         let l1 = (1.0f64 + (-1.0f64).exp()).ln(); // -log softmax of class 1 in [0, 1]
         let want = (2.0 * l0 + 0.5 * l1) / 2.5;
-        let got = cross_entropy(&logits, &y, Some(&weights)).double_value(&[]);
+        let got = cross_entropy(&logits, &y, Some(&weights), 0.0).double_value(&[]);
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
-        let plain = cross_entropy(&logits, &y, None).double_value(&[]);
+        let plain = cross_entropy(&logits, &y, None, 0.0).double_value(&[]);
         assert!((plain - (l0 + l1) / 2.0).abs() < 1e-6);
+        // Label smoothing ε: −Σ q·log p with q = (1 − ε)·one-hot + ε / classes.
+        let eps = 0.1;
+        let logp = |z: [f64; 2], k: usize| z[k] - (z[0].exp() + z[1].exp()).ln();
+        let smoothed = |z: [f64; 2], y: usize| {
+            -(0..2).map(|k| ((if k == y { 1.0 - eps } else { 0.0 }) + eps / 2.0) * logp(z, k)).sum::<f64>()
+        };
+        let want = (smoothed([2.0, 0.0], 0) + smoothed([0.0, 1.0], 1)) / 2.0;
+        let got = cross_entropy(&logits, &y, None, eps).double_value(&[]);
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
     }
 }
