@@ -482,3 +482,38 @@ fn class_imbalance_is_reported_and_countered() {
     assert_ne!(losses[0], losses[1], "the weighted loss is another loss");
     assert_ne!(losses[0], losses[2], "the balanced sampler draws other batches");
 }
+
+/// The recipe options beyond the reference train together (random resized crops, label smoothing,
+/// AdamW, cosine with warm-up), repeatably.
+#[test]
+fn modern_recipe_options_train_and_repeat() {
+    use petal::train::recipe::{Cosine, RandomResizedCrop};
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    common::shapes_dataset(dir.path(), 5, 40, 8);
+    let mut recipe = tiny_recipe();
+    recipe.phase1.epochs = 2;
+    recipe.phase2.epochs = 2;
+    recipe.augment.random_resized_crop = Some(RandomResizedCrop::default());
+    recipe.label_smoothing = 0.1;
+    recipe.adam.weight_decay = 0.05;
+    recipe.adam.decoupled_weight_decay = true;
+    recipe.phase2.cosine = Some(Cosine { warmup_epochs: 1, start_factor: 0.1 });
+    recipe.validate().unwrap();
+    let data = load(dir.path(), &recipe);
+    let cancel = AtomicBool::new(false);
+    let run = || {
+        let mut on_event = |_: &Event| {};
+        let mut ctx = Context::new(Device::Cpu, &cancel, &mut on_event);
+        trainer::train(Arch::MobilenetV2, None, &data, &recipe, &mut ctx).unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.epochs.len(), 4);
+    assert!(a.epochs.iter().all(|e| e.train_loss.is_finite() && e.val_loss.is_finite()));
+    // Phase 2's learning rate follows the warm-up: 0.1 × top_lr, then top_lr.
+    assert!((a.epochs[2].lr - 0.1 * recipe.phase2.top_lr).abs() < 1e-12, "{}", a.epochs[2].lr);
+    assert!((a.epochs[3].lr - recipe.phase2.top_lr).abs() < 1e-12, "{}", a.epochs[3].lr);
+    for (x, y) in a.epochs.iter().zip(&b.epochs) {
+        assert_eq!((x.train_loss, x.val_loss), (y.train_loss, y.val_loss), "the same seed, the same run");
+    }
+}

@@ -14,7 +14,7 @@
 use image::RgbImage;
 use rand::Rng;
 
-use crate::train::recipe::Augment;
+use crate::train::recipe::{Augment, RandomResizedCrop};
 use crate::vision::EvalTransform;
 
 /// One draw of the random parameters.
@@ -220,6 +220,67 @@ pub fn apply(img: &RgbImage, p: &Params) -> RgbImage {
         }
     });
     out
+}
+
+/// Draws the augmentation of one training image and appends its normalised input to `out`: with
+/// `random_resized_crop`, torchvision's `RandomResizedCrop(eval.crop)` first (in place of the eval
+/// transform's resize and centre crop), then flip, jitter and affine on the crop.
+pub fn train_sample(img: &RgbImage, spec: &Augment, eval: &EvalTransform, rng: &mut impl Rng, out: &mut Vec<f32>) {
+    let p = Params::draw(spec, rng);
+    match &spec.random_resized_crop {
+        None => train_input(img, &p, eval, out),
+        Some(rrc) => {
+            let crop = Crop::draw(rrc, img.dimensions(), rng);
+            eval.normalize_into(&apply(&crop.resize(img, eval.crop), &p), out);
+        }
+    }
+}
+
+/// A random resized crop's region: `top`, `left`, `height`, `width` in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crop {
+    pub top: u32,
+    pub left: u32,
+    pub height: u32,
+    pub width: u32,
+}
+
+impl Crop {
+    /// torchvision's `RandomResizedCrop.get_params`: ten tries at an area share in `scale` and a
+    /// log-uniform aspect ratio in `ratio` (sides rounded half to even, as Python's `round`), else
+    /// the centre crop with the ratio clamped.
+    pub fn draw(spec: &RandomResizedCrop, (w, h): (u32, u32), rng: &mut impl Rng) -> Crop {
+        let (wf, hf) = (f64::from(w), f64::from(h));
+        let area = wf * hf;
+        let (lo, hi) = (spec.ratio[0].ln(), spec.ratio[1].ln());
+        for _ in 0..10 {
+            let target = area * rng.gen_range(spec.scale[0]..=spec.scale[1]);
+            let aspect = rng.gen_range(lo..=hi).exp();
+            let cw = crate::vision::round_half_even((target * aspect).sqrt());
+            let ch = crate::vision::round_half_even((target / aspect).sqrt());
+            if 0 < cw && cw <= i64::from(w) && 0 < ch && ch <= i64::from(h) {
+                let (cw, ch) = (cw as u32, ch as u32);
+                let top = rng.gen_range(0..=h - ch);
+                let left = rng.gen_range(0..=w - cw);
+                return Crop { top, left, height: ch, width: cw };
+            }
+        }
+        let in_ratio = wf / hf;
+        let (cw, ch) = if in_ratio < spec.ratio[0] {
+            (w, crate::vision::round_half_even(wf / spec.ratio[0]) as u32)
+        } else if in_ratio > spec.ratio[1] {
+            (crate::vision::round_half_even(hf * spec.ratio[1]) as u32, h)
+        } else {
+            (w, h)
+        };
+        Crop { top: (h - ch) / 2, left: (w - cw) / 2, height: ch, width: cw }
+    }
+
+    /// torchvision's `resized_crop` on a PIL image: the region, resized to `size`×`size` (bilinear).
+    pub fn resize(&self, img: &RgbImage, size: u32) -> RgbImage {
+        let region = image::imageops::crop_imm(img, self.left, self.top, self.width, self.height).to_image();
+        crate::vision::resize(&region, size, size, crate::vision::Interpolation::Bilinear)
+    }
 }
 
 /// Augmentation then the eval transform, appended to `out` as normalised CHW floats: equal to

@@ -12,7 +12,7 @@ use tch::{Device, Tensor};
 use crate::config::DecodeLimits;
 use crate::dataset::Sample;
 use crate::error::{Error, Result};
-use crate::train::augment::{self, Params};
+use crate::train::augment;
 use crate::train::recipe::Recipe;
 
 /// A seed for (run seed, phase, epoch, batch).
@@ -68,7 +68,7 @@ impl Batches<'_> {
             let s = &self.samples[i];
             let img = s.rgb(eval, &limits)?;
             match rng.as_mut() {
-                Some(r) => augment::train_input(&img, &Params::draw(&self.recipe.augment, r), eval, &mut x),
+                Some(r) => augment::train_sample(&img, &self.recipe.augment, eval, r, &mut x),
                 None => eval.normalize_into(&eval.resize_crop(&img), &mut x),
             }
             y.push(s.label as i64);

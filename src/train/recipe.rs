@@ -214,18 +214,37 @@ pub struct Augment {
     /// RandomAffine: rotation in `[-degrees, degrees]`, x-shear in `[-shear, shear]` (degrees).
     pub degrees: f64,
     pub shear: f64,
+    /// torchvision's `RandomResizedCrop(crop, scale, ratio)` first, instead of the eval
+    /// transform's resize and centre crop (off in the reference).
+    pub random_resized_crop: Option<RandomResizedCrop>,
 }
 
 impl Default for Augment {
     fn default() -> Self {
-        Self { hflip: 0.5, brightness: 0.3, contrast: 0.3, degrees: 30.0, shear: 20.0 }
+        Self { hflip: 0.5, brightness: 0.3, contrast: 0.3, degrees: 30.0, shear: 20.0, random_resized_crop: None }
     }
 }
 
 impl Augment {
     /// No augmentation at all.
     pub fn none() -> Self {
-        Self { hflip: 0.0, brightness: 0.0, contrast: 0.0, degrees: 0.0, shear: 0.0 }
+        Self { hflip: 0.0, brightness: 0.0, contrast: 0.0, degrees: 0.0, shear: 0.0, random_resized_crop: None }
+    }
+}
+
+/// The area share and aspect-ratio range a random resized crop draws from (torchvision's defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RandomResizedCrop {
+    /// Share of the image's area, [low, high] within (0, 1].
+    pub scale: [f64; 2],
+    /// Width over height, [low, high], drawn log-uniformly.
+    pub ratio: [f64; 2],
+}
+
+impl Default for RandomResizedCrop {
+    fn default() -> Self {
+        Self { scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0] }
     }
 }
 
@@ -508,6 +527,16 @@ impl Recipe {
                         format!("recipe: {name}.cosine needs start_factor in (0, 1] and warmup_epochs ≤ epochs"),
                     ));
                 }
+            }
+        }
+        if let Some(r) = &recipe.augment.random_resized_crop {
+            let [s0, s1] = r.scale;
+            let [r0, r1] = r.ratio;
+            if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0 && r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
+                return Err(Error::new(
+                    ErrorCode::InvalidArguments,
+                    "recipe: augment.random_resized_crop needs 0 < scale[0] ≤ scale[1] ≤ 1 and 0 < ratio[0] ≤ ratio[1]",
+                ));
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
 """torchvision's train augmentations on PIL images, with given parameters (the oracle for
-petal's `train::augment`). Reads DIR/cases.json, writes DIR/out_<i>.png."""
+petal's `train::augment`): an optional RandomResizedCrop region first, then flip, jitter, affine.
+Reads DIR/cases.json, writes DIR/out_<i>.png."""
 import json
 import sys
 
@@ -11,6 +12,9 @@ d = sys.argv[1]
 cases = json.load(open(f"{d}/cases.json"))
 for i, c in enumerate(cases):
     img = Image.open(f"{d}/{c['image']}").convert("RGB")
+    if c.get("rrc"):
+        top, left, height, width, size = c["rrc"]
+        img = F.resized_crop(img, top, left, height, width, [size, size], InterpolationMode.BILINEAR, antialias=True)
     if c["flip"]:
         img = F.hflip(img)
     ops = []

@@ -15,7 +15,7 @@ use crate::dataset::{self, IngestOptions};
 use crate::error::Result;
 use crate::foundation::files;
 use crate::train::arch::Arch;
-use crate::train::augment::{self, Params};
+use crate::train::augment;
 use crate::train::recipe::Recipe;
 use crate::train::trainer::{self, Context};
 
@@ -96,14 +96,14 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     for bytes in &files {
         let img = dataset::decode_image(bytes, &DecodeLimits::default(), eval)?;
         buf.clear();
-        augment::train_input(&img, &Params::draw(&recipe.augment, &mut rng), eval, &mut buf);
+        augment::train_sample(&img, &recipe.augment, eval, &mut rng, &mut buf);
     }
     let petal_pipeline_one_core = n as f64 / t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
     for s in &data.train[..n] {
         let img = s.rgb(eval, &DecodeLimits::default())?;
         buf.clear();
-        augment::train_input(&img, &Params::draw(&recipe.augment, &mut rng), eval, &mut buf);
+        augment::train_sample(&img, &recipe.augment, eval, &mut rng, &mut buf);
     }
     let petal_pipeline_one_core_cached = n as f64 / t0.elapsed().as_secs_f64();
     let petal_pipeline_all_threads = trainer::pipeline_rate(&recipe, &data.train[..n])?;
