@@ -255,6 +255,7 @@ fn finetune_cli_learns_generated_shapes_and_writes_its_outputs() {
     assert_eq!(report["images"], ds.val.len());
     assert_eq!(report["top1_correct"], correct);
     assert!((report["top1"].as_f64().unwrap() - acc).abs() < 1e-9, "eval {} vs training {acc}", report["top1"]);
+    common::check_eval_report(&report);
 }
 
 #[test]

@@ -25,10 +25,19 @@ pub struct EvalReport {
     /// Wall time of decoding, transforming and running every image.
     pub seconds: f64,
     pub images_per_s: f64,
+    /// Mean of the per-class F1 scores (classes with images).
+    pub macro_f1: f64,
+    /// Expected calibration error over 15 equal-width confidence bins: Σ |accuracy − confidence| ×
+    /// share of images, per bin.
+    pub ece: f64,
     /// Every class of the dataset, worst top-1 first.
     pub per_class: Vec<ClassAccuracy>,
-    /// Off-diagonal cells of the confusion matrix, most frequent first.
+    /// Off-diagonal cells of the confusion matrix, most frequent first, with example images.
     pub confusions: Vec<Confusion>,
+    /// The wrong answers given with the most confidence, most confident first (at most 20).
+    pub confidently_wrong: Vec<ImagePrediction>,
+    /// Every image's answer, in the dataset's order.
+    pub predictions: Vec<ImagePrediction>,
     /// Rows: the true class, columns: the predicted class, both in the model's class order.
     pub confusion_matrix: Vec<Vec<u32>>,
     pub class_names: Vec<String>,
@@ -37,8 +46,15 @@ pub struct EvalReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassAccuracy {
     pub class: String,
+    /// Images of the class (support).
     pub images: usize,
+    /// Top-1 accuracy on its images (= recall).
     pub top1: f64,
+    /// Of the images predicted as the class, the share that are (0 when none is).
+    pub precision: f64,
+    pub recall: f64,
+    /// Harmonic mean of precision and recall (0 when both are).
+    pub f1: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +62,18 @@ pub struct Confusion {
     pub actual: String,
     pub predicted: String,
     pub count: u32,
+    /// Up to three of the images (their paths in the dataset).
+    pub examples: Vec<String>,
+}
+
+/// One image's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePrediction {
+    pub image: String,
+    pub actual: String,
+    pub predicted: String,
+    /// The predicted class's probability.
+    pub confidence: f64,
 }
 
 /// Runs every image of `set` through `handle`, `batch` images per call, decoding on `threads`
@@ -56,6 +84,7 @@ pub fn evaluate(handle: &ModelHandle, set: &EvalSet, batch: usize, threads: usiz
     let k = names.len();
     let mut matrix = vec![vec![0u32; k]; k];
     let (mut top1, mut top5) = (0usize, 0usize);
+    let mut predictions = Vec::with_capacity(set.samples.len());
     let started = Instant::now();
     let batch = batch.max(1);
     let threads = threads.max(1);
@@ -69,11 +98,31 @@ pub fn evaluate(handle: &ModelHandle, set: &EvalSet, batch: usize, threads: usiz
             matrix[truth][predicted] += 1;
             top1 += usize::from(predicted == truth);
             top5 += usize::from(ranked.iter().any(|p| p.index == truth));
+            predictions.push(ImagePrediction {
+                image: s.path.clone(),
+                actual: names[truth].clone(),
+                predicted: names[predicted].clone(),
+                confidence: f64::from(ranked[0].probability),
+            });
         }
     }
     let seconds = started.elapsed().as_secs_f64();
     let images = set.samples.len();
-    let (per_class, confusions) = breakdown(&matrix, &set.class_names, &to_model, names);
+    let (per_class, mut confusions) = breakdown(&matrix, &set.class_names, &to_model, names);
+    for c in &mut confusions {
+        c.examples = predictions
+            .iter()
+            .filter(|p| p.actual == c.actual && p.predicted == c.predicted)
+            .take(3)
+            .map(|p| p.image.clone())
+            .collect();
+    }
+    let scored: Vec<&ClassAccuracy> = per_class.iter().collect();
+    let macro_f1 = scored.iter().map(|c| c.f1).sum::<f64>() / scored.len().max(1) as f64;
+    let mut confidently_wrong: Vec<ImagePrediction> =
+        predictions.iter().filter(|p| p.actual != p.predicted).cloned().collect();
+    confidently_wrong.sort_by(|a, b| b.confidence.total_cmp(&a.confidence).then_with(|| a.image.cmp(&b.image)));
+    confidently_wrong.truncate(20);
     Ok(EvalReport {
         model: handle.info.name.clone(),
         version: handle.info.version,
@@ -87,8 +136,12 @@ pub fn evaluate(handle: &ModelHandle, set: &EvalSet, batch: usize, threads: usiz
         top5: top5 as f64 / images as f64,
         seconds,
         images_per_s: images as f64 / seconds,
+        macro_f1,
+        ece: expected_calibration_error(&predictions, 15),
         per_class,
         confusions,
+        confidently_wrong,
+        predictions,
         confusion_matrix: matrix,
         class_names: names.clone(),
     })
@@ -172,7 +225,12 @@ fn breakdown(
         .zip(to_model)
         .map(|(c, &i)| {
             let n: u32 = matrix[i].iter().sum();
-            ClassAccuracy { class: c.clone(), images: n as usize, top1: f64::from(matrix[i][i]) / f64::from(n.max(1)) }
+            let predicted: u32 = matrix.iter().map(|row| row[i]).sum();
+            let hits = f64::from(matrix[i][i]);
+            let recall = hits / f64::from(n.max(1));
+            let precision = if predicted == 0 { 0.0 } else { hits / f64::from(predicted) };
+            let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+            ClassAccuracy { class: c.clone(), images: n as usize, top1: recall, precision, recall, f1 }
         })
         .filter(|c| c.images > 0)
         .collect();
@@ -181,12 +239,33 @@ fn breakdown(
     for (a, row) in matrix.iter().enumerate() {
         for (p, &count) in row.iter().enumerate() {
             if a != p && count > 0 {
-                confusions.push(Confusion { actual: names[a].clone(), predicted: names[p].clone(), count });
+                let (actual, predicted) = (names[a].clone(), names[p].clone());
+                confusions.push(Confusion { actual, predicted, count, examples: Vec::new() });
             }
         }
     }
     confusions.sort_by(|x, y| y.count.cmp(&x.count).then_with(|| x.actual.cmp(&y.actual)));
     (per_class, confusions)
+}
+
+/// Expected calibration error: images binned by confidence into `bins` equal-width bins of
+/// (0, 1]; Σ over bins of |accuracy − mean confidence| × the bin's share of the images.
+fn expected_calibration_error(predictions: &[ImagePrediction], bins: usize) -> f64 {
+    let mut sums = vec![(0usize, 0.0f64, 0usize); bins];
+    for p in predictions {
+        let b = ((p.confidence * bins as f64).ceil() as usize).clamp(1, bins) - 1;
+        sums[b].0 += 1;
+        sums[b].1 += p.confidence;
+        sums[b].2 += usize::from(p.actual == p.predicted);
+    }
+    let n = predictions.len().max(1) as f64;
+    sums.iter()
+        .filter(|(count, _, _)| *count > 0)
+        .map(|&(count, conf, right)| {
+            let c = count as f64;
+            (right as f64 / c - conf / c).abs() * c / n
+        })
+        .sum()
 }
 
 impl EvalReport {
@@ -205,6 +284,7 @@ impl EvalReport {
             self.top5_correct,
             self.images
         );
+        s += &format!("macro F1 {:.4}, expected calibration error {:.4}\n", self.macro_f1, self.ece);
         s += &format!("{:.1} s, {:.1} images/s (decode, transform and inference)\n", self.seconds, self.images_per_s);
         let worst: Vec<&ClassAccuracy> = self.per_class.iter().filter(|c| c.top1 < 1.0).take(shown).collect();
         if !worst.is_empty() {

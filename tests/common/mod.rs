@@ -510,3 +510,73 @@ pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Checks a `petal eval --json` report against its own per-image answers, recomputed here by
+/// hand: top-1, per-class precision, recall, F1 and support, macro F1, the expected calibration
+/// error (15 equal-width bins), the confusions and their examples, the most confidently wrong.
+pub fn check_eval_report(report: &serde_json::Value) {
+    use std::collections::BTreeMap;
+    let preds = report["predictions"].as_array().expect("per-image answers");
+    assert_eq!(preds.len() as u64, report["images"].as_u64().unwrap());
+    let get = |p: &serde_json::Value, k: &str| p[k].as_str().unwrap().to_string();
+    let right = preds.iter().filter(|p| p["actual"] == p["predicted"]).count();
+    assert_eq!(report["top1_correct"].as_u64().unwrap() as usize, right);
+    // Per class: support, true positives, predicted.
+    let mut support: BTreeMap<String, f64> = BTreeMap::new();
+    let mut hits: BTreeMap<String, f64> = BTreeMap::new();
+    let mut predicted: BTreeMap<String, f64> = BTreeMap::new();
+    for p in preds {
+        *support.entry(get(p, "actual")).or_default() += 1.0;
+        *predicted.entry(get(p, "predicted")).or_default() += 1.0;
+        if p["actual"] == p["predicted"] {
+            *hits.entry(get(p, "actual")).or_default() += 1.0;
+        }
+    }
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 1e-9, "{what}: report {a}, by hand {b}");
+    let per_class = report["per_class"].as_array().unwrap();
+    assert_eq!(per_class.len(), support.len());
+    let mut f1_sum = 0.0;
+    for c in per_class {
+        let class = get(c, "class");
+        let (n, tp, pr) = (support[&class], hits.get(&class).copied().unwrap_or(0.0), predicted.get(&class).copied());
+        let recall = tp / n;
+        let precision = pr.map_or(0.0, |pr| tp / pr);
+        let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+        assert_eq!(c["images"].as_f64().unwrap(), n, "{class}");
+        close(c["recall"].as_f64().unwrap(), recall, &format!("{class} recall"));
+        close(c["precision"].as_f64().unwrap(), precision, &format!("{class} precision"));
+        close(c["f1"].as_f64().unwrap(), f1, &format!("{class} f1"));
+        f1_sum += f1;
+    }
+    close(report["macro_f1"].as_f64().unwrap(), f1_sum / per_class.len() as f64, "macro F1");
+    // ECE: bin b holds confidences in (b/15, (b+1)/15].
+    let mut bins = vec![(0.0f64, 0.0f64, 0.0f64); 15];
+    for p in preds {
+        let conf = p["confidence"].as_f64().unwrap();
+        let b = ((conf * 15.0).ceil() as usize).clamp(1, 15) - 1;
+        bins[b].0 += 1.0;
+        bins[b].1 += conf;
+        bins[b].2 += f64::from(u8::from(p["actual"] == p["predicted"]));
+    }
+    let n = preds.len() as f64;
+    let ece: f64 = bins.iter().filter(|b| b.0 > 0.0).map(|b| (b.2 / b.0 - b.1 / b.0).abs() * b.0 / n).sum();
+    close(report["ece"].as_f64().unwrap(), ece, "ECE");
+    // Confusions: counts and examples from the answers.
+    for c in report["confusions"].as_array().unwrap() {
+        let pair = |p: &serde_json::Value| p["actual"] == c["actual"] && p["predicted"] == c["predicted"];
+        assert_eq!(c["count"].as_u64().unwrap() as usize, preds.iter().filter(|p| pair(p)).count(), "{c}");
+        for e in c["examples"].as_array().unwrap() {
+            assert!(preds.iter().any(|p| pair(p) && p["image"] == *e), "{e} is not an example of {c}");
+        }
+    }
+    // The most confidently wrong: wrong, most confident first, none more confident left out.
+    let wrong = report["confidently_wrong"].as_array().unwrap();
+    assert_eq!(wrong.len(), (preds.len() - right).min(20));
+    let confs: Vec<f64> = wrong.iter().map(|p| p["confidence"].as_f64().unwrap()).collect();
+    assert!(confs.windows(2).all(|w| w[0] >= w[1]), "{confs:?}");
+    assert!(wrong.iter().all(|p| p["actual"] != p["predicted"]));
+    let floor = confs.last().copied().unwrap_or(f64::INFINITY);
+    let above =
+        preds.iter().filter(|p| p["actual"] != p["predicted"] && p["confidence"].as_f64().unwrap() > floor).count();
+    assert!(above <= wrong.len());
+}

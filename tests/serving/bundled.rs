@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{petal, Server};
+use crate::common::{self, petal, Server};
 
 const MODEL: &str = "flowers102@production";
 
@@ -118,6 +118,29 @@ fn eval_measures_the_bundled_model_through_the_serving_path() {
     assert_eq!(matrix.len(), 102);
     let total: u64 = matrix.iter().flat_map(|r| r.as_array().unwrap()).map(|c| c.as_u64().unwrap()).sum();
     assert_eq!(total, n);
+    common::check_eval_report(&report);
+
+    // Mislabelled photos (each filed under the next photo's class): every answer is wrong, most of
+    // them confidently; the report's numbers still add up by hand.
+    let mislabelled = dir.path().join("mislabelled");
+    let photos = fixtures();
+    for (i, (photo, _)) in photos.iter().enumerate() {
+        let class = &photos[(i + 1) % photos.len()].1;
+        std::fs::create_dir_all(mislabelled.join(class)).unwrap();
+        std::fs::copy(photo, mislabelled.join(class).join(photo.file_name().unwrap())).unwrap();
+    }
+    let out = run_ok(
+        petal()
+            .args(["eval", "--model", MODEL, "--json", "--data"])
+            .arg(&mislabelled)
+            .arg("--registry")
+            .arg(dir.path().join("registry")),
+    );
+    let wrong: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(wrong["top1"].as_f64().unwrap() < 0.5, "{}", wrong["top1"]);
+    assert!(!wrong["confidently_wrong"].as_array().unwrap().is_empty());
+    assert!(wrong["ece"].as_f64().unwrap() > 0.3, "{}", wrong["ece"]);
+    common::check_eval_report(&wrong);
 
     // Classes the model does not know are refused by name.
     let odd = dir.path().join("odd");
