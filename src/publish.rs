@@ -44,6 +44,14 @@ pub struct PublishRun {
     pub job: Option<String>,
 }
 
+/// The exported model's evaluation report on `e.set`, through the serving path (`petal eval`'s).
+fn evaluation(onnx: &[u8], model: &ModelName, e: &EvaluateOn) -> Result<crate::infer::eval::EvalReport> {
+    let runtime = crate::infer::runtime::OrtRuntime::init(e.onnxruntime)?;
+    let handle = crate::infer::engine::ModelHandle::load(&runtime, onnx, model, 0, e.engine)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::infer::eval::evaluate(&handle, e.set, handle.info.max_batch, threads)
+}
+
 /// What a published fine-tuning run records as its provenance's `hyperparameters`, and how a
 /// later reader (a worker taking a job over) reads it back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,39 +100,77 @@ pub fn best_key(backbone: &str, backbones: usize) -> String {
     }
 }
 
-/// Reads `run_dir/summary.json` (written by `train::finetune::finetune`), exports its winner and
-/// publishes it; returns the new version's manifest.
-pub async fn publish_run(registry: &Registry, run_dir: &Path, opts: &PublishRun, usage: Usage) -> Result<Manifest> {
-    let summary_path = run_dir.join("summary.json");
-    let summary: Summary =
-        serde_json::from_slice(&std::fs::read(&summary_path).map_err(|e| {
-            Error::invalid_request(format!("{} is not a fine-tuning run: {e}", summary_path.display()))
-        })?)
-        .map_err(|e| Error::invalid_request(format!("{}: {e}", summary_path.display())))?;
-    let winner = summary
-        .results
-        .iter()
-        .find(|r| r.backbone == summary.winner)
-        .ok_or_else(|| Error::invalid_request(format!("{}: the winner has no result", summary_path.display())))?;
+/// What a version is evaluated on before it is published: labelled images (kept encoded) run
+/// through the serving path with these onnxruntime and engine settings.
+pub struct EvaluateOn<'a> {
+    pub set: &'a crate::dataset::EvalSet,
+    pub onnxruntime: &'a crate::config::OnnxRuntimeConfig,
+    pub engine: &'a crate::config::EngineConfig,
+}
+
+/// A version ready to publish: its artifacts and provenance, and the promotion's reason.
+pub struct PreparedVersion {
+    artifacts: Vec<NewArtifact>,
+    provenance: Provenance,
+    reason: String,
+}
+
+/// Reads `run_dir/summary.json` (written by `train::finetune::finetune`) and exports its winner:
+/// the ONNX model, its evaluation report (`evaluation.json`, `confusion.png`) when `evaluate`
+/// gives images, the winner's training curves (`curves.png`), the checkpoint when asked. Runs the
+/// evaluation (blocking): call it outside an async context.
+pub fn prepare_run(run_dir: &Path, opts: &PublishRun, evaluate: Option<EvaluateOn<'_>>) -> Result<PreparedVersion> {
+    let summary = crate::train::finetune::read_summary(run_dir)?;
+    let winner = summary.results.iter().find(|r| r.backbone == summary.winner).ok_or_else(|| {
+        Error::invalid_request(format!("{}: the winner has no result", run_dir.join("summary.json").display()))
+    })?;
     let checkpoint = crate::foundation::files::read(&run_dir.join(&winner.checkpoint))?;
     let request = WeightsExport { model_name: Some(opts.model.to_string()), fp16: opts.fp16, ..Default::default() };
     let exported = export_weights(winner.backbone, &checkpoint, request)?;
-    let provenance = provenance(&summary, winner, opts, exported.image_size);
+    let mut provenance = provenance(&summary, winner, opts, exported.image_size);
+    let report = evaluate.map(|e| evaluation(&exported.onnx, &opts.model, &e)).transpose()?;
     let mut artifacts = vec![NewArtifact::new("model.onnx", exported.onnx)];
+    if let Some(r) = &report {
+        let best = &mut provenance.metrics.best;
+        best.insert("eval_top1".into(), r.top1);
+        best.insert("eval_top5".into(), r.top5);
+        best.insert("eval_macro_f1".into(), r.macro_f1);
+        best.insert("eval_ece".into(), r.ece);
+        artifacts.push(NewArtifact::new("evaluation.json", serde_json::to_vec_pretty(r).expect("serializes")));
+        let title = format!("{} - {}", opts.model, r.split);
+        let heat_map = crate::train::plot::confusion_png(&title, &r.confusion_matrix);
+        artifacts.push(NewArtifact::new("confusion.png", heat_map));
+    }
+    if let Ok(curves) = std::fs::read(run_dir.join(&winner.curves)) {
+        artifacts.push(NewArtifact::new("curves.png", curves));
+    }
     if opts.with_checkpoint {
         artifacts.push(NewArtifact::new("checkpoint.safetensors", checkpoint));
     }
+    let reason = format!(
+        "published from a fine-tuning run: {} at {:.2} % validation top-1",
+        winner.backbone,
+        winner.best_val_accuracy * 100.0
+    );
+    Ok(PreparedVersion { artifacts, provenance, reason })
+}
+
+/// Publishes a prepared version and, when `opts.alias` asks, moves the alias to it; returns the
+/// new version's manifest.
+pub async fn publish_prepared(
+    registry: &Registry,
+    version: PreparedVersion,
+    opts: &PublishRun,
+    usage: Usage,
+) -> Result<Manifest> {
+    let PreparedVersion { artifacts, provenance, reason } = version;
     let manifest = registry.publish(&opts.model, artifacts, provenance, |_| {}).await?;
     if let Some(alias) = &opts.alias {
         let promotion = Promotion {
             version: manifest.version,
             if_match: None,
             by: opts.by.clone(),
-            reason: format!(
-                "published from a fine-tuning run: {} at {:.2} % validation top-1",
-                winner.backbone,
-                winner.best_val_accuracy * 100.0
-            ),
+            reason,
             acknowledge_terms: opts.acknowledge_terms,
         };
         registry.promote(&opts.model, alias, &promotion, usage).await.map_err(|e| {

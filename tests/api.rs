@@ -81,7 +81,7 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
     let dataset_sha = job["dataset"]["sha256"].as_str().unwrap().to_string();
     assert_eq!(dataset_sha, petal::foundation::hash::sha256_hex(&std::fs::read(&zip).unwrap()));
     let list: Value = client.get(server.url("/jobs?state=succeeded")).send().unwrap().json().unwrap();
-    assert_eq!(list["jobs"][0]["id"], id.as_str());
+    assert_eq!(list["jobs"][0]["id"], id.as_str(), "{list}");
 
     // The registry: manifest with provenance, card, ONNX download.
     let model: Value = client.get(server.url("/models/shapes")).send().unwrap().json().unwrap();
@@ -96,6 +96,20 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
     let etag = onnx.headers()["etag"].to_str().unwrap().trim_matches('"').to_string();
     let bytes = onnx.bytes().unwrap();
     assert_eq!(petal::foundation::hash::sha256_hex(&bytes), etag);
+
+    // Its evaluation on the validation images, through the serving path, and its pictures.
+    let report: Value = client.get(server.url("/models/shapes/versions/1/evaluation")).send().unwrap().json().unwrap();
+    assert_eq!((report["model"].as_str(), report["version"].as_u64()), (Some("shapes"), Some(1)), "{report}");
+    assert_eq!(report["images"], check["dataset"]["val_images"], "the validation images: {report}");
+    common::check_eval_report(&report);
+    assert!(card.contains("eval_macro_f1") && card.contains("eval_ece"), "{card}");
+    for picture in ["curves.png", "confusion.png"] {
+        let r = client.get(server.url(&format!("/models/shapes/versions/1/{picture}"))).send().unwrap();
+        assert_eq!(r.status(), 200, "{picture}");
+        assert_eq!(r.headers()["content-type"], "image/png");
+        let img = image::load_from_memory(&r.bytes().unwrap()).unwrap();
+        assert!(img.width() > 100 && img.height() > 100, "{picture}");
+    }
 
     // Promotion with compare-and-swap, and its history.
     let promote = |if_match: &str| {

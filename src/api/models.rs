@@ -202,6 +202,92 @@ pub async fn download_onnx(path: web::Path<(ModelName, u64)>, state: web::Data<A
         .body(bytes))
 }
 
+/// A version's artifact `file`, checked against its manifest; `not_found` naming what the version
+/// lacks when it has none.
+async fn artifact(state: &AppState, path: &(ModelName, u64), file: &str, what: &str) -> Result<(Vec<u8>, String)> {
+    let (name, v) = version_of(path)?;
+    let r = state.registry()?;
+    let m = r.manifest(name, v).await?;
+    let Some(a) = m.artifact(file) else {
+        return Err(Error::new(ErrorCode::NotFound, format!("{name} version {v} has no {what} ({file})")));
+    };
+    let sha = a.sha256.clone();
+    Ok((r.read_artifact(&m, file).await?, sha))
+}
+
+#[utoipa::path(
+    get, path = "/models/{name}/versions/{version}/evaluation", tag = "models", operation_id = "get_evaluation",
+    summary = "A version's evaluation report",
+    description = "Computed when the version was published, on the validation images of its dataset, through the serving path (as `petal eval --json`): top-1, top-5, macro F1, expected calibration error, per-class precision/recall/F1/support, the confusion matrix, the most frequent confusions with example images, the most confidently wrong answers, and every image's answer.",
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    responses(
+        (status = 200, description = "The report.", body = crate::infer::eval::EvalReport),
+        (status = 400, response = crate::api::responses::BadVersion),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
+        (status = 404, description = "No such model or version, or the version has no evaluation (published from files).", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "flowers102 version 1 has no evaluation report (evaluation.json)"}})),
+        (status = 422, response = crate::api::responses::InvalidName),
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models/{name}/versions/{version}/evaluation")]
+pub async fn get_evaluation(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let (bytes, sha) = artifact(&state, &path, "evaluation.json", "evaluation report").await?;
+    let mut report: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("evaluation.json is unreadable: {e}")))?;
+    // Evaluated before the version existed: the version is the one asked for.
+    report["version"] = path.1.into();
+    Ok(HttpResponse::Ok().insert_header((ETAG, format!("\"{sha}\""))).json(report))
+}
+
+#[utoipa::path(
+    get, path = "/models/{name}/versions/{version}/curves.png", tag = "models", operation_id = "get_curves",
+    summary = "A version's training curves (PNG)",
+    description = "Loss and accuracy per epoch, train and validation, the phase boundary marked: the winner's, from its fine-tuning run.",
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    responses(
+        (status = 200, description = "The picture.", content_type = "image/png", body = crate::api::Binary),
+        (status = 400, response = crate::api::responses::BadVersion),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
+        (status = 404, description = "No such model or version, or the version has no curves.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "flowers102 version 1 has no training curves (curves.png)"}})),
+        (status = 422, response = crate::api::responses::InvalidName),
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models/{name}/versions/{version}/curves.png")]
+pub async fn get_curves(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let (bytes, sha) = artifact(&state, &path, "curves.png", "training curves").await?;
+    Ok(HttpResponse::Ok().content_type("image/png").insert_header((ETAG, format!("\"{sha}\""))).body(bytes))
+}
+
+#[utoipa::path(
+    get, path = "/models/{name}/versions/{version}/confusion.png", tag = "models", operation_id = "get_confusion",
+    summary = "A version's confusion matrix as a heat map (PNG)",
+    description = "Rows the true class, columns the predicted one, in the model's class order; the darker a cell, the larger its share of the row. From the version's evaluation.",
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    responses(
+        (status = 200, description = "The picture.", content_type = "image/png", body = crate::api::Binary),
+        (status = 400, response = crate::api::responses::BadVersion),
+        (status = 401, response = crate::api::responses::Unauthorized),
+        (status = 403, response = crate::api::responses::ForbiddenRead),
+        (status = 404, description = "No such model or version, or the version has no evaluation.", body = ErrorBody,
+         example = json!({"error": {"code": "not_found", "message": "flowers102 version 1 has no confusion matrix (confusion.png)"}})),
+        (status = 422, response = crate::api::responses::InvalidName),
+        (status = 503, response = crate::api::responses::RegistryUnavailable)
+    ),
+    security(("bearer" = ["classify", "train"]))
+)]
+#[get("/models/{name}/versions/{version}/confusion.png")]
+pub async fn get_confusion(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let (bytes, sha) = artifact(&state, &path, "confusion.png", "confusion matrix").await?;
+    Ok(HttpResponse::Ok().content_type("image/png").insert_header((ETAG, format!("\"{sha}\""))).body(bytes))
+}
+
 /// The precondition of a promotion.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]

@@ -126,7 +126,7 @@ impl Command {
             Command::Export(a) => report(invocation::block_on(export::run(&config, a))),
             Command::Classify(a) => report(classify::run(&config, a)),
             Command::Finetune(a) => report(finetune::run(&config, a)),
-            Command::Publish(a) => report(invocation::block_on(publish::run(&config, a))),
+            Command::Publish(a) => report(publish::run(&config, a)),
             Command::Eval(a) => report(eval::run(&config, a)),
             Command::Bench(a) => report(bench::run(&config, a)),
             Command::Weights(a) => report(weights::run(&config, a.command)),

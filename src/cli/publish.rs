@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::publish::{publish_run, PublishRun};
+use crate::publish::{prepare_run, publish_prepared, EvaluateOn, PublishRun};
 use crate::records::names::{AliasName, ModelName};
 use crate::registry::Registry;
 
@@ -44,12 +44,16 @@ pub struct PublishArgs {
     /// Acknowledge the lineage's non-commercial terms (needed to promote under registry.usage = commercial).
     #[arg(long)]
     pub acknowledge_terms: bool,
+    /// Evaluate the version on this dataset's validation images (its own split, else the seeded
+    /// stratified split the run made) and publish the report as `evaluation.json`.
+    #[arg(long, value_name = "PATH")]
+    pub eval_data: Option<PathBuf>,
     /// Local registry folder (registry.path).
     #[arg(long, value_name = "DIR")]
     pub registry: Option<PathBuf>,
 }
 
-pub(super) async fn run(config: &Config, args: PublishArgs) -> Result<()> {
+pub(super) fn run(config: &Config, args: PublishArgs) -> Result<()> {
     let registry = Registry::open(&config.registry)?;
     let opts = PublishRun {
         model: args.model,
@@ -68,7 +72,19 @@ pub(super) async fn run(config: &Config, args: PublishArgs) -> Result<()> {
         acknowledge_terms: args.acknowledge_terms,
         job: None,
     };
-    let m = publish_run(&registry, &args.run, &opts, config.registry.usage).await?;
+    let set = match &args.eval_data {
+        Some(path) => {
+            let summary = crate::train::finetune::read_summary(&args.run)?;
+            let options = crate::dataset::IngestOptions { seed: summary.recipe.seed, ..Default::default() };
+            let transform = &summary.recipe.eval_transform;
+            Some(crate::dataset::load_eval(path, &options, transform, crate::dataset::EvalSplit::Val)?)
+        }
+        None => None,
+    };
+    let evaluate =
+        set.as_ref().map(|set| EvaluateOn { set, onnxruntime: &config.onnxruntime, engine: &config.inference.engine });
+    let version = prepare_run(&args.run, &opts, evaluate)?;
+    let m = super::invocation::block_on(publish_prepared(&registry, version, &opts, config.registry.usage))?;
     let onnx = m.artifact("model.onnx").expect("published with model.onnx");
     println!("published {} version {} (model.onnx {} bytes, sha256 {})", m.model, m.version, onnx.size, onnx.sha256);
     if let Some(alias) = &opts.alias {

@@ -3,13 +3,22 @@
 //! top-1, top-5, per-class accuracy and the most frequent confusions.
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dataset::EvalSet;
 use crate::error::{Error, ErrorCode, Result};
 use crate::infer::engine::ModelHandle;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"model": "flowers102", "version": 1, "provider": "CPUExecutionProvider",
+    "split": "validation (trnid + valid)", "dataset_digest": "e878…", "images": 2040, "top1_correct": 1947,
+    "top5_correct": 2021, "top1": 0.9544, "top5": 0.9907, "seconds": 61.2, "images_per_s": 33.3,
+    "macro_f1": 0.951, "ece": 0.021,
+    "per_class": [{"class": "sweet pea", "images": 10, "top1": 0.6, "precision": 0.75, "recall": 0.6, "f1": 0.667}],
+    "confusions": [{"actual": "sweet pea", "predicted": "wallflower", "count": 2, "examples": ["jpg/image_07523.jpg"]}],
+    "confidently_wrong": [{"image": "jpg/image_07523.jpg", "actual": "sweet pea", "predicted": "wallflower", "confidence": 0.93}],
+    "predictions": [{"image": "jpg/image_06734.jpg", "actual": "pink primrose", "predicted": "pink primrose", "confidence": 0.99}],
+    "confusion_matrix": [[10, 0], [0, 10]], "class_names": ["pink primrose", "hard-leaved pocket orchid"]}))]
 pub struct EvalReport {
     pub model: String,
     pub version: u64,
@@ -43,7 +52,7 @@ pub struct EvalReport {
     pub class_names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClassAccuracy {
     pub class: String,
     /// Images of the class (support).
@@ -57,7 +66,7 @@ pub struct ClassAccuracy {
     pub f1: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Confusion {
     pub actual: String,
     pub predicted: String,
@@ -67,7 +76,7 @@ pub struct Confusion {
 }
 
 /// One image's answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImagePrediction {
     pub image: String,
     pub actual: String,

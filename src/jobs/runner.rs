@@ -489,7 +489,7 @@ impl Runner {
         canceled()?;
         owner.fence_before_publishing(rt, registry)?;
         self.update(&job.id, |j| j.progress.stage = Stage::Publishing);
-        let manifest = self.publish(rt, registry, job, &run_dir)?;
+        let manifest = self.publish(rt, registry, job, work.path())?;
         Ok(JobResult {
             model: manifest.model,
             version: manifest.version,
@@ -500,8 +500,8 @@ impl Runner {
         })
     }
 
-    /// What a run needs before it trains: the dataset (fetched into `work` and read as the spec
-    /// says), the recipe, the device and each backbone's starting weights.
+    /// What a run needs before it trains: the dataset (fetched into `work/dataset.archive` and read
+    /// as the spec says), the recipe, the device and each backbone's starting weights.
     fn prepare(
         &self,
         rt: &tokio::runtime::Runtime,
@@ -513,8 +513,9 @@ impl Runner {
         let archive = work.join("dataset.archive");
         rt.block_on(registry.fetch_dataset(&job.dataset.sha256, &archive))?;
         let recipe = spec.recipe();
+        // The archive stays until the end: the published version is evaluated on its validation
+        // images, read again as the serving path reads them.
         let data = crate::dataset::load(&archive, &spec.ingest_options(&self.config.jobs), &recipe.eval_transform)?;
-        std::fs::remove_file(&archive).map_err(|e| Error::io("removing", &archive, e))?;
         let device = crate::train::device::select(spec.device)?;
         let store = crate::train::weights::store::WeightStore::from_config(&self.config.weights);
         let mut backbones = Vec::new();
@@ -576,16 +577,27 @@ impl Runner {
         }
     }
 
-    /// Publishes the run's winner as a new version of the spec's model, with the dataset's
-    /// recorded terms (the spec may only add to them) and the job as its provenance.
+    /// Publishes the run's winner (under `work/run`) as a new version of the spec's model, with the
+    /// dataset's recorded terms (the spec may only add to them), the job as its provenance, and its
+    /// evaluation on the validation images of `work/dataset.archive`.
     fn publish(
         &self,
         rt: &tokio::runtime::Runtime,
         registry: &Registry,
         job: &Job,
-        run_dir: &std::path::Path,
+        work: &std::path::Path,
     ) -> Result<crate::registry::Manifest> {
         let spec = &job.spec;
+        let run_dir = work.join("run");
+        let options = spec.ingest_options(&self.config.jobs);
+        let split = crate::dataset::EvalSplit::Val;
+        let set =
+            crate::dataset::load_eval(&work.join("dataset.archive"), &options, &spec.recipe().eval_transform, split)?;
+        let evaluate = crate::publish::EvaluateOn {
+            set: &set,
+            onnxruntime: &self.config.onnxruntime,
+            engine: &self.config.inference.engine,
+        };
         let recorded = rt.block_on(registry.dataset(&job.dataset.sha256))?;
         let dataset_terms =
             crate::registry::datasets::combined_terms(recorded.terms.as_deref(), spec.dataset.terms.as_deref());
@@ -605,7 +617,8 @@ impl Runner {
             acknowledge_terms: spec.acknowledge_terms,
             job: Some(job.id.clone()),
         };
-        rt.block_on(crate::publish::publish_run(registry, run_dir, &opts, self.config.registry.usage))
+        let version = crate::publish::prepare_run(&run_dir, &opts, Some(evaluate))?;
+        rt.block_on(crate::publish::publish_prepared(registry, version, &opts, self.config.registry.usage))
     }
 
     /// The submission policy's limit on active jobs: `owner` (a token's name; `None` without

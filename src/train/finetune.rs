@@ -180,6 +180,14 @@ pub fn finetune(run: &FinetuneRun, cancel: &AtomicBool, on_event: &mut dyn FnMut
     Ok(summary)
 }
 
+/// The summary a run wrote in `run_dir/summary.json`.
+pub fn read_summary(run_dir: &Path) -> Result<Summary> {
+    let path = run_dir.join("summary.json");
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Error::invalid_request(format!("{} is not a fine-tuning run: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::invalid_request(format!("{}: {e}", path.display())))
+}
+
 /// Metadata keys of a petal checkpoint.
 pub const META_ARCH: &str = "petal.arch";
 pub const META_CLASS_NAMES: &str = "petal.class_names";

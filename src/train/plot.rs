@@ -111,6 +111,44 @@ pub fn png(curves: &Curves, width: u32, height: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A confusion matrix as a heat map (PNG): row `i` is true class `i`, column `j` predicted class
+/// `j`; each cell's shade is its share of the row, from white (none) to matplotlib's blue (all).
+/// Cells are 2–24 px (the whole matrix within ~800 px); below a title and the axes' names.
+pub fn confusion_png(title: &str, matrix: &[Vec<u32>]) -> Vec<u8> {
+    let k = matrix.len().max(1) as u32;
+    let cell = (800 / k).clamp(2, 24);
+    let (left, top) = (16u32, 56u32);
+    let side = k * cell;
+    let width = (left * 2 + side).max(text_width(title, 2) as u32 + 2 * left);
+    let mut img = RgbImage::from_pixel(width, top + side + 16, Rgb([255, 255, 255]));
+    text(&mut img, title, left as i32, 8, 2, Rgb([0, 0, 0]));
+    text(&mut img, "rows: true class, columns: predicted class", left as i32, 32, 1, Rgb([80, 80, 80]));
+    let [r, g, b] = COLOURS[0];
+    for (i, row) in matrix.iter().enumerate() {
+        let total: u32 = row.iter().sum();
+        for (j, &count) in row.iter().enumerate() {
+            let share = if total == 0 { 0.0 } else { f64::from(count) / f64::from(total) };
+            let mix = |c: u8| (255.0 - share * (255.0 - f64::from(c))).round() as u8;
+            let colour = Rgb([mix(r), mix(g), mix(b)]);
+            let (x0, y0) = (left + j as u32 * cell, top + i as u32 * cell);
+            for dy in 0..cell {
+                for dx in 0..cell {
+                    img.put_pixel(x0 + dx, y0 + dy, colour);
+                }
+            }
+        }
+    }
+    // A frame around the matrix.
+    let (l, t, rgt, btm) = (left as i32 - 1, top as i32 - 1, (left + side) as i32, (top + side) as i32);
+    hline(&mut img, l, rgt, t, Rgb([0, 0, 0]));
+    hline(&mut img, l, rgt, btm, Rgb([0, 0, 0]));
+    vline(&mut img, l, t, btm, Rgb([0, 0, 0]));
+    vline(&mut img, rgt, t, btm, Rgb([0, 0, 0]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encoding a PNG into memory cannot fail");
+    out.into_inner()
+}
+
 #[derive(Clone, Copy)]
 struct Axis {
     lo: f64,

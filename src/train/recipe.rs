@@ -237,8 +237,10 @@ impl Augment {
 #[serde(deny_unknown_fields, default)]
 pub struct RandomResizedCrop {
     /// Share of the image's area, [low, high] within (0, 1].
+    #[schema(min_items = 2, max_items = 2)]
     pub scale: [f64; 2],
     /// Width over height, [low, high], drawn log-uniformly.
+    #[schema(min_items = 2, max_items = 2)]
     pub ratio: [f64; 2],
 }
 
