@@ -505,6 +505,12 @@ impl Recipe {
                 "epochs (≤ 1000 per phase) or batch_size (≤ 4096) too large",
             ));
         }
+        recipe.validate_options()
+    }
+
+    /// The checks of the options beyond the reference recipe.
+    fn validate_options(&self) -> Result<()> {
+        let recipe = self;
         for (name, rule) in [("phase1", &recipe.phase1.early_stopping), ("phase2", &recipe.phase2.early_stopping)] {
             if let Some(r) = rule {
                 if r.patience == 0 || !(r.min_delta.is_finite() && r.min_delta >= 0.0) {
