@@ -44,12 +44,17 @@ pub struct PublishRun {
     pub job: Option<String>,
 }
 
-/// The exported model's evaluation report on `e.set`, through the serving path (`petal eval`'s).
-fn evaluation(onnx: &[u8], model: &ModelName, e: &EvaluateOn) -> Result<crate::infer::eval::EvalReport> {
+/// The exported model's evaluation report on `set`, through the serving path (`petal eval`'s).
+fn evaluation(
+    onnx: &[u8],
+    model: &ModelName,
+    e: &EvaluateOn,
+    set: &crate::dataset::EvalSet,
+) -> Result<crate::infer::eval::EvalReport> {
     let runtime = crate::infer::runtime::OrtRuntime::init(e.onnxruntime)?;
     let handle = crate::infer::engine::ModelHandle::load(&runtime, onnx, model, 0, e.engine)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    crate::infer::eval::evaluate(&handle, e.set, handle.info.max_batch, threads)
+    crate::infer::eval::evaluate(&handle, set, handle.info.max_batch, threads)
 }
 
 /// What a published fine-tuning run records as its provenance's `hyperparameters`, and how a
@@ -104,6 +109,8 @@ pub fn best_key(backbone: &str, backbones: usize) -> String {
 /// through the serving path with these onnxruntime and engine settings.
 pub struct EvaluateOn<'a> {
     pub set: &'a crate::dataset::EvalSet,
+    /// The dataset's `test/` images, when it has some: reported apart (`evaluation-test.json`).
+    pub test: Option<&'a crate::dataset::EvalSet>,
     pub onnxruntime: &'a crate::config::OnnxRuntimeConfig,
     pub engine: &'a crate::config::EngineConfig,
 }
@@ -128,7 +135,11 @@ pub fn prepare_run(run_dir: &Path, opts: &PublishRun, evaluate: Option<EvaluateO
     let request = WeightsExport { model_name: Some(opts.model.to_string()), fp16: opts.fp16, ..Default::default() };
     let exported = export_weights(winner.backbone, &checkpoint, request)?;
     let mut provenance = provenance(&summary, winner, opts, exported.image_size);
-    let report = evaluate.map(|e| evaluation(&exported.onnx, &opts.model, &e)).transpose()?;
+    let report = evaluate.as_ref().map(|e| evaluation(&exported.onnx, &opts.model, e, e.set)).transpose()?;
+    let test = match evaluate.as_ref().and_then(|e| e.test.map(|t| (e, t))) {
+        Some((e, t)) => Some(evaluation(&exported.onnx, &opts.model, e, t)?),
+        None => None,
+    };
     let mut artifacts = vec![NewArtifact::new("model.onnx", exported.onnx)];
     if let Some(r) = &report {
         let best = &mut provenance.metrics.best;
@@ -140,6 +151,14 @@ pub fn prepare_run(run_dir: &Path, opts: &PublishRun, evaluate: Option<EvaluateO
         let title = format!("{} - {}", opts.model, r.split);
         let heat_map = crate::train::plot::confusion_png(&title, &r.confusion_matrix);
         artifacts.push(NewArtifact::new("confusion.png", heat_map));
+    }
+    if let Some(r) = &test {
+        let best = &mut provenance.metrics.best;
+        best.insert("test_top1".into(), r.top1);
+        best.insert("test_top5".into(), r.top5);
+        best.insert("test_macro_f1".into(), r.macro_f1);
+        best.insert("test_ece".into(), r.ece);
+        artifacts.push(NewArtifact::new("evaluation-test.json", serde_json::to_vec_pretty(r).expect("serializes")));
     }
     if let Ok(curves) = std::fs::read(run_dir.join(&winner.curves)) {
         artifacts.push(NewArtifact::new("curves.png", curves));

@@ -404,6 +404,37 @@ fn the_default_backbone_trains_from_the_seed_folder() {
     assert_ne!(record["verification"], "unknown", "checked against the catalog: {record}");
 }
 
+/// A dataset with a `test/` folder: training and validation never see it; the published version
+/// is evaluated on it too, apart (`GET …/evaluation?split=test`).
+#[test]
+fn a_test_folder_is_held_out_and_evaluated_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &dir.path().join("registry"), &[]);
+    let client = Client::new();
+    let data = dir.path().join("split");
+    for (part, n, seed) in [("train", 8, 1), ("val", 3, 2), ("test", 4, 3)] {
+        common::shapes_dataset(&data.join(part), n, 72, seed);
+    }
+    let zip = dir.path().join("split.zip");
+    common::zip_dir(&data, "split", &zip);
+    let spec = shapes_spec("held-out", 1);
+    let r = submit(&client, &server, &spec, Some(&zip));
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().unwrap()["id"].as_str().unwrap().to_string();
+    let job = wait_for(&client, &server, &id, |j| j["state"] != "queued" && j["state"] != "running");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let get =
+        |query: &str| client.get(server.url(&format!("/models/held-out/versions/1/evaluation{query}"))).send().unwrap();
+    let val: Value = get("").json().unwrap();
+    let test: Value = get("?split=test").json().unwrap();
+    assert_eq!((val["images"].as_u64(), test["images"].as_u64()), (Some(9), Some(12)), "{val} {test}");
+    assert!(test["split"].as_str().unwrap().starts_with("test split"), "{}", test["split"]);
+    common::check_eval_report(&test);
+    let manifest: Value = client.get(server.url("/models/held-out/versions/1")).send().unwrap().json().unwrap();
+    assert_eq!(manifest["provenance"]["metrics"]["best"]["test_top1"], test["top1"]);
+    assert_eq!(code(get("?split=train")), (400, "invalid_request".into()));
+}
+
 fn uuid_like() -> String {
     "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10".to_string()
 }

@@ -215,11 +215,19 @@ async fn artifact(state: &AppState, path: &(ModelName, u64), file: &str, what: &
     Ok((r.read_artifact(&m, file).await?, sha))
 }
 
+/// Which evaluation of a version.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct EvaluationQuery {
+    /// `val` (the default): the validation images; `test`: the dataset's `test/` folder, when it had one.
+    #[param(pattern = "^(val|test)$")]
+    pub split: Option<String>,
+}
+
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}/evaluation", tag = "models", operation_id = "get_evaluation",
     summary = "A version's evaluation report",
     description = "Computed when the version was published, on the validation images of its dataset, through the serving path (as `petal eval --json`): top-1, top-5, macro F1, expected calibration error, per-class precision/recall/F1/support, the confusion matrix, the most frequent confusions with example images, the most confidently wrong answers, and every image's answer.",
-    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number."), EvaluationQuery),
     responses(
         (status = 200, description = "The report.", body = crate::infer::eval::EvalReport),
         (status = 400, response = crate::api::responses::BadVersion),
@@ -233,8 +241,17 @@ async fn artifact(state: &AppState, path: &(ModelName, u64), file: &str, what: &
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}/versions/{version}/evaluation")]
-pub async fn get_evaluation(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let (bytes, sha) = artifact(&state, &path, "evaluation.json", "evaluation report").await?;
+pub async fn get_evaluation(
+    path: web::Path<(ModelName, u64)>,
+    query: web::Query<EvaluationQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (file, what) = match query.split.as_deref() {
+        None | Some("val") => ("evaluation.json", "evaluation report"),
+        Some("test") => ("evaluation-test.json", "test-split evaluation (its dataset has no test/ folder)"),
+        Some(other) => return Err(Error::invalid_request(format!("split: val or test, not {other:?}"))),
+    };
+    let (bytes, sha) = artifact(&state, &path, file, what).await?;
     let mut report: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("evaluation.json is unreadable: {e}")))?;
     // Evaluated before the version existed: the version is the one asked for.

@@ -81,8 +81,12 @@ pub(super) fn run(config: &Config, args: PublishArgs) -> Result<()> {
         }
         None => None,
     };
-    let evaluate =
-        set.as_ref().map(|set| EvaluateOn { set, onnxruntime: &config.onnxruntime, engine: &config.inference.engine });
+    let evaluate = set.as_ref().map(|set| EvaluateOn {
+        set,
+        test: None,
+        onnxruntime: &config.onnxruntime,
+        engine: &config.inference.engine,
+    });
     let version = prepare_run(&args.run, &opts, evaluate)?;
     let m = super::invocation::block_on(publish_prepared(&registry, version, &opts, config.registry.usage))?;
     let onnx = m.artifact("model.onnx").expect("published with model.onnx");

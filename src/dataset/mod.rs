@@ -150,6 +150,9 @@ pub struct Dataset {
     pub class_names: Vec<String>,
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
+    /// Images of a `test/` folder, held out: counted, never trained or validated on (a published
+    /// version is evaluated on them).
+    pub test_images: usize,
     pub layout: Layout,
     /// How the split was made, in words.
     pub split: String,
@@ -182,6 +185,7 @@ impl Dataset {
             class_names: self.class_names.clone(),
             train_images: self.train.len(),
             val_images: self.val.len(),
+            test_images: self.test_images,
             warnings: self.warnings.len(),
             class_counts,
             imbalance,
@@ -218,6 +222,8 @@ fn is_image_name(path: &str) -> bool {
 enum Part {
     Train,
     Val,
+    /// Held out for a final evaluation (a `test/` folder): never trained or validated on.
+    Test,
     Unsplit,
 }
 
@@ -258,11 +264,12 @@ fn labelled_into_dataset(labelled: Labelled, opts: &IngestOptions) -> Result<Dat
             format!("stratified, {:.0} % of each class for validation, seed {}", opts.val_fraction * 100.0, opts.seed)
         }
     };
-    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let (mut train, mut val, mut test_images) = (Vec::new(), Vec::new(), 0);
     for (s, part) in kept {
         match part {
             Part::Train => train.push(s),
             Part::Val => val.push(s),
+            Part::Test => test_images += 1,
             Part::Unsplit => unreachable!("stratify assigns every sample"),
         }
     }
@@ -272,6 +279,7 @@ fn labelled_into_dataset(labelled: Labelled, opts: &IngestOptions) -> Result<Dat
         class_names: plan.class_names,
         train,
         val,
+        test_images,
         layout: plan.layout,
         split: split_desc,
         digest,
@@ -426,6 +434,8 @@ pub enum EvalSplit {
     /// training makes (same `val_fraction` and seed).
     Val,
     Train,
+    /// The dataset's `test/` folder.
+    Test,
     All,
 }
 
@@ -436,8 +446,11 @@ impl std::str::FromStr for EvalSplit {
             "auto" => EvalSplit::Auto,
             "val" => EvalSplit::Val,
             "train" => EvalSplit::Train,
+            "test" => EvalSplit::Test,
             "all" => EvalSplit::All,
-            other => return Err(Error::invalid_request(format!("split: auto, val, train or all, not {other:?}"))),
+            other => {
+                return Err(Error::invalid_request(format!("split: auto, val, train, test or all, not {other:?}")))
+            }
         })
     }
 }
@@ -465,6 +478,8 @@ pub fn load_eval(path: &Path, opts: &IngestOptions, eval: &EvalTransform, which:
         (EvalSplit::All, _) | (EvalSplit::Auto, None) => (None, "every image".to_string()),
         (EvalSplit::Auto | EvalSplit::Val, Some(s)) => (Some(Part::Val), format!("validation split of {s}")),
         (EvalSplit::Train, Some(s)) => (Some(Part::Train), format!("training split of {s}")),
+        (EvalSplit::Test, Some(s)) => (Some(Part::Test), format!("test split of {s}")),
+        (EvalSplit::Test, None) => return Err(invalid(&["the dataset brings no test/ split".to_string()])),
         (EvalSplit::Val | EvalSplit::Train, None) => {
             stratify(&mut kept, plan.classes.len(), &opts)?;
             let part = if which == EvalSplit::Val { "validation" } else { "training" };
@@ -573,6 +588,7 @@ fn plan_image_folder(files: &Listing, opts: &IngestOptions) -> Result<Plan> {
     let mut warnings = Vec::new();
     let tops: BTreeSet<&str> = files.names.iter().filter_map(|k| k.split_once('/').map(|(a, _)| a)).collect();
     let val_dir = ["val", "valid", "validation"].into_iter().find(|d| tops.contains(d));
+    let test_dir = ["test", "testing"].into_iter().find(|d| tops.contains(d));
     let split = tops.contains("train") && val_dir.is_some();
     let (layout, class_depth) = if split { (Layout::ImageFolderSplit, 1) } else { (Layout::ImageFolder, 0) };
     let mut entries = Vec::new();
@@ -588,9 +604,10 @@ fn plan_image_folder(files: &Listing, opts: &IngestOptions) -> Result<Plan> {
             match parts[0] {
                 "train" => Part::Train,
                 d if Some(d) == val_dir => Part::Val,
+                d if Some(d) == test_dir => Part::Test,
                 other => {
-                    warnings
-                        .push(format!("ignored {path}: {other}/ is neither train/ nor {}/", val_dir.unwrap_or("val")));
+                    let val = val_dir.unwrap_or("val");
+                    warnings.push(format!("ignored {path}: {other}/ is none of train/, {val}/ and test/"));
                     continue;
                 }
             }
@@ -607,8 +624,13 @@ fn plan_image_folder(files: &Listing, opts: &IngestOptions) -> Result<Plan> {
         }
         entries.push((path.clone(), parts[class_depth].to_string(), part));
     }
-    let classes: Vec<String> =
-        entries.iter().filter(|e| e.2 != Part::Val).map(|e| e.1.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let classes: Vec<String> = entries
+        .iter()
+        .filter(|e| matches!(e.2, Part::Train | Part::Unsplit))
+        .map(|e| e.1.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if classes.len() > opts.max_classes {
         return Err(too_many_classes(classes.len(), opts.max_classes));
     }
@@ -624,12 +646,18 @@ fn plan_image_folder(files: &Listing, opts: &IngestOptions) -> Result<Plan> {
     for (path, class, part) in entries {
         match index.get(class.as_str()) {
             Some(&label) => items.push((path, label, part)),
-            None => problems.push(format!("{path}: class {class:?} exists only in the validation folder")),
+            None => {
+                let folder = if part == Part::Test { "test" } else { "validation" };
+                problems.push(format!("{path}: class {class:?} exists only in the {folder} folder"))
+            }
         }
     }
     let names = name_map(files, &mut problems);
     let class_names = classes.iter().map(|c| names.get(c).cloned().unwrap_or_else(|| c.clone())).collect();
-    let split = split.then(|| format!("given: train/ and {}/", val_dir.unwrap_or("val")));
+    let split = split.then(|| match test_dir {
+        Some(t) => format!("given: train/, {}/ and {t}/", val_dir.unwrap_or("val")),
+        None => format!("given: train/ and {}/", val_dir.unwrap_or("val")),
+    });
     Ok(Plan { layout, classes, class_names, items, split, warnings, problems })
 }
 
@@ -780,6 +808,26 @@ mod tests {
         let err = load(f).unwrap_err();
         assert_eq!(err.code, ErrorCode::DatasetInvalid);
         assert!(err.message.contains("exists only in the validation folder"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_test_folder_is_held_out_and_counted() {
+        let mut f = Files::new();
+        for (part, n) in [("train", 3), ("val", 1), ("test", 2)] {
+            for c in ["a", "b"] {
+                for i in 0..n {
+                    f.insert(format!("{part}/{c}/{i}.png"), png([0, 0, i as u8]));
+                }
+            }
+        }
+        let d = load(f.clone()).unwrap();
+        assert_eq!(d.layout, Layout::ImageFolderSplit);
+        assert_eq!((d.train.len(), d.val.len(), d.test_images), (6, 2, 4));
+        assert_eq!(d.summary().test_images, 4);
+        assert!(d.split.contains("test/"), "{}", d.split);
+        f.insert("test/c/0.png".into(), png([1, 1, 1]));
+        let err = load(f).unwrap_err();
+        assert!(err.message.contains("exists only in the test folder"), "{}", err.message);
     }
 
     #[test]

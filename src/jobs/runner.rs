@@ -590,11 +590,15 @@ impl Runner {
         let spec = &job.spec;
         let run_dir = work.join("run");
         let options = spec.ingest_options(&self.config.jobs);
-        let split = crate::dataset::EvalSplit::Val;
-        let set =
-            crate::dataset::load_eval(&work.join("dataset.archive"), &options, &spec.recipe().eval_transform, split)?;
+        let (archive, transform) = (work.join("dataset.archive"), spec.recipe().eval_transform);
+        let set = crate::dataset::load_eval(&archive, &options, &transform, crate::dataset::EvalSplit::Val)?;
+        let summary = crate::train::finetune::read_summary(&run_dir)?;
+        let test = (summary.dataset.test_images > 0)
+            .then(|| crate::dataset::load_eval(&archive, &options, &transform, crate::dataset::EvalSplit::Test))
+            .transpose()?;
         let evaluate = crate::publish::EvaluateOn {
             set: &set,
+            test: test.as_ref(),
             onnxruntime: &self.config.onnxruntime,
             engine: &self.config.inference.engine,
         };

@@ -20,6 +20,9 @@ pub struct DatasetSummary {
     pub class_names: Vec<String>,
     pub train_images: usize,
     pub val_images: usize,
+    /// Images of the dataset's `test/` folder, held out from training and validation.
+    #[serde(default)]
+    pub test_images: usize,
     pub warnings: usize,
     /// Training images per class, in class order.
     #[serde(default)]
