@@ -216,7 +216,7 @@ macro_rules! api {
             components(schemas(
                 ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check,
                 classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
-                crate::jobs::runner::JobEvent, Binary, models::Picture
+                crate::jobs::runner::JobEvent, Binary
             ), responses(
                 responses::Unauthorized, responses::ForbiddenTrain, responses::ForbiddenRead, responses::RunnerNotReady,
                 responses::JobNotFound, responses::InvalidName, responses::RegistryUnavailable, responses::BadVersion,
@@ -247,7 +247,8 @@ api!(
     models::get_card,
     models::download_onnx,
     models::get_evaluation,
-    models::get_picture,
+    models::get_curves,
+    models::get_confusion,
     models::promote,
     models::alias_history,
     health::healthz,
@@ -501,8 +502,7 @@ mod route_tests {
                 .replace("{name}", "m")
                 .replace("{version}", "1")
                 .replace("{alias}", "a")
-                .replace("{id}", "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10")
-                .replace("{picture}", "curves.png");
+                .replace("{id}", "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10");
             assert!(!path.contains('{'), "a path parameter of {template} has no sample value");
             for (method, op) in item.as_object().unwrap() {
                 let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();

@@ -259,52 +259,52 @@ pub async fn get_evaluation(
     Ok(HttpResponse::Ok().insert_header((ETAG, format!("\"{sha}\""))).json(report))
 }
 
-/// The pictures a version may have.
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
-pub enum Picture {
-    /// The winner's training curves: loss and accuracy per epoch, the phase boundary marked.
-    #[serde(rename = "curves.png")]
-    Curves,
-    /// The confusion matrix as a heat map: rows the true class, columns the predicted one; the
-    /// darker a cell, the larger its share of the row.
-    #[serde(rename = "confusion.png")]
-    Confusion,
+/// A route serving one of a version's pictures (PNG artifacts): its path, operation and text are
+/// the macro's arguments, its behaviour the same for every picture.
+macro_rules! picture_route {
+    ($handler:ident, $path:literal, $operation:literal, $file:literal, $summary:literal, $description:literal) => {
+        #[utoipa::path(
+            get, path = $path, tag = "models", operation_id = $operation, summary = $summary, description = $description,
+            params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+            responses(
+                (status = 200, description = "The picture.", content_type = "image/png", body = crate::api::Binary),
+                (status = 400, response = crate::api::responses::BadVersion),
+                (status = 401, response = crate::api::responses::Unauthorized),
+                (status = 403, response = crate::api::responses::ForbiddenRead),
+                (status = 404, description = "No such model or version, or the version has no such picture (versions published from files have none).", body = ErrorBody,
+                 example = json!({"error": {"code": "not_found", "message": "flowers102 version 1 has no picture (confusion.png)"}})),
+                (status = 422, response = crate::api::responses::InvalidName),
+                (status = 503, response = crate::api::responses::RegistryUnavailable)
+            ),
+            security(("bearer" = ["classify", "train"]))
+        )]
+        #[get($path)]
+        pub async fn $handler(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+            picture(&state, &path, $file).await
+        }
+    };
 }
 
-#[utoipa::path(
-    get, path = "/models/{name}/versions/{version}/{picture}", tag = "models", operation_id = "get_picture",
-    summary = "A version's pictures (PNG): curves.png, confusion.png",
-    description = "`curves.png`: the winner's loss and accuracy per epoch, train and validation, the phase boundary marked. `confusion.png`: the confusion matrix of the version's evaluation as a heat map (rows the true class, columns the predicted one, in the model's class order; the darker a cell, the larger its share of the row).",
-    params(
-        ("name" = ModelName, Path, description = "The model name."),
-        ("version" = u64, Path, description = "The version number."),
-        ("picture" = Picture, Path, description = "`curves.png` or `confusion.png`.")
-    ),
-    responses(
-        (status = 200, description = "The picture.", content_type = "image/png", body = crate::api::Binary),
-        (status = 400, response = crate::api::responses::BadVersion),
-        (status = 401, response = crate::api::responses::Unauthorized),
-        (status = 403, response = crate::api::responses::ForbiddenRead),
-        (status = 404, description = "No such model or version, or the version has no such picture (versions published from files have none).", body = ErrorBody,
-         example = json!({"error": {"code": "not_found", "message": "flowers102 version 1 has no picture (confusion.png)"}})),
-        (status = 422, response = crate::api::responses::InvalidName),
-        (status = 503, response = crate::api::responses::RegistryUnavailable)
-    ),
-    security(("bearer" = ["classify", "train"]))
-)]
-#[get("/models/{name}/versions/{version}/{picture}")]
-pub async fn get_picture(
-    path: web::Path<(ModelName, u64, String)>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse> {
-    let (name, version, picture) = path.into_inner();
-    // Any other name is no picture of the version: not found, as an unknown version is.
-    let file = match serde_json::from_value::<Picture>(picture.clone().into()) {
-        Ok(Picture::Curves) => "curves.png",
-        Ok(Picture::Confusion) => "confusion.png",
-        Err(_) => return Err(Error::new(ErrorCode::NotFound, format!("{name} version {version} has no {picture:?}"))),
-    };
-    let (bytes, sha) = artifact(&state, &(name, version), file, "picture").await?;
+picture_route!(
+    get_curves,
+    "/models/{name}/versions/{version}/curves.png",
+    "get_curves",
+    "curves.png",
+    "A version's training curves (PNG)",
+    "The winner's loss and accuracy per epoch, train and validation, the phase boundary marked."
+);
+picture_route!(
+    get_confusion,
+    "/models/{name}/versions/{version}/confusion.png",
+    "get_confusion",
+    "confusion.png",
+    "A version's confusion matrix as a heat map (PNG)",
+    "From the version's evaluation: rows the true class, columns the predicted one, in the model's class order; the darker a cell, the larger its share of the row."
+);
+
+/// A picture artifact as `image/png`, its sha256 the ETag.
+async fn picture(state: &AppState, path: &(ModelName, u64), file: &str) -> Result<HttpResponse> {
+    let (bytes, sha) = artifact(state, path, file, "picture").await?;
     Ok(HttpResponse::Ok().content_type("image/png").insert_header((ETAG, format!("\"{sha}\""))).body(bytes))
 }
 

@@ -11,8 +11,7 @@ import sys
 import httpx
 from petal_client import AuthenticatedClient
 from petal_client.api.inference import classify
-from petal_client.api.models import alias_history, get_card, get_evaluation, get_model, get_picture, get_version, promote
-from petal_client.models import Picture
+from petal_client.api.models import alias_history, get_card, get_confusion, get_curves, get_evaluation, get_model, get_version, promote
 from petal_client.api.training import finetune, get_job, job_events
 from petal_client.models import ClassifyResponse, FinetuneForm, Job, JobSpec, PromoteRequest
 from petal_client.types import File
@@ -66,9 +65,9 @@ report = get_evaluation.sync(done.result.model, version, client=client)
 assert report.version == version and report.images == len(report.predictions) > 0, report
 assert 0.0 <= report.ece <= 1.0 and 0.0 <= report.macro_f1 <= 1.0, report
 assert sum(c.images for c in report.per_class) == report.images, report
-for picture in (Picture.CURVES_PNG, Picture.CONFUSION_PNG):
-    png = get_picture.sync_detailed(done.result.model, version, picture, client=client).content
-    assert png.startswith(b"\x89PNG"), (picture, png[:8])
+for picture in (get_curves, get_confusion):
+    png = picture.sync_detailed(done.result.model, version, client=client).content
+    assert png.startswith(b"\x89PNG"), png[:8]
 model = get_model.sync(done.result.model, client=client)
 assert model.aliases.to_dict() == {"production": version}, model.aliases.to_dict()
 print(json.dumps({"job": job.id, "version": version, "events": len(events), "answer": answer.predictions[0].name}))
