@@ -103,6 +103,7 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
     assert_eq!(report["images"], check["dataset"]["val_images"], "the validation images: {report}");
     common::check_eval_report(&report);
     assert!(card.contains("eval_macro_f1") && card.contains("eval_ece"), "{card}");
+    assert!(card.contains("](/models/shapes/versions/1/confusion.png)"), "the card links its pictures: {card}");
     for picture in ["curves.png", "confusion.png"] {
         let r = client.get(server.url(&format!("/models/shapes/versions/1/{picture}"))).send().unwrap();
         assert_eq!(r.status(), 200, "{picture}");

@@ -262,11 +262,33 @@ impl Manifest {
                 md_text(&l.terms)
             );
         }
+        s += &self.evaluation_links();
         s += "\n## Artifacts\n\n| file | size | sha256 |\n| --- | --- | --- |\n";
         for a in &self.artifacts {
             s += &format!("| {} | {} | `{}` |\n", a.name, a.size, a.sha256);
         }
         s
+    }
+
+    /// Links to the version's evaluation report and pictures, where it has them (the card's
+    /// metrics above carry the report's summary).
+    fn evaluation_links(&self) -> String {
+        let (model, v) = (&self.model, self.version);
+        let links: Vec<String> = [
+            ("evaluation.json", "evaluation report (validation images)", "evaluation"),
+            ("evaluation-test.json", "evaluation report (test/ images)", "evaluation?split=test"),
+            ("curves.png", "training curves", "curves.png"),
+            ("confusion.png", "confusion matrix (heat map)", "confusion.png"),
+        ]
+        .iter()
+        .filter(|(file, _, _)| self.artifact(file).is_some())
+        .map(|(file, what, route)| format!("- [{what}](/models/{model}/versions/{v}/{route}) (`{file}`)\n"))
+        .collect();
+        if links.is_empty() {
+            String::new()
+        } else {
+            format!("\n## Evaluation\n\n{}", links.concat())
+        }
     }
 }
 
@@ -361,5 +383,19 @@ mod tests {
         let card = m.card();
         assert!(card.contains("| best_epoch | 6 |") && card.contains("--out …/run"), "{card}");
         assert!(!card.contains("/tmp/"), "{card}");
+        assert!(!card.contains("## Evaluation"), "no evaluation, no links: {card}");
+        for name in ["evaluation.json", "confusion.png"] {
+            let a = Artifact {
+                name: name.into(),
+                path: format!("models/m/uploads/u/{name}"),
+                sha256: String::new(),
+                size: 1,
+                media_type: String::new(),
+            };
+            m.artifacts.push(a);
+        }
+        let card = m.card();
+        assert!(card.contains("- [evaluation report (validation images)](/models/m/versions/1/evaluation)"), "{card}");
+        assert!(card.contains("(/models/m/versions/1/confusion.png)") && !card.contains("curves.png"), "{card}");
     }
 }
