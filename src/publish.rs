@@ -44,17 +44,25 @@ pub struct PublishRun {
     pub job: Option<String>,
 }
 
-/// The exported model's evaluation report on `set`, through the serving path (`petal eval`'s).
-fn evaluation(
+/// The exported model's evaluation reports on `e.set` and `e.test`, through the serving path
+/// (`petal eval`'s), with one session.
+fn evaluations(
     onnx: &[u8],
     model: &ModelName,
     e: &EvaluateOn,
-    set: &crate::dataset::EvalSet,
-) -> Result<crate::infer::eval::EvalReport> {
+) -> Result<(crate::infer::eval::EvalReport, Option<crate::infer::eval::EvalReport>)> {
     let runtime = crate::infer::runtime::OrtRuntime::init(e.onnxruntime)?;
     let handle = crate::infer::engine::ModelHandle::load(&runtime, onnx, model, 0, e.engine)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    crate::infer::eval::evaluate(&handle, set, handle.info.max_batch, threads)
+    let on = |set| crate::infer::eval::evaluate(&handle, set, handle.info.max_batch, threads);
+    Ok((on(e.set)?, e.test.map(on).transpose()?))
+}
+
+/// Adds a report's summary to a version's metrics, as `{prefix}_top1`, `_top5`, `_macro_f1`, `_ece`.
+fn record_summary(best: &mut BTreeMap<String, f64>, prefix: &str, r: &crate::infer::eval::EvalReport) {
+    for (name, value) in [("top1", r.top1), ("top5", r.top5), ("macro_f1", r.macro_f1), ("ece", r.ece)] {
+        best.insert(format!("{prefix}_{name}"), value);
+    }
 }
 
 /// What a published fine-tuning run records as its provenance's `hyperparameters`, and how a
@@ -135,29 +143,18 @@ pub fn prepare_run(run_dir: &Path, opts: &PublishRun, evaluate: Option<EvaluateO
     let request = WeightsExport { model_name: Some(opts.model.to_string()), fp16: opts.fp16, ..Default::default() };
     let exported = export_weights(winner.backbone, &checkpoint, request)?;
     let mut provenance = provenance(&summary, winner, opts, exported.image_size);
-    let report = evaluate.as_ref().map(|e| evaluation(&exported.onnx, &opts.model, e, e.set)).transpose()?;
-    let test = match evaluate.as_ref().and_then(|e| e.test.map(|t| (e, t))) {
-        Some((e, t)) => Some(evaluation(&exported.onnx, &opts.model, e, t)?),
-        None => None,
-    };
+    let reports = evaluate.as_ref().map(|e| evaluations(&exported.onnx, &opts.model, e)).transpose()?;
+    let (report, test) = reports.map_or((None, None), |(r, t)| (Some(r), t));
     let mut artifacts = vec![NewArtifact::new("model.onnx", exported.onnx)];
     if let Some(r) = &report {
-        let best = &mut provenance.metrics.best;
-        best.insert("eval_top1".into(), r.top1);
-        best.insert("eval_top5".into(), r.top5);
-        best.insert("eval_macro_f1".into(), r.macro_f1);
-        best.insert("eval_ece".into(), r.ece);
+        record_summary(&mut provenance.metrics.best, "eval", r);
         artifacts.push(NewArtifact::new("evaluation.json", serde_json::to_vec_pretty(r).expect("serializes")));
         let title = format!("{} - {}", opts.model, r.split);
         let heat_map = crate::train::plot::confusion_png(&title, &r.confusion_matrix);
         artifacts.push(NewArtifact::new("confusion.png", heat_map));
     }
     if let Some(r) = &test {
-        let best = &mut provenance.metrics.best;
-        best.insert("test_top1".into(), r.top1);
-        best.insert("test_top5".into(), r.top5);
-        best.insert("test_macro_f1".into(), r.macro_f1);
-        best.insert("test_ece".into(), r.ece);
+        record_summary(&mut provenance.metrics.best, "test", r);
         artifacts.push(NewArtifact::new("evaluation-test.json", serde_json::to_vec_pretty(r).expect("serializes")));
     }
     if let Ok(curves) = std::fs::read(run_dir.join(&winner.curves)) {

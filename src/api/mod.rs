@@ -49,7 +49,7 @@ pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Vec<u8>, E
 /// answered with that refusal's code, wherever the value was (path, query, JSON body): a model or
 /// alias name that breaks the naming rule `invalid_name`, a device that is none of the choices
 /// `invalid_arguments`.
-fn with_name_code(e: Error) -> Error {
+fn with_typed_value_code(e: Error) -> Error {
     let device = format!("device: {}", crate::train::device::DeviceChoice::EXPECTED);
     if e.message.contains(crate::records::names::INVALID_NAME) {
         Error::new(ErrorCode::InvalidName, e.message)
@@ -84,7 +84,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> R
     serde_json::from_value(value).map_err(|e| {
         // A whole number JSON Schema allows but no integer field can hold: out of range, not malformed.
         let code = if huge { ErrorCode::InvalidArguments } else { ErrorCode::InvalidJson };
-        with_name_code(Error::new(code, format!("{what}: {e}")))
+        with_typed_value_code(Error::new(code, format!("{what}: {e}")))
     })
 }
 
@@ -312,13 +312,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         };
         Error::new(code, err.to_string()).into()
     }))
-    .app_data(
-        web::QueryConfig::default().error_handler(|err, _| {
-            with_name_code(Error::invalid_request(format!("invalid query string: {err}"))).into()
-        }),
-    )
+    .app_data(web::QueryConfig::default().error_handler(|err, _| {
+        with_typed_value_code(Error::invalid_request(format!("invalid query string: {err}"))).into()
+    }))
     .app_data(web::PathConfig::default().error_handler(|err, _| {
-        with_name_code(Error::invalid_request(format!("invalid path parameter: {err}"))).into()
+        with_typed_value_code(Error::invalid_request(format!("invalid path parameter: {err}"))).into()
     }))
     .configure(mount_routes)
     .service(web::redirect("/docs", "/docs/"))

@@ -119,10 +119,6 @@ pub async fn get_model(name: web::Path<ModelName>, state: web::Data<AppState>) -
     Ok(HttpResponse::Ok().json(ModelDetail { name: s.name, latest: s.latest, aliases: s.aliases, versions }))
 }
 
-fn version_of(path: &(ModelName, u64)) -> Result<(&str, u64)> {
-    Ok((path.0.as_str(), path.1))
-}
-
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}", tag = "models", operation_id = "get_version",
     summary = "A version's manifest: artifacts, provenance, metrics, licences",
@@ -141,7 +137,7 @@ fn version_of(path: &(ModelName, u64)) -> Result<(&str, u64)> {
 )]
 #[get("/models/{name}/versions/{version}")]
 pub async fn get_version(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let (name, v) = version_of(&path)?;
+    let (name, v) = (path.0.as_str(), path.1);
     Ok(HttpResponse::Ok().json(state.registry()?.manifest(name, v).await?))
 }
 
@@ -163,7 +159,7 @@ pub async fn get_version(path: web::Path<(ModelName, u64)>, state: web::Data<App
 )]
 #[get("/models/{name}/versions/{version}/card")]
 pub async fn get_card(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let (name, v) = version_of(&path)?;
+    let (name, v) = (path.0.as_str(), path.1);
     let m = state.registry()?.manifest(name, v).await?;
     Ok(HttpResponse::Ok().content_type("text/markdown; charset=utf-8").body(m.card()))
 }
@@ -190,7 +186,7 @@ pub async fn get_card(path: web::Path<(ModelName, u64)>, state: web::Data<AppSta
 )]
 #[get("/models/{name}/versions/{version}/onnx")]
 pub async fn download_onnx(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
-    let (name, v) = version_of(&path)?;
+    let (name, v) = (path.0.as_str(), path.1);
     let r = state.registry()?;
     let m = r.manifest(name, v).await?;
     let bytes = r.read_artifact(&m, "model.onnx").await?;
@@ -205,7 +201,7 @@ pub async fn download_onnx(path: web::Path<(ModelName, u64)>, state: web::Data<A
 /// A version's artifact `file`, checked against its manifest; `not_found` naming what the version
 /// lacks when it has none.
 async fn artifact(state: &AppState, path: &(ModelName, u64), file: &str, what: &str) -> Result<(Vec<u8>, String)> {
-    let (name, v) = version_of(path)?;
+    let (name, v) = (path.0.as_str(), path.1);
     let r = state.registry()?;
     let m = r.manifest(name, v).await?;
     let Some(a) = m.artifact(file) else {
@@ -339,10 +335,6 @@ pub struct AliasHistory {
     pub entries: Vec<AliasEntry>,
 }
 
-fn alias_of(path: &(ModelName, AliasName)) -> Result<(&str, &str)> {
-    Ok((path.0.as_str(), path.1.as_str()))
-}
-
 #[utoipa::path(
     put, path = "/models/{name}/aliases/{alias}", tag = "models", operation_id = "promote",
     summary = "Move an alias to a version (promote)",
@@ -427,7 +419,7 @@ pub async fn alias_history(
     path: web::Path<(ModelName, AliasName)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (name, alias) = alias_of(&path)?;
+    let (name, alias) = (path.0.as_str(), path.1.as_str());
     let entries = state.registry()?.history(name, alias).await?;
     let Some(last) = entries.last() else {
         return Err(Error::new(ErrorCode::NotFound, format!("{name} has no alias {alias}")));

@@ -118,16 +118,18 @@ pub fn evaluate(handle: &ModelHandle, set: &EvalSet, batch: usize, threads: usiz
     let seconds = started.elapsed().as_secs_f64();
     let images = set.samples.len();
     let (per_class, mut confusions) = breakdown(&matrix, &set.class_names, &to_model, names);
-    for c in &mut confusions {
-        c.examples = predictions
-            .iter()
-            .filter(|p| p.actual == c.actual && p.predicted == c.predicted)
-            .take(3)
-            .map(|p| p.image.clone())
-            .collect();
+    // Up to three example images per confusion, in one pass over the answers.
+    let mut examples: std::collections::HashMap<(&str, &str), Vec<String>> = std::collections::HashMap::new();
+    for p in predictions.iter().filter(|p| p.actual != p.predicted) {
+        let found = examples.entry((p.actual.as_str(), p.predicted.as_str())).or_default();
+        if found.len() < 3 {
+            found.push(p.image.clone());
+        }
     }
-    let scored: Vec<&ClassAccuracy> = per_class.iter().collect();
-    let macro_f1 = scored.iter().map(|c| c.f1).sum::<f64>() / scored.len().max(1) as f64;
+    for c in &mut confusions {
+        c.examples = examples.remove(&(c.actual.as_str(), c.predicted.as_str())).unwrap_or_default();
+    }
+    let macro_f1 = per_class.iter().map(|c| c.f1).sum::<f64>() / per_class.len().max(1) as f64;
     let mut confidently_wrong: Vec<ImagePrediction> =
         predictions.iter().filter(|p| p.actual != p.predicted).cloned().collect();
     confidently_wrong.sort_by(|a, b| b.confidence.total_cmp(&a.confidence).then_with(|| a.image.cmp(&b.image)));

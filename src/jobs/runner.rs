@@ -485,11 +485,12 @@ impl Runner {
             command: None,
         };
         let summary = crate::train::finetune::finetune(&plan, cancel, &mut on_event)?;
+        let has_test = run.data.test_images > 0;
         drop(run);
         canceled()?;
         owner.fence_before_publishing(rt, registry)?;
         self.update(&job.id, |j| j.progress.stage = Stage::Publishing);
-        let manifest = self.publish(rt, registry, job, work.path())?;
+        let manifest = self.publish(rt, registry, job, work.path(), has_test)?;
         Ok(JobResult {
             model: manifest.model,
             version: manifest.version,
@@ -579,21 +580,22 @@ impl Runner {
 
     /// Publishes the run's winner (under `work/run`) as a new version of the spec's model, with the
     /// dataset's recorded terms (the spec may only add to them), the job as its provenance, and its
-    /// evaluation on the validation images of `work/dataset.archive`.
+    /// evaluation on the validation images of `work/dataset.archive` (and on its `test/` images when
+    /// `has_test`).
     fn publish(
         &self,
         rt: &tokio::runtime::Runtime,
         registry: &Registry,
         job: &Job,
         work: &std::path::Path,
+        has_test: bool,
     ) -> Result<crate::registry::Manifest> {
         let spec = &job.spec;
         let run_dir = work.join("run");
         let options = spec.ingest_options(&self.config.jobs);
         let (archive, transform) = (work.join("dataset.archive"), spec.recipe().eval_transform);
         let set = crate::dataset::load_eval(&archive, &options, &transform, crate::dataset::EvalSplit::Val)?;
-        let summary = crate::train::finetune::read_summary(&run_dir)?;
-        let test = (summary.dataset.test_images > 0)
+        let test = has_test
             .then(|| crate::dataset::load_eval(&archive, &options, &transform, crate::dataset::EvalSplit::Test))
             .transpose()?;
         let evaluate = crate::publish::EvaluateOn {

@@ -89,26 +89,24 @@ impl Registry {
 
     /// The objects of the shared queue and of every job's leases.
     pub async fn queue_and_lease_objects(&self) -> Result<(Vec<JobObject>, Vec<JobObject>)> {
-        let mut areas = Vec::new();
-        for prefix in [layout::queue(), layout::leases()] {
-            let listed: Vec<_> = self
-                .store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| store_error(&format!("listing {prefix}/"), e))?;
-            areas.push(
-                listed
-                    .into_iter()
-                    .filter_map(|m| {
-                        let job = layout::job_in(&m.location)?;
-                        Some(JobObject { job, modified: m.last_modified.to_rfc3339(), key: m.location })
-                    })
-                    .collect(),
-            );
-        }
-        let leases = areas.pop().expect("two areas");
-        Ok((areas.pop().expect("two areas"), leases))
+        Ok((self.job_objects(layout::queue()).await?, self.job_objects(layout::leases()).await?))
+    }
+
+    /// The objects under `prefix` that belong to a job.
+    async fn job_objects(&self, prefix: ObjPath) -> Result<Vec<JobObject>> {
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| store_error(&format!("listing {prefix}/"), e))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|m| {
+                let job = layout::job_in(&m.location)?;
+                Some(JobObject { job, modified: m.last_modified.to_rfc3339(), key: m.location })
+            })
+            .collect())
     }
 
     /// Removes a queue or lease object (unless `dry_run`); a missing one is not an error.

@@ -576,6 +576,34 @@ impl Recipe {
 mod tests {
     use super::*;
 
+    /// Hostile values of every option beyond the reference are refused before a job costs anything.
+    #[test]
+    fn out_of_range_options_are_refused() {
+        let refused = |change: &dyn Fn(&mut Recipe)| {
+            let mut r = Recipe::default();
+            change(&mut r);
+            let e = r.validate().expect_err("refused");
+            assert_eq!(e.code, ErrorCode::InvalidArguments, "{}", e.message);
+        };
+        refused(&|r| r.label_smoothing = 1.0);
+        refused(&|r| r.label_smoothing = -0.1);
+        refused(&|r| r.label_smoothing = f64::NAN);
+        refused(&|r| r.phase2.cosine = Some(Cosine { warmup_epochs: 1, start_factor: 0.0 }));
+        refused(&|r| r.phase2.cosine = Some(Cosine { warmup_epochs: 1, start_factor: 1.5 }));
+        refused(&|r| r.phase1.cosine = Some(Cosine { warmup_epochs: 17, start_factor: 0.1 }));
+        let rrc = |scale, ratio| Some(RandomResizedCrop { scale, ratio });
+        refused(&|r| r.augment.random_resized_crop = rrc([0.0, 1.0], [0.75, 1.33]));
+        refused(&|r| r.augment.random_resized_crop = rrc([0.5, 0.2], [0.75, 1.33]));
+        refused(&|r| r.augment.random_resized_crop = rrc([0.08, 1.5], [0.75, 1.33]));
+        refused(&|r| r.augment.random_resized_crop = rrc([0.08, 1.0], [0.0, 1.33]));
+        refused(&|r| r.augment.random_resized_crop = rrc([0.08, 1.0], [1.33, f64::INFINITY]));
+        let stop = |patience, min_delta| Some(EarlyStopping { monitor: Monitor::ValLoss, patience, min_delta });
+        refused(&|r| r.phase1.early_stopping = stop(0, 0.0));
+        refused(&|r| r.phase2.early_stopping = stop(2, -1.0));
+        refused(&|r| r.phase2.early_stopping = stop(2, f64::NAN));
+        refused(&|r| r.adam.weight_decay = -0.1);
+    }
+
     #[test]
     fn early_stopping_waits_patience_epochs_without_improvement() {
         let rule = |monitor, patience, min_delta| EarlyStopping { monitor, patience, min_delta };
