@@ -81,6 +81,11 @@ pub struct JobsConfig {
     /// few images at a time: this bounds its time and disk reads); a larger dataset is refused with
     /// 413.
     pub max_check_bytes: u64,
+    /// Largest training checkpoint a job keeps in the registry (`checkpoints/{job}/…`, two per
+    /// backbone: the last and the best), estimated from the backbone before training; a backbone
+    /// whose checkpoints would be larger trains without (the job says so in its warnings). 0: no
+    /// checkpoints — a job that is taken over or restarted starts from the beginning.
+    pub checkpoint_max_bytes: u64,
 }
 
 impl Default for JobsConfig {
@@ -103,6 +108,7 @@ impl Default for JobsConfig {
             max_staged_bytes: 16 << 30,
             max_concurrent_checks: 1,
             max_check_bytes: 16 << 30,
+            checkpoint_max_bytes: 1 << 30,
         }
     }
 }

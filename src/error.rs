@@ -70,7 +70,7 @@ error_codes! {
     DatasetInvalid        => ("dataset_invalid", 422, "The dataset fails validation: fewer than 2 classes, a class missing from train or validation, bad images (every problem is listed)."),
     InvalidArguments      => ("invalid_arguments", 422, "The request is well-formed but asks for something impossible: a value out of range, weights not among the backbones, no dataset or two, a version and an alias at once."),
     JobFinished           => ("job_finished", 409, "The job has already succeeded, failed or been canceled (or another process runs it); it cannot be canceled."),
-    JobInterrupted        => ("job_interrupted", 500, "petal stopped while the job was running; jobs do not resume from a checkpoint: submit the spec again (found in a job's `error`, never as an HTTP answer)."),
+    JobInterrupted        => ("job_interrupted", 500, "petal (or its workers) stopped while the job was running, jobs.max_attempts times: it is not run again; submit the spec again (found in a job's `error`, never as an HTTP answer)."),
     Unauthorized          => ("unauthorized", 401, "No bearer token, or one petal does not know (WWW-Authenticate: Bearer)."),
     Forbidden             => ("forbidden", 403, "The token is valid but lacks the scope this endpoint needs."),
     OriginNotAllowed      => ("origin_not_allowed", 403, "Without tokens petal answers only local clients: the request's Host is not a loopback name or one of server.allowed_hosts, or it comes from another origin's web page (Origin, Sec-Fetch-Site) not in server.allowed_origins."),

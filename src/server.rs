@@ -42,8 +42,10 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         let signal = wait_for_signal().await;
         tracing::info!(signal, "shutdown requested: refusing readiness, draining in-flight requests");
         shutdown_state.readiness.set("shutdown", false, "the server is shutting down");
-        if let Some(runner) = shutdown_state.runner.get().filter(|r| r.role() == Role::Worker) {
-            tracing::info!("stopping the running jobs at their next step and releasing them to other workers");
+        if let Some(runner) = shutdown_state.runner.get().filter(|r| r.role() != Role::Api) {
+            tracing::info!(
+                "stopping the running jobs at their next step, with a checkpoint, for another worker or the next start"
+            );
             // Within the worker Deployment's 120 s grace period (k8s/base), with time left to exit.
             runner.shutdown(std::time::Duration::from_secs(100)).await;
         }

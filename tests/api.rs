@@ -212,32 +212,89 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
     assert!(keys.contains(&format!("datasets/{dataset_sha}/dataset.json")), "{keys:?}");
 }
 
+/// `petal serve` killed (SIGKILL) while a job trains: the next start queues the job again and it
+/// goes on from its last epoch's checkpoint; stopped (SIGTERM): it saves a checkpoint where it
+/// stands, the job goes back to the queue, and the next start goes on from there. The queued job
+/// runs too. A job that petal stopped under `jobs.max_attempts` times is failed, not run again.
 #[test]
-fn a_restart_fails_the_running_job_and_runs_the_queued_one() {
+fn a_restart_resumes_the_running_job_from_its_checkpoint_and_runs_the_queued_one() {
     let dir = tempfile::tempdir().unwrap();
     let registry = dir.path().join("registry");
     let zip = shapes_zip(dir.path());
     let client = Client::new();
     let mut server = start(dir.path(), &registry, &[]);
-    let long: Value = submit(&client, &server, &shapes_spec("restarted", 500), Some(&zip)).json().unwrap();
+    let long: Value = submit(&client, &server, &shapes_spec("restarted", 6), Some(&zip)).json().unwrap();
     let long_id = long["id"].as_str().unwrap().to_string();
     let short: Value = submit(&client, &server, &shapes_spec("after", 1), Some(&zip)).json().unwrap();
     let short_id = short["id"].as_str().unwrap().to_string();
-    wait_for(&client, &server, &long_id, |j| j["epochs"].as_array().is_some_and(|e| e.len() >= 2));
+    wait_for(&client, &server, &long_id, |j| j["checkpoint"]["next"]["epoch"].as_u64() >= Some(2));
     server.signal_and_wait("KILL");
 
+    let mut server = start(dir.path(), &registry, &[]);
+    let job = wait_for(&client, &server, &long_id, |j| {
+        j["state"] == "running" && j["resumes"].is_array() && j["progress"]["step"].as_u64() >= Some(1)
+    });
+    let r = &job["resumes"][0];
+    assert_eq!(
+        (r["from"].as_str(), r["next"]["phase"].as_u64(), r["next"]["step"].as_u64()),
+        (Some("last"), Some(1), Some(0)),
+        "{job}"
+    );
+    let epoch = r["next"]["epoch"].as_u64().unwrap();
+    assert!(epoch >= 2, "{r}");
+    assert_eq!(r["epochs_restored"].as_u64(), Some(epoch), "{r}");
+    assert_eq!(job["restarts"], 1, "{job}");
+    assert!(job["warnings"].to_string().contains("goes on from its last checkpoint"), "{job}");
+    let status = server.signal_and_wait("TERM");
+    assert!(status.success(), "{status}\n{}", server.log_text());
+
+    let stopped: Value =
+        serde_json::from_slice(&std::fs::read(registry.join(format!("jobs/{long_id}.json"))).unwrap()).unwrap();
+    assert_eq!(stopped["state"], "queued", "{stopped}");
+    assert_eq!(stopped["checkpoint"]["on_stop"], true, "{stopped}");
     let server = start(dir.path(), &registry, &[]);
-    let job: Value = client.get(server.url(&format!("/jobs/{long_id}"))).send().unwrap().json().unwrap();
-    assert_eq!(job["state"], "failed", "{job}");
-    assert_eq!(job["error"]["code"], "job_interrupted");
-    assert!(job["error"]["message"].as_str().unwrap().contains("phase 1 epoch"), "{}", job["error"]);
-    assert!(job["epochs"].as_array().unwrap().len() >= 2, "the epochs recorded before the restart stay");
+    let job = wait_for(&client, &server, &long_id, |j| ["succeeded", "failed"].contains(&j["state"].as_str().unwrap()));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["resumes"][1]["next"], stopped["checkpoint"]["next"], "{job}");
+    assert_eq!(job["restarts"], 1, "a stop for a shutdown is not a crash: {job}");
+    let epochs: Vec<(u64, u64)> = job["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["phase"].as_u64().unwrap(), e["epoch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(epochs, [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (2, 1)], "each epoch once");
     let job =
         wait_for(&client, &server, &short_id, |j| ["succeeded", "failed"].contains(&j["state"].as_str().unwrap()));
     assert_eq!(job["state"], "succeeded", "the queued job runs after the restart: {job}");
     let models: Value = client.get(server.url("/models")).send().unwrap().json().unwrap();
-    let names: Vec<&str> = models["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["after"], "the interrupted job published nothing");
+    let mut names: Vec<&str> =
+        models["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["after", "restarted"]);
+    assert_eq!(
+        common::files_under(&registry.join("checkpoints").join(&long_id)),
+        0,
+        "the ended job's checkpoints are gone"
+    );
+    drop(server);
+
+    // A job petal stopped under as often as `jobs.max_attempts` allows (3: the first run and
+    // two restarts) is failed at the next start.
+    let path = registry.join(format!("jobs/{long_id}.json"));
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    record["state"] = json!("running");
+    record["restarts"] = json!(2);
+    record.as_object_mut().unwrap().remove("finished_at");
+    std::fs::write(&path, record.to_string()).unwrap();
+    let server = start(dir.path(), &registry, &[]);
+    let job: Value = client.get(server.url(&format!("/jobs/{long_id}"))).send().unwrap().json().unwrap();
+    assert_eq!(
+        (job["state"].as_str(), job["error"]["code"].as_str()),
+        (Some("failed"), Some("job_interrupted")),
+        "{job}"
+    );
+    assert!(job["error"]["message"].as_str().unwrap().contains("3 times (jobs.max_attempts)"), "{}", job["error"]);
 }
 
 #[test]

@@ -382,7 +382,7 @@ fn several_backbones_compete() {
             out: &out,
             command: None,
         },
-        &cancel,
+        petal::train::finetune::Steering::cancel(&cancel),
         &mut on_event,
     )
     .unwrap();
@@ -530,4 +530,123 @@ fn modern_recipe_options_train_and_repeat() {
     for (x, y) in a.epochs.iter().zip(&b.epochs) {
         assert_eq!((x.train_loss, x.val_loss), (y.train_loss, y.val_loss), "the same seed, the same run");
     }
+}
+
+/// Resume, on the CPU: a run stopped for a shutdown in the middle of a phase-2 epoch (a checkpoint
+/// saved where it stood), or killed (nothing saved then: the last epoch's checkpoint), or whose
+/// last checkpoint was then damaged (the best one is used), goes on and ends with the very weights
+/// and metrics of a run never stopped — dropout, augmentation, shuffling and the optimiser's
+/// state included. A checkpoint of another recipe is not used.
+#[test]
+fn a_stopped_run_resumes_from_its_checkpoint_bit_for_bit() {
+    use petal::train::checkpoint::{MemoryStore, Position, Slot};
+    use petal::train::trainer::Resumed;
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    common::shapes_dataset(dir.path(), 6, 40, 11);
+    let mut recipe = tiny_recipe();
+    recipe.phase1.epochs = 2;
+    recipe.phase2.epochs = 3;
+    recipe.phase2.step_size = 1;
+    recipe.label_smoothing = 0.1;
+    recipe.batch_size = 4;
+    let data = load(dir.path(), &recipe);
+    let weights = mobilenet();
+    let steps_per_epoch = data.train.len().div_ceil(recipe.batch_size);
+    assert!(steps_per_epoch >= 3, "{steps_per_epoch} steps per epoch");
+
+    // `stop_at`: (phase, epoch 1-based, step 1-based, preempt) — set the flag when that step is done.
+    let run = |store: &mut MemoryStore, recipe: &Recipe, stop_at: Option<(u8, usize, usize, bool)>| {
+        let (cancel, preempt) = (AtomicBool::new(false), AtomicBool::new(false));
+        let mut resumed: Vec<Resumed> = Vec::new();
+        let mut saved = Vec::new();
+        let mut on_event = |e: &Event| match e {
+            Event::Step { phase, epoch, step, .. } => {
+                if let Some((p, ep, st, pre)) = stop_at {
+                    if (*phase, *epoch, *step) == (p, ep, st) {
+                        (if pre { &preempt } else { &cancel }).store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            Event::Resumed(r) => resumed.push(r.clone()),
+            Event::Checkpoint(c) => saved.push(c.clone()),
+            Event::Epoch(_) => {}
+        };
+        let mut ctx = Context::new(Device::Cpu, &cancel, &mut on_event);
+        ctx.checkpoints = Some(store);
+        ctx.preempt = Some(&preempt);
+        let result = trainer::train(Arch::MobilenetV2, Some(&weights), &data, recipe, &mut ctx);
+        (result, resumed, saved)
+    };
+    let same = |a: &trainer::Trained, b: &trainer::Trained| {
+        for ((n, x), (_, y)) in a.model.state_dict().iter().zip(b.model.state_dict().iter()) {
+            assert!(x.equal(y), "{n} differs");
+        }
+        let key = |t: &trainer::Trained| {
+            t.epochs
+                .iter()
+                .map(|e| (e.phase, e.epoch, e.lr, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy, e.best))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(a), key(b), "metrics");
+        assert_eq!((a.best_epoch, a.best_val_accuracy, &a.phases), (b.best_epoch, b.best_val_accuracy, &b.phases));
+    };
+
+    let mut plain_store = MemoryStore::default();
+    let (plain, resumed, saved) = run(&mut plain_store, &recipe, None);
+    let plain = plain.unwrap();
+    assert!(resumed.is_empty());
+    // A checkpoint after every epoch, and one when the backbone is trained.
+    assert_eq!(saved.len(), 2 + 3 + 1, "{saved:?}");
+    assert_eq!(saved.last().unwrap().next, Position { phase: 3, epoch: 0, step: 0 });
+
+    // Stopped for a shutdown after step 2 of phase 2's second epoch: saved there, then resumed.
+    let mut store = MemoryStore::default();
+    let (stopped, _, saved) = run(&mut store, &recipe, Some((2, 2, 2, true)));
+    let e = stopped.err().expect("stopped");
+    assert!(e.message.contains("saved a checkpoint at phase 2 epoch 2 step 2"), "{}", e.message);
+    let on_stop = saved.last().unwrap();
+    assert!(on_stop.on_stop);
+    assert_eq!(on_stop.next, Position { phase: 2, epoch: 1, step: 2 });
+    assert_eq!(on_stop.optimizer_steps as usize, steps_per_epoch + 2);
+    let (again, resumed, _) = run(&mut store, &recipe, None);
+    assert_eq!(resumed.len(), 1);
+    let r = &resumed[0];
+    assert_eq!((r.from, r.next), (Some(Slot::Last), Some(Position { phase: 2, epoch: 1, step: 2 })));
+    assert_eq!(r.optimizer_steps as usize, steps_per_epoch + 2);
+    assert_eq!(r.epochs.len(), 3, "two epochs of phase 1, one of phase 2");
+    same(&plain, &again.unwrap());
+
+    // Killed during phase 2's third epoch (nothing saved then): the end of its second epoch.
+    let mut store = MemoryStore::default();
+    let (killed, _, _) = run(&mut store, &recipe, Some((2, 3, 1, false)));
+    assert_eq!(killed.err().unwrap().code, petal::error::ErrorCode::TrainingCanceled);
+    let kept = store.objects.clone();
+    let (again, resumed, _) = run(&mut store, &recipe, None);
+    assert_eq!(resumed[0].next, Some(Position { phase: 2, epoch: 2, step: 0 }));
+    assert_eq!(resumed[0].optimizer_steps as usize, 2 * steps_per_epoch);
+    same(&plain, &again.unwrap());
+
+    // The same, with the last checkpoint truncated: the sha256 check refuses it, the best one
+    // (an earlier epoch) is used, and the result is still the same.
+    store.objects = kept;
+    let last = store.objects.get_mut(&(Arch::MobilenetV2, Slot::Last)).unwrap();
+    last.truncate(last.len() - 100);
+    let (again, resumed, _) = run(&mut store, &recipe, None);
+    let r = &resumed[0];
+    assert_eq!(r.from, Some(Slot::Best));
+    assert!(r.next.unwrap() < Position { phase: 2, epoch: 2, step: 0 }, "{r:?}");
+    assert!(r.discarded.iter().any(|d| d.starts_with("last checkpoint: sha256 mismatch")), "{:?}", r.discarded);
+    same(&plain, &again.unwrap());
+
+    // A finished run's checkpoint gives its result without training; another recipe's is not used.
+    let (done, resumed, saved) = run(&mut plain_store, &recipe, None);
+    assert_eq!(resumed[0].next, Some(Position::DONE));
+    assert!(saved.is_empty(), "nothing trained, nothing saved");
+    same(&plain, &done.unwrap());
+    let mut other = recipe.clone();
+    other.phase2.epochs = 1;
+    let (_, resumed, _) = run(&mut plain_store, &other, None);
+    assert_eq!(resumed[0].from, None);
+    assert!(resumed[0].discarded.iter().all(|d| d.contains("of another run")), "{:?}", resumed[0].discarded);
 }

@@ -3,7 +3,9 @@
 //! worker is killed (SIGKILL) in the middle of a job: once its lease expires the other worker
 //! restarts that job and finishes it. Every job succeeds exactly once, and the registry's lease
 //! records show that no job ever ran on two workers at once. A worker stopped with SIGTERM
-//! releases its job, which another worker restarts without waiting for the lease to expire.
+//! releases its job, which another worker restarts without waiting for the lease to expire. A job
+//! taken over goes on from its last training checkpoint and ends with the same weights as a run
+//! never stopped.
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -239,7 +241,7 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
     assert_eq!(taken_over["attempt"], 2, "{taken_over}");
     let warnings = taken_over["warnings"].to_string();
     assert!(warnings.contains("attempt 1 on worker w1 stopped heartbeating"), "{warnings}");
-    // The restarted attempt trained every epoch again: 3 + 3, none left from attempt 1.
+    // Each epoch once, over both attempts: attempt 2 went on from attempt 1's last checkpoint.
     assert_eq!(taken_over["epochs"].as_array().unwrap().len(), 6, "{taken_over}");
 
     // Exactly once: six versions, one per job, and nothing left in the queue.
@@ -291,6 +293,119 @@ fn workers_share_an_s3_queue_and_take_over_a_killed_workers_job() {
         assert!(!server.log_text().contains(common::S3_SECRET_KEY), "the S3 secret key reached a log");
     }
     drop(w2);
+}
+
+/// A version's trained weights (its `checkpoint.safetensors` artifact), tensor by tensor, as
+/// bytes (the file's own bytes also hold metadata in no fixed order).
+fn trained_weights(bucket: &Path, model: &str, version: u64) -> Vec<(String, Vec<u8>)> {
+    let manifest = read_json(&bucket.join(format!("models/{model}/versions/{version:08}.json")));
+    let artifacts = manifest["artifacts"].as_array().unwrap();
+    let a = artifacts.iter().find(|a| a["name"] == "checkpoint.safetensors").unwrap_or_else(|| panic!("{manifest}"));
+    let bytes = std::fs::read(bucket.join(a["path"].as_str().unwrap())).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>)> = petal::train::weights::read_bytes(&bytes)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let t = t.contiguous();
+            let mut b = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+            t.copy_data_u8(&mut b, t.numel());
+            (name, b)
+        })
+        .collect();
+    tensors.sort();
+    assert!(tensors.len() > 100, "{} tensors", tensors.len());
+    tensors
+}
+
+/// Waits (up to 240 s) until `job`'s record says `ready`; returns the record.
+fn wait_until(c: &Cluster, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let j: Value = c.client.get(c.api.url(&format!("/jobs/{id}"))).send().unwrap().json().unwrap();
+        if j["state"] == "running" && ready(&j) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} never got there: {j}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Resume across machines: the same job three times — once uninterrupted; once with its worker
+/// killed (SIGKILL) in phase 2, taken over by another worker that goes on from the last epoch's
+/// checkpoint; once with its worker stopped (SIGTERM) in the middle of a phase-2 epoch, which
+/// saves a checkpoint where it stands and releases the job. All three publish the very same
+/// weights; the job records say where each run went on from and after how many optimiser steps;
+/// the checkpoints are gone once the jobs end.
+#[test]
+fn a_job_whose_worker_is_killed_or_stopped_goes_on_from_its_checkpoint_with_the_same_weights() {
+    let c = Cluster::new("2", &[], &[]);
+    let (api, client, bucket) = (&c.api, &c.client, &c.bucket);
+    let mut spec = shapes_spec("resumed", 2);
+    spec["epochs2"] = json!(4);
+    let mut w1 = c.worker("w1");
+    let reference = c.submit_with_upload(&spec);
+    let done = wait_for(client, api, &reference, |j| j["state"] == "succeeded" || j["state"] == "failed");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["resumes"].is_null(), "{done}");
+    assert_eq!(done["checkpoint"]["next"]["phase"], 3, "the last checkpoint is the trained backbone's: {done}");
+    assert_dequeued(bucket, &reference);
+    assert_eq!(
+        common::files_under(&bucket.join("checkpoints").join(&reference)),
+        0,
+        "an ended job's checkpoints are removed"
+    );
+    let steps = done["progress"]["steps"].as_u64().unwrap();
+    let sha = done["dataset"]["sha256"].as_str().unwrap().to_string();
+    spec["dataset"]["sha256"] = json!(sha);
+
+    // SIGKILL during phase 2's second epoch: w2 goes on from the end of its first.
+    let killed = submit(client, api, &spec, None).json::<Value>().unwrap()["id"].as_str().unwrap().to_string();
+    // Killed once the checkpoint of phase 2's first epoch is saved.
+    wait_until(&c, &killed, |j| j["checkpoint"]["next"]["phase"] == 2 && j["checkpoint"]["next"]["epoch"] == 1);
+    assert!(bucket.join("checkpoints").join(&killed).join("mobilenet_v2/last.ckpt").is_file());
+    assert!(!w1.signal_and_wait("KILL").success());
+    let _w2 = c.worker("w2");
+    let done = wait_for(client, api, &killed, |j| j["state"] == "succeeded" || j["state"] == "failed");
+    assert_eq!((done["state"].as_str(), done["attempt"].as_u64()), (Some("succeeded"), Some(2)), "{done}");
+    let r = &done["resumes"][0];
+    assert_eq!((r["attempt"].as_u64(), r["from"].as_str()), (Some(2), Some("last")), "{done}");
+    let (epoch, step) = (r["next"]["epoch"].as_u64().unwrap(), r["next"]["step"].as_u64().unwrap());
+    assert_eq!((r["next"]["phase"].as_u64(), step), (Some(2), 0), "an epoch's end: {r}");
+    assert!(epoch >= 1, "{r}");
+    assert_eq!(r["optimizer_steps"].as_u64(), Some(epoch * steps), "{r}");
+    assert_eq!(r["epochs_restored"].as_u64(), Some(2 + epoch), "{r}");
+    assert_eq!(done["epochs"].as_array().unwrap().len(), 6, "each epoch once: {done}");
+    assert!(done["warnings"].to_string().contains("going on from its last checkpoint"), "{done}");
+
+    // SIGTERM in the middle of a phase-2 epoch: w2 saves where it stands and releases the job.
+    let stopped = submit(client, api, &spec, None).json::<Value>().unwrap()["id"].as_str().unwrap().to_string();
+    let mut w2 = _w2;
+    wait_until(&c, &stopped, |j| j["progress"]["phase"] == 2 && j["progress"]["step"].as_u64() >= Some(2));
+    let status = w2.signal_and_wait("TERM");
+    assert!(status.success(), "{status}\n{}", w2.log_text());
+    let released: Value = client.get(api.url(&format!("/jobs/{stopped}"))).send().unwrap().json().unwrap();
+    assert_eq!(released["state"], "queued", "{released}");
+    let saved = &released["checkpoint"];
+    assert_eq!(saved["on_stop"], true, "saved when it was stopped: {released}");
+    let _w3 = c.worker("w3");
+    let done = wait_for(client, api, &stopped, |j| j["state"] == "succeeded" || j["state"] == "failed");
+    assert_eq!((done["state"].as_str(), done["attempt"].as_u64()), (Some("succeeded"), Some(2)), "{done}");
+    let r = &done["resumes"][0];
+    let (epoch, step) = (r["next"]["epoch"].as_u64().unwrap(), r["next"]["step"].as_u64().unwrap());
+    assert_eq!(r["next"], saved["next"], "it went on where it was stopped: {r}");
+    assert_eq!(r["next"]["phase"].as_u64(), Some(2), "{r}");
+    assert_eq!(r["optimizer_steps"].as_u64(), Some(epoch * steps + step), "{r}");
+    assert_eq!(r["optimizer_steps"], saved["optimizer_steps"], "{r}");
+    assert_eq!(done["epochs"].as_array().unwrap().len(), 6, "each epoch once: {done}");
+
+    // The same weights, bit for bit, three times.
+    let want = trained_weights(bucket, "resumed", 1);
+    assert!(trained_weights(bucket, "resumed", 2) == want, "killed and resumed: other weights");
+    assert!(trained_weights(bucket, "resumed", 3) == want, "stopped and resumed: other weights");
+    for id in [&killed, &stopped] {
+        assert_dequeued(bucket, id);
+        assert_eq!(common::files_under(&bucket.join("checkpoints").join(id)), 0, "{id}: checkpoints removed");
+    }
 }
 
 #[test]
@@ -427,7 +542,7 @@ fn a_worker_that_cannot_heartbeat_stops_training() {
     let done = wait_for(&c.client, &c.api, &id, |j| j["state"] != "queued" && j["state"] != "running");
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!((done["attempt"].as_u64(), done["worker"].as_str()), (Some(2), Some("w1")), "{done}");
-    assert_eq!(done["epochs"].as_array().unwrap().len(), 31, "attempt 2 trained from the beginning: {done}");
+    assert_eq!(done["epochs"].as_array().unwrap().len(), 31, "each epoch once, over both attempts: {done}");
     assert_never_twice_at_once(&c.bucket, &done);
     assert_eq!(std::fs::read_dir(c.bucket.join("models/shapes/versions")).unwrap().count(), 1);
 }

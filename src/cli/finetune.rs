@@ -8,6 +8,7 @@ use crate::dataset::{self, IngestOptions, OnBadImage, OxfordSplit};
 use crate::error::{Error, ErrorCode, Result};
 use crate::foundation::files;
 use crate::train::arch::Arch;
+use crate::train::checkpoint::FolderStore;
 use crate::train::device::DeviceChoice;
 use crate::train::finetune;
 use crate::train::recipe::Recipe;
@@ -50,6 +51,10 @@ pub struct FinetuneArgs {
     /// Leave out undecodable files with a warning instead of refusing the dataset.
     #[arg(long)]
     pub skip_bad_images: bool,
+    /// Keep training checkpoints in DIR (per backbone, after every epoch); the same command run
+    /// again goes on from them instead of starting over.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoints: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -115,7 +120,13 @@ pub(super) fn run(config: &Config, args: FinetuneArgs) -> Result<()> {
         out: &args.out,
         command: Some(&command),
     };
-    let summary = finetune::finetune(&plan, &cancel, &mut on_event)?;
+    let mut folder = args.checkpoints.as_ref().map(|dir| FolderStore { dir: dir.clone(), max_bytes: u64::MAX });
+    let steering = finetune::Steering {
+        cancel: &cancel,
+        preempt: None,
+        checkpoints: folder.as_mut().map(|f| f as &mut dyn crate::train::checkpoint::CheckpointStore),
+    };
+    let summary = finetune::finetune(&plan, steering, &mut on_event)?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -135,6 +146,28 @@ fn show_event(bar: Option<&indicatif::ProgressBar>, e: &Event) {
                 ));
             }
         }
+        Event::Resumed(r) => {
+            let mut line = match (r.from, r.next) {
+                (Some(slot), Some(n)) if n.phase > 2 => {
+                    format!("{}: already trained (its {} checkpoint)", r.backbone, slot.name())
+                }
+                (Some(slot), Some(n)) => format!(
+                    "{}: resuming from its {} checkpoint at phase {} epoch {} step {} ({} optimiser steps)",
+                    r.backbone,
+                    slot.name(),
+                    n.phase,
+                    n.epoch + 1,
+                    n.step,
+                    r.optimizer_steps
+                ),
+                _ => format!("{}: no usable checkpoint, starting from the beginning", r.backbone),
+            };
+            for d in &r.discarded {
+                line.push_str(&format!("\n  not used: {d}"));
+            }
+            say(bar, line);
+        }
+        Event::Checkpoint(_) => {}
         Event::Epoch(m) => {
             let line = format!(
                 "{} phase {} epoch {:>2}: lr {:.2e} train loss {:.4} acc {:.2} % | val loss {:.4} acc {:.2} %{} | {:.1} img/s, {:.0} s",
@@ -150,11 +183,15 @@ fn show_event(bar: Option<&indicatif::ProgressBar>, e: &Event) {
                 m.images_per_s,
                 m.seconds
             );
-            match bar {
-                Some(bar) => bar.println(line),
-                None => eprintln!("{line}"),
-            }
+            say(bar, line);
         }
+    }
+}
+
+fn say(bar: Option<&indicatif::ProgressBar>, line: String) {
+    match bar {
+        Some(bar) => bar.println(line),
+        None => eprintln!("{line}"),
     }
 }
 

@@ -212,15 +212,18 @@ async fn gc(registry: &Registry, config: &Config, grace_s: u64, dry_run: bool) -
     }
     println!("{} orphaned objects", removed.len());
     let expired = registry.expire(&config.jobs.retention, dry_run).await?;
-    for r in expired.jobs.iter().chain(&expired.leases).chain(&expired.queue).chain(&expired.datasets) {
+    let all = [&expired.jobs, &expired.leases, &expired.queue, &expired.checkpoints, &expired.datasets];
+    for r in all.into_iter().flatten() {
         println!("{} {r}", if dry_run { "would remove" } else { "removed" });
     }
     println!(
-        "{} expired objects: {} job records, {} lease records, {} queue markers, {} dataset objects",
+        "{} expired objects: {} job records, {} lease records, {} queue markers, {} training checkpoints, {} \
+         dataset objects",
         expired.total(),
         expired.jobs.len(),
         expired.leases.len(),
         expired.queue.len(),
+        expired.checkpoints.len(),
         expired.datasets.len()
     );
     Ok(())

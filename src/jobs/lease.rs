@@ -14,9 +14,9 @@
 //!   no two machines' clocks are compared — or at once when the holder released it.
 //! - `leases/{job}/cancel.json`: somebody asked to cancel; the holder sees it at its next beat.
 //!
-//! A taken-over job restarts from the beginning (the earlier attempt's epochs are dropped): a run
-//! is short next to the time a lease takes to expire, and a restart needs no checkpoint format
-//! shared between machines. A holder that finds a newer claim has lost the job: it stops
+//! A taken-over job goes on from its last training checkpoint in the registry
+//! (`checkpoints/{job}/…`, written after every epoch and, at a SIGTERM, where the run stands); the
+//! epochs before it come back with it. A holder that finds a newer claim has lost the job: it stops
 //! training and writes nothing more but its own attempt's last beat (`lost`, with when it really
 //! stopped); before publishing it checks that its claim is still the newest. A holder none of
 //! whose beats got through for `lease_ttl_s − heartbeat_s` stops too. After `jobs.max_attempts`

@@ -2,9 +2,12 @@
 //! kept in the registry at `jobs/{id}.json`, so that every job shows its true state after a
 //! restart), and the runner that trains them one at a time per device (`runner`).
 //!
-//! States: `queued → running → succeeded | failed | canceled`. A job that was running when petal
-//! stopped is failed on the next start with the code `job_interrupted` and the phase and epoch it
-//! had reached; jobs do not resume from a checkpoint. Queued jobs are queued again.
+//! States: `queued → running → succeeded | failed | canceled`. A running job saves a training
+//! checkpoint to the registry after every epoch, and where it stands when petal shuts down
+//! (`train::checkpoint`). A job that was running when petal stopped is queued again at the next
+//! start and goes on from its last checkpoint (`Job::resumes` records it); after
+//! `jobs.max_attempts` such stops it is failed with `job_interrupted` instead. Queued jobs are
+//! queued again.
 pub mod lease;
 pub mod retention;
 pub mod runner;
@@ -19,9 +22,10 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::records::names::{AliasName, ModelName};
 use crate::registry::Registry;
 use crate::train::arch::Arch;
+use crate::train::checkpoint::{Position, Slot};
 use crate::train::device::DeviceChoice;
 use crate::train::recipe::Recipe;
-use crate::train::trainer::EpochMetrics;
+use crate::train::trainer::{CheckpointSaved, EpochMetrics};
 
 /// A fine-tuning job as a client asks for it. Everything but `model` has a default: the reference
 /// recipe on MobileNetV2 from its ImageNet weights.
@@ -393,7 +397,7 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     /// Which attempt runs (or ran) it: 1 for the first; more when a `petal worker` took the job
-    /// over from one that stopped (the job then restarted from the beginning).
+    /// over from one that stopped (the job then went on from its last checkpoint).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
     /// The `petal worker` that holds (or held) it; absent for jobs of a single-process server.
@@ -414,6 +418,39 @@ pub struct Job {
     /// Who submitted it: the token holder's name (absent without tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The newest training checkpoint saved (in the registry, `checkpoints/{job}/…`): what a
+    /// run taken over or restarted goes on from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSaved>,
+    /// Each time a run of it went on from a checkpoint (or found none usable), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumes: Vec<ResumeRecord>,
+    /// `petal serve`: times the server restarted while the job ran (bounded by
+    /// `jobs.max_attempts`, as a worker's attempts are).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+/// A run that went on from a checkpoint, as the job records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ResumeRecord {
+    /// The attempt that resumed (0: a `petal serve` job; see `restarts`).
+    pub attempt: u32,
+    pub at: String,
+    pub backbone: Arch,
+    /// The checkpoint used; absent when none could be (the backbone started from the beginning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Slot>,
+    /// What ran next: phase, epoch (0-based) and batch (phase 3: the backbone was already trained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Position>,
+    /// Optimiser steps the phase had taken at the checkpoint.
+    pub optimizer_steps: u64,
+    /// Epochs measured before the checkpoint (kept in `epochs`).
+    pub epochs_restored: usize,
+    /// Checkpoints found and not used, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discarded: Vec<String>,
 }
 
 /// The dataset a job trains on.
@@ -465,6 +502,9 @@ impl Job {
             error: None,
             warnings: Vec::new(),
             owner,
+            checkpoint: None,
+            resumes: Vec::new(),
+            restarts: 0,
         }
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! - records of jobs that ended (succeeded, failed, canceled) longer ago than `finished_jobs_s`,
 //!   with their lease records;
-//! - lease records and queue markers of jobs that ended, or have no record (older than
-//!   `grace_s`: a marker is written just before its record);
+//! - lease records, queue markers and training checkpoints of jobs that ended, or have no record
+//!   (older than `grace_s`: a marker is written just before its record);
 //! - uploaded datasets that no model version was trained on (no manifest names their content
 //!   digest) and no unfinished job uses, uploaded longer ago than `unreferenced_datasets_s`.
 //!
@@ -25,12 +25,13 @@ pub struct Removed {
     pub jobs: Vec<String>,
     pub leases: Vec<String>,
     pub queue: Vec<String>,
+    pub checkpoints: Vec<String>,
     pub datasets: Vec<String>,
 }
 
 impl Removed {
     pub fn total(&self) -> usize {
-        self.jobs.len() + self.leases.len() + self.queue.len() + self.datasets.len()
+        self.jobs.len() + self.leases.len() + self.queue.len() + self.checkpoints.len() + self.datasets.len()
     }
 }
 
@@ -64,10 +65,14 @@ impl Registry {
                 }
             }
         }
-        // Lease records (`leases/{job}/…`) and queue markers (`queue/{job}`) of ended, expired or
-        // unknown jobs.
-        let (queue, leases) = self.queue_and_lease_objects().await?;
-        for (objects, out) in [(leases, &mut removed.leases), (queue, &mut removed.queue)] {
+        // Lease records (`leases/{job}/…`), queue markers (`queue/{job}`) and checkpoints
+        // (`checkpoints/{job}/…`) of ended, expired or unknown jobs.
+        let areas = self.job_area_objects().await?;
+        for (objects, out) in [
+            (areas.leases, &mut removed.leases),
+            (areas.queue, &mut removed.queue),
+            (areas.checkpoints, &mut removed.checkpoints),
+        ] {
             for object in objects {
                 let orphan = !ids.contains(object.job.as_str()) && before(&object.modified, &grace);
                 if finished.contains(object.job.as_str()) || orphan {

@@ -24,9 +24,10 @@ use super::{Job, JobError, JobResult, JobState, Progress, Stage};
 use crate::config::{Config, Role};
 use crate::error::{Error, ErrorCode, Result};
 use crate::registry::Registry;
-use crate::train::finetune::{FinetuneRun, StartingWeights};
-use crate::train::trainer::{EpochMetrics, Event};
+use crate::train::finetune::{FinetuneRun, StartingWeights, Steering};
+use crate::train::trainer::{CheckpointSaved, EpochMetrics, Event, Resumed};
 
+mod checkpoints;
 mod leased;
 mod ownership;
 use leased::follow;
@@ -42,6 +43,10 @@ pub enum JobEvent {
     Progress(Progress),
     /// A finished epoch.
     Epoch(EpochMetrics),
+    /// A training checkpoint was saved.
+    Checkpoint(CheckpointSaved),
+    /// A run went on from a checkpoint (or found none usable).
+    Resumed(Resumed),
 }
 
 impl JobEvent {
@@ -50,6 +55,8 @@ impl JobEvent {
             JobEvent::State(_) => "state",
             JobEvent::Progress(_) => "progress",
             JobEvent::Epoch(_) => "epoch",
+            JobEvent::Checkpoint(_) => "checkpoint",
+            JobEvent::Resumed(_) => "resumed",
         }
     }
 
@@ -58,6 +65,8 @@ impl JobEvent {
             JobEvent::State(j) => serde_json::to_string(j),
             JobEvent::Progress(p) => serde_json::to_string(p),
             JobEvent::Epoch(e) => serde_json::to_string(e),
+            JobEvent::Checkpoint(c) => serde_json::to_string(c),
+            JobEvent::Resumed(r) => serde_json::to_string(r),
         }
         .expect("events serialize")
     }
@@ -94,7 +103,8 @@ pub struct Runner {
 
 impl Runner {
     /// Starts the runner of `role`. `All` recovers the registry's jobs (queued ones are queued
-    /// again; running ones are failed with `job_interrupted`); `All` and `Worker` start
+    /// again; running ones too, to go on from their checkpoints — or are failed with
+    /// `job_interrupted` when petal stopped under them `jobs.max_attempts` times); `All` and `Worker` start
     /// `config.jobs.workers` worker threads.
     pub async fn start(config: &Config, registry: Registry, role: Role) -> Result<Runner> {
         let runner = Runner {
@@ -180,16 +190,33 @@ impl Runner {
                         (Some(p), Some(e)) => format!(" at phase {p} epoch {e}"),
                         _ => format!(" while {}", job.progress.stage),
                     };
-                    let error = JobError {
-                        code: ErrorCode::JobInterrupted.as_str().into(),
-                        message: format!(
-                            "petal stopped while this job was running{at}; jobs do not resume from a checkpoint: \
-                             submit the spec again"
-                        ),
-                    };
-                    job.end(JobState::Failed, Stage::Interrupted, Some(error));
+                    if job.restarts + 1 >= self.config.jobs.max_attempts {
+                        let error = JobError {
+                            code: ErrorCode::JobInterrupted.as_str().into(),
+                            message: format!(
+                                "petal stopped while this job was running{at}, {} times (jobs.max_attempts): it is \
+                                 not run again; submit the spec again",
+                                job.restarts + 1
+                            ),
+                        };
+                        job.end(JobState::Failed, Stage::Interrupted, Some(error));
+                        self.registry.put_job(&job).await?;
+                        let _ = self.registry.remove_checkpoints(&job.id).await;
+                        tracing::warn!(job = %job.id, "a job was running when petal stopped, too many times: marked failed (job_interrupted)");
+                        continue;
+                    }
+                    job.restarts += 1;
+                    job.state = JobState::Queued;
+                    job.started_at = None;
+                    job.progress = Progress { stage: Stage::Queued, ..Default::default() };
+                    job.warnings.push(format!(
+                        "petal stopped while this job was running{at}; it runs again and goes on from its last \
+                         checkpoint"
+                    ));
                     self.registry.put_job(&job).await?;
-                    tracing::warn!(job = %job.id, "a job was running when petal stopped: marked failed (job_interrupted)");
+                    tracing::warn!(job = %job.id, "a job was running when petal stopped: queued again, to resume from its checkpoint");
+                    self.insert_live(job.clone());
+                    self.shared.queue.lock().unwrap().push_back(job.id.clone());
                 }
                 JobState::Queued => {
                     tracing::info!(job = %job.id, "queued again after a restart");
@@ -349,6 +376,9 @@ impl Runner {
             let id = {
                 let mut q = self.shared.queue.lock().unwrap();
                 loop {
+                    if self.shared.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
                     if let Some(id) = q.pop_front() {
                         break id;
                     }
@@ -369,6 +399,8 @@ impl Runner {
             j.state = JobState::Running;
             j.started_at = Some(crate::foundation::clock::now_rfc3339());
             j.progress = Progress { stage: Stage::ReadingDataset, ..Default::default() };
+            // The epochs of an earlier run come back with its checkpoints (`Event::Resumed`).
+            j.epochs.clear();
             owner.stamp(j);
         });
         if let Err(e) = rt.block_on(registry.put_job(&job)) {
@@ -395,6 +427,10 @@ impl Runner {
         // Fenced: nothing more is written for a job another worker holds now.
         let stopped = matches!(&outcome, Err(e) if e.code == ErrorCode::TrainingCanceled);
         if owner.settled_elsewhere(self, rt, registry, id, stopped) {
+            return;
+        }
+        if stopped && self.shared.stopping.load(Ordering::SeqCst) && matches!(owner, Ownership::Local) {
+            self.requeue_for_restart(rt, registry, id);
             return;
         }
         self.record_end(rt, registry, id, &owner, &outcome);
@@ -432,6 +468,10 @@ impl Runner {
             }
             match rt.block_on(registry.put_job(&job)) {
                 Ok(()) => {
+                    // An ended job is never resumed; retention removes what this leaves.
+                    if let Err(e) = rt.block_on(registry.remove_checkpoints(id)) {
+                        tracing::warn!(job = id, error = %e, "cannot remove the job's checkpoints; retention will");
+                    }
                     owner.ended(rt, registry);
                     self.finish_live(id);
                     return;
@@ -469,7 +509,8 @@ impl Runner {
             .tempdir_in(work_dir)
             .map_err(|e| Error::io("creating a job folder in", work_dir, e))?;
         let run = self.prepare(rt, registry, job, work.path())?;
-        let warnings = run.data.warnings.clone();
+        let mut warnings = run.data.warnings.clone();
+        warnings.extend(self.checkpoint_warnings(&run));
         self.update(&job.id, |j| {
             j.progress.stage = Stage::Training;
             j.warnings.extend(warnings);
@@ -484,7 +525,15 @@ impl Runner {
             out: &run_dir,
             command: None,
         };
-        let summary = crate::train::finetune::finetune(&plan, cancel, &mut on_event)?;
+        let max_bytes = self.config.jobs.checkpoint_max_bytes;
+        let mut store =
+            checkpoints::RegistryCheckpoints { rt, registry, job: &job.id, max_bytes, lease: owner.lease() };
+        let steering = Steering {
+            cancel,
+            preempt: Some(&self.shared.stopping),
+            checkpoints: (max_bytes > 0).then_some(&mut store as &mut dyn crate::train::checkpoint::CheckpointStore),
+        };
+        let summary = crate::train::finetune::finetune(&plan, steering, &mut on_event)?;
         let has_test = run.data.test_images > 0;
         drop(run);
         canceled()?;
@@ -527,6 +576,41 @@ impl Runner {
         Ok(Prepared { data, recipe, device, backbones })
     }
 
+    /// Backbones that train without checkpoints: theirs would be over `jobs.checkpoint_max_bytes`.
+    fn checkpoint_warnings(&self, run: &Prepared) -> Vec<String> {
+        let max = self.config.jobs.checkpoint_max_bytes;
+        let classes = run.data.classes.len() as i64;
+        run.backbones
+            .iter()
+            .map(|(arch, _)| (arch, crate::train::checkpoint::estimate_bytes(*arch, classes)))
+            .filter(|&(_, bytes)| max > 0 && bytes > max)
+            .map(|(arch, bytes)| {
+                format!(
+                    "{arch} trains without checkpoints: each would take about {bytes} bytes, over \
+                     jobs.checkpoint_max_bytes ({max}); if this run is stopped it starts again from the beginning"
+                )
+            })
+            .collect()
+    }
+
+    /// `petal serve` shutting down: the job stopped (after saving a checkpoint) and goes back to
+    /// the queue, where the next start finds it and resumes it.
+    fn requeue_for_restart(&self, rt: &tokio::runtime::Runtime, registry: &Registry, id: &str) {
+        let job = self.update(id, |j| {
+            j.state = JobState::Queued;
+            j.started_at = None;
+            j.progress = Progress { stage: Stage::Queued, ..Default::default() };
+            j.warnings.push(
+                "petal stopped while this job was running; it goes on from its last checkpoint when petal starts again"
+                    .into(),
+            );
+        });
+        if let Err(e) = rt.block_on(registry.put_job(&job)) {
+            tracing::warn!(job = id, error = %e, "cannot record that the job is queued again; it is marked interrupted at the next start");
+        }
+        self.finish_live(id);
+    }
+
     /// The trainer's events as the job's live progress and epochs, sent to followers and (when
     /// the run records its own epochs) written to the registry.
     fn progress_recorder<'a>(
@@ -561,19 +645,55 @@ impl Runner {
                 self.send(id, JobEvent::Progress(p));
             }
             Event::Epoch(m) => {
-                let snapshot = {
-                    let mut live = self.shared.live.lock().unwrap();
-                    live.get_mut(id).map(|l| {
-                        l.job.epochs.push(m.clone());
-                        l.job.clone()
-                    })
-                };
+                self.record(rt, registry, id, owner, |j| j.epochs.push(m.clone()));
                 self.send(id, JobEvent::Epoch(m.clone()));
-                if let Some(j) = snapshot.filter(|_| owner.records_epochs()) {
-                    if let Err(e) = rt.block_on(registry.put_job(&j)) {
-                        tracing::warn!(job = %j.id, error = %e, "cannot record an epoch");
-                    }
-                }
+            }
+            Event::Checkpoint(c) => {
+                self.record(rt, registry, id, owner, |j| j.checkpoint = Some(c.clone()));
+                self.send(id, JobEvent::Checkpoint(c.clone()));
+            }
+            Event::Resumed(r) => {
+                tracing::info!(job = id, backbone = %r.backbone, from = ?r.from, next = ?r.next, discarded = ?r.discarded, "resuming");
+                self.record(rt, registry, id, owner, |j| {
+                    // The checkpoint's epochs replace whatever this backbone had.
+                    j.epochs.retain(|e| e.backbone != r.backbone);
+                    j.epochs.extend(r.epochs.iter().cloned());
+                    j.resumes.push(crate::jobs::ResumeRecord {
+                        attempt: j.attempt,
+                        at: crate::foundation::clock::now_rfc3339(),
+                        backbone: r.backbone,
+                        from: r.from,
+                        next: r.next,
+                        optimizer_steps: r.optimizer_steps,
+                        epochs_restored: r.epochs.len(),
+                        discarded: r.discarded.clone(),
+                    });
+                });
+                self.send(id, JobEvent::Resumed(r.clone()));
+            }
+        }
+    }
+
+    /// Applies `f` to the live record of `id`, and writes it to the registry when the run records
+    /// its own changes (else the heartbeat does).
+    fn record(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        registry: &Registry,
+        id: &str,
+        owner: &Ownership,
+        f: impl FnOnce(&mut Job),
+    ) {
+        let snapshot = {
+            let mut live = self.shared.live.lock().unwrap();
+            live.get_mut(id).map(|l| {
+                f(&mut l.job);
+                l.job.clone()
+            })
+        };
+        if let Some(j) = snapshot.filter(|_| owner.records_epochs()) {
+            if let Err(e) = rt.block_on(registry.put_job(&j)) {
+                tracing::warn!(job = %j.id, error = %e, "cannot record the job's progress");
             }
         }
     }

@@ -20,7 +20,14 @@ use crate::error::{Error, ErrorCode, Result};
 /// read at: a listing re-reads only records that changed.
 pub(crate) type JobCache = Arc<Mutex<HashMap<String, (String, Arc<dyn Any + Send + Sync>)>>>;
 
-/// An object of the queue or lease areas, for retention.
+/// The objects of the job areas (`queue/`, `leases/`, `checkpoints/`), for retention.
+pub struct JobAreas {
+    pub queue: Vec<JobObject>,
+    pub leases: Vec<JobObject>,
+    pub checkpoints: Vec<JobObject>,
+}
+
+/// An object of the queue, lease or checkpoint areas, for retention.
 pub struct JobObject {
     /// The job it belongs to.
     pub job: String,
@@ -87,9 +94,47 @@ impl Registry {
         Ok(out)
     }
 
-    /// The objects of the shared queue and of every job's leases.
-    pub async fn queue_and_lease_objects(&self) -> Result<(Vec<JobObject>, Vec<JobObject>)> {
-        Ok((self.job_objects(layout::queue()).await?, self.job_objects(layout::leases()).await?))
+    /// The objects of the shared queue, of every job's leases, and of every job's checkpoints.
+    pub async fn job_area_objects(&self) -> Result<JobAreas> {
+        Ok(JobAreas {
+            queue: self.job_objects(layout::queue()).await?,
+            leases: self.job_objects(layout::leases()).await?,
+            checkpoints: self.job_objects(layout::checkpoints()).await?,
+        })
+    }
+
+    /// Writes job `job`'s training checkpoint `slot` of `backbone`, replacing the one there at
+    /// once (readers see the old bytes or the new, never a part).
+    pub async fn put_checkpoint(&self, job: &str, backbone: &str, slot: &str, bytes: Vec<u8>) -> Result<()> {
+        self.put_large(&layout::checkpoint(job, backbone, slot), bytes)
+            .await
+            .map_err(|e| store_error("writing a training checkpoint", e))
+    }
+
+    /// Job `job`'s training checkpoint `slot` of `backbone`, `None` when there is none.
+    pub async fn checkpoint(&self, job: &str, backbone: &str, slot: &str) -> Result<Option<Vec<u8>>> {
+        match self.store.get(&layout::checkpoint(job, backbone, slot)).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| store_error("reading a training checkpoint", e))?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error("reading a training checkpoint", e)),
+        }
+    }
+
+    /// Removes every training checkpoint of job `job`; returns their keys.
+    pub async fn remove_checkpoints(&self, job: &str) -> Result<Vec<String>> {
+        let prefix = layout::job_checkpoints(job);
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| store_error(&format!("listing {prefix}/"), e))?;
+        let mut keys = Vec::new();
+        for m in listed {
+            self.remove(&m.location, false).await?;
+            keys.push(m.location.to_string());
+        }
+        Ok(keys)
     }
 
     /// The objects under `prefix` that belong to a job.
@@ -109,7 +154,7 @@ impl Registry {
             .collect())
     }
 
-    /// Removes a queue or lease object (unless `dry_run`); a missing one is not an error.
+    /// Removes a queue, lease or checkpoint object (unless `dry_run`); a missing one is not an error.
     pub async fn remove_job_object(&self, object: &JobObject, dry_run: bool) -> Result<()> {
         self.remove(&object.key, dry_run).await
     }

@@ -18,6 +18,8 @@
 //! leases/{job}/{attempt:06}.claim.json             a worker's create-only claim of one attempt
 //! leases/{job}/{attempt:06}.beat.json              that attempt's heartbeat (or release)
 //! leases/{job}/cancel.json                         a request to cancel the job
+//! checkpoints/{job}/{backbone}/{slot}.ckpt         a running job's training checkpoint of one
+//!                                                  backbone (slot: last, best), replaced whole
 //! .probe/{uuid}                                    the start-up write check, removed at once
 //! ```
 use object_store::path::Path as ObjPath;
@@ -27,6 +29,7 @@ pub(super) const DATASETS: &str = "datasets";
 pub(super) const JOBS: &str = "jobs";
 pub(super) const QUEUE: &str = "queue";
 pub(super) const LEASES: &str = "leases";
+pub(super) const CHECKPOINTS: &str = "checkpoints";
 
 pub(super) fn probe(id: &str) -> ObjPath {
     ObjPath::from(format!(".probe/{id}"))
@@ -142,6 +145,18 @@ pub(super) fn cancel(job: &str) -> ObjPath {
     ObjPath::from(format!("{LEASES}/{job}/cancel.json"))
 }
 
+pub(super) fn checkpoints() -> ObjPath {
+    ObjPath::from(CHECKPOINTS)
+}
+
+pub(super) fn job_checkpoints(job: &str) -> ObjPath {
+    ObjPath::from(format!("{CHECKPOINTS}/{job}"))
+}
+
+pub(super) fn checkpoint(job: &str, backbone: &str, slot: &str) -> ObjPath {
+    ObjPath::from(format!("{CHECKPOINTS}/{job}/{backbone}/{slot}.ckpt"))
+}
+
 /// What a key under `job_leases(job)` is.
 pub(super) enum LeaseKey {
     Claim(u32),
@@ -160,7 +175,8 @@ pub(super) fn lease_key(key: &ObjPath) -> Option<LeaseKey> {
     f.strip_suffix(".beat.json")?.parse::<u32>().ok().map(|_| LeaseKey::Beat)
 }
 
-/// The job a key under `queue()` or `leases()` belongs to (its second part), if a job id.
+/// The job a key under `queue()`, `leases()` or `checkpoints()` belongs to (its second part), if
+/// a job id.
 pub(super) fn job_in(key: &ObjPath) -> Option<String> {
     job_id(key.parts().nth(1)?.as_ref())
 }
@@ -181,6 +197,7 @@ mod tests {
         assert_eq!(job_of(&ObjPath::from("jobs/not-a-uuid.json")), None);
         assert_eq!(job_in(&queue_marker(id)).as_deref(), Some(id));
         assert_eq!(job_in(&claim(id, 3)).as_deref(), Some(id));
+        assert_eq!(job_in(&checkpoint(id, "mobilenet_v2", "last")).as_deref(), Some(id));
         assert!(matches!(lease_key(&claim(id, 3)), Some(LeaseKey::Claim(3))));
         assert!(matches!(lease_key(&beat(id, 4)), Some(LeaseKey::Beat)));
         assert!(matches!(lease_key(&cancel(id)), Some(LeaseKey::Cancel)));

@@ -17,6 +17,7 @@ use crate::records::dataset::DatasetSummary;
 use crate::records::licence::Licence;
 use crate::train::arch::Arch;
 use crate::train::catalog::Catalog;
+use crate::train::checkpoint::CheckpointStore;
 use crate::train::plot;
 use crate::train::recipe::Recipe;
 use crate::train::trainer::{self, Context, EpochMetrics, Event, PhaseEnd, Trained};
@@ -138,9 +139,25 @@ pub struct FinetuneRun<'a> {
     pub command: Option<&'a str>,
 }
 
+/// What steers a run from outside: cancellation, a stop for a shutdown (a checkpoint is saved
+/// first), and where training checkpoints are kept and looked for.
+pub struct Steering<'a> {
+    pub cancel: &'a AtomicBool,
+    pub preempt: Option<&'a AtomicBool>,
+    pub checkpoints: Option<&'a mut dyn CheckpointStore>,
+}
+
+impl<'a> Steering<'a> {
+    /// Cancellation only: no checkpoints.
+    pub fn cancel(cancel: &'a AtomicBool) -> Self {
+        Steering { cancel, preempt: None, checkpoints: None }
+    }
+}
+
 /// Runs the recipe for each backbone and writes the outputs under `run.out`, stopping when
-/// `cancel` is set; `on_event` hears every step and epoch.
-pub fn finetune(run: &FinetuneRun, cancel: &AtomicBool, on_event: &mut dyn FnMut(&Event)) -> Result<Summary> {
+/// `steering.cancel` is set; each backbone goes on from its checkpoint when `steering` has one
+/// of this run; `on_event` hears every step, epoch and checkpoint.
+pub fn finetune<'a>(run: &FinetuneRun, steering: Steering<'a>, on_event: &'a mut dyn FnMut(&Event)) -> Result<Summary> {
     let FinetuneRun { dataset, backbones, recipe, device, out, command } = *run;
     if backbones.is_empty() {
         return Err(Error::invalid_request("name at least one backbone"));
@@ -148,7 +165,9 @@ pub fn finetune(run: &FinetuneRun, cancel: &AtomicBool, on_event: &mut dyn FnMut
     crate::foundation::files::create_dir_all(out)?;
     let started = std::time::Instant::now();
     let started_at = crate::foundation::clock::now_rfc3339();
-    let mut ctx = Context::new(device, cancel, on_event);
+    let mut ctx = Context::new(device, steering.cancel, on_event);
+    ctx.checkpoints = steering.checkpoints;
+    ctx.preempt = steering.preempt;
     ctx.total_images = trainer::planned_images(dataset, recipe) * backbones.len() as f64;
     let mut results = Vec::new();
     for (arch, base) in backbones {

@@ -86,12 +86,13 @@ impl Batches<'_> {
 }
 
 /// Prepares batches of `samples` in `order` on worker threads and hands them, in order, to
-/// `consume(step, images, labels)`. With `augment_seeds`, training augmentation is applied, each
-/// batch drawing from its own generator.
+/// `consume(step, images, labels)`, from batch `first` on (a resumed epoch; earlier batches are
+/// not prepared, and later ones are the same as ever). With `augment_seeds`, training
+/// augmentation is applied, each batch drawing from its own generator.
 pub(crate) fn load_batches(
     recipe: &Recipe,
     samples: &[Sample],
-    order: &[usize],
+    (order, first): (&[usize], usize),
     augment_seeds: Option<(u64, u8, usize)>,
     device: Device,
     mut consume: impl FnMut(usize, Tensor, Tensor) -> Result<()>,
@@ -101,26 +102,27 @@ pub(crate) fn load_batches(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
-    .min(slices.len().max(1));
+    .min(slices.len().saturating_sub(first).max(1));
     let batches = Batches { recipe, samples, slices, augment_seeds, device };
     if threads <= 1 {
-        for b in 0..batches.slices.len() {
+        for b in first..batches.slices.len() {
             let (x, y) = batches.to_tensors(batches.prepare(b)?);
             consume(b, x, y)?;
         }
         return Ok(());
     }
-    load_threaded(&batches, threads, consume)
+    load_threaded(&batches, first, threads, consume)
 }
 
 /// `threads` workers take batch numbers in turn; the batches are handed to `consume` in order.
 fn load_threaded(
     batches: &Batches,
+    first: usize,
     threads: usize,
     mut consume: impl FnMut(usize, Tensor, Tensor) -> Result<()>,
 ) -> Result<()> {
     let count = batches.slices.len();
-    let next = AtomicUsize::new(0);
+    let next = AtomicUsize::new(first);
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<(usize, Result<HostBatch>)>(threads * 2);
@@ -139,7 +141,7 @@ fn load_threaded(
         }
         drop(tx);
         let mut pending = BTreeMap::new();
-        let mut want = 0;
+        let mut want = first;
         let result = (|| {
             while want < count {
                 while let Some(batch) = pending.remove(&want) {

@@ -2,6 +2,7 @@
 pub mod arch;
 pub mod augment;
 pub mod catalog;
+pub mod checkpoint;
 pub mod device;
 pub mod finetune;
 pub mod loader;

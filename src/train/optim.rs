@@ -118,6 +118,55 @@ impl Adam {
         self.groups.iter().flat_map(|g| g.params.iter())
     }
 
+    /// Every state tensor (moments and step counts), named `{group}/{i}/exp_avg`,
+    /// `{group}/{i}/exp_avg_sq` and `{group}/step`, for a training checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for g in &self.groups {
+            for (i, (m, v)) in g.exp_avg.iter().zip(&g.exp_avg_sq).enumerate() {
+                out.push((format!("{}/{i}/exp_avg", g.name), m.shallow_clone()));
+                out.push((format!("{}/{i}/exp_avg_sq", g.name), v.shallow_clone()));
+            }
+            out.push((format!("{}/step", g.name), g.step.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores what `state_tensors` gave (the same groups, in the same order, with the same
+    /// shapes): every tensor must be there.
+    pub fn load_state_tensors(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let get = |name: String, like: &Tensor| -> Result<Tensor> {
+            let t = tensors.get(&name).ok_or_else(|| {
+                Error::new(ErrorCode::IntegrityError, format!("the checkpoint has no optimiser tensor {name}"))
+            })?;
+            if t.size() != like.size() {
+                return Err(Error::new(
+                    ErrorCode::IntegrityError,
+                    format!("optimiser tensor {name} is {:?} in the checkpoint, {:?} here", t.size(), like.size()),
+                ));
+            }
+            Ok(t.to_kind(like.kind()).to_device(like.device()))
+        };
+        tch::no_grad(|| {
+            for g in &mut self.groups {
+                for i in 0..g.exp_avg.len() {
+                    let m = get(format!("{}/{i}/exp_avg", g.name), &g.exp_avg[i])?;
+                    let v = get(format!("{}/{i}/exp_avg_sq", g.name), &g.exp_avg_sq[i])?;
+                    g.exp_avg[i].copy_(&m);
+                    g.exp_avg_sq[i].copy_(&v);
+                }
+                let s = get(format!("{}/step", g.name), &g.step)?;
+                g.step.copy_(&s);
+            }
+            Ok(())
+        })
+    }
+
+    /// Optimiser steps taken so far: the largest step count of a group (reads the device).
+    pub fn steps_taken(&self) -> u64 {
+        self.groups.iter().map(|g| g.step.double_value(&[]) as u64).max().unwrap_or(0)
+    }
+
     pub fn zero_grad(&mut self) {
         for p in self.groups.iter().flat_map(|g| &g.params) {
             let mut grad = p.grad();
@@ -217,6 +266,25 @@ impl LossScaler {
                 )
             })
         })
+    }
+
+    /// The scale and its growth tracker, for a training checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("scale".into(), self.scale.shallow_clone()),
+            ("growth_tracker".into(), self.growth_tracker.shallow_clone()),
+        ]
+    }
+
+    /// Restores what `state_tensors` gave; a checkpoint without them keeps the initial state.
+    pub fn load_state_tensors(&mut self, tensors: &std::collections::HashMap<String, Tensor>) {
+        tch::no_grad(|| {
+            for (name, mine) in [("scale", &mut self.scale), ("growth_tracker", &mut self.growth_tracker)] {
+                if let Some(t) = tensors.get(name).filter(|t| t.size() == mine.size()) {
+                    mine.copy_(&t.to_kind(mine.kind()).to_device(mine.device()));
+                }
+            }
+        });
     }
 
     /// The current scale (reads the device).

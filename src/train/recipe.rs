@@ -112,8 +112,8 @@ pub struct EarlyStopping {
     pub min_delta: f64,
 }
 
-/// Where early stopping stands within one phase.
-#[derive(Debug, Clone)]
+/// Where early stopping stands within one phase (kept in training checkpoints).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EarlyStop {
     rule: EarlyStopping,
     best: Option<(f64, usize)>,

@@ -6,8 +6,11 @@
 //! layer with per-layer learning rates (`recipe::lr_groups`). After every epoch the validation
 //! set is evaluated (eval transform, eval mode); the best checkpoint by validation accuracy is kept
 //! across both phases. Batches are prepared by worker threads (decode when not cached, augment,
-//! normalise), each batch from its own seeded generator, so a run is repeatable whatever the
-//! thread timing. Cancellation is checked between steps.
+//! normalise), each batch from its own seeded generator, and libtorch's generator (dropout,
+//! stochastic depth) is reseeded before every batch, so a run is repeatable whatever the thread
+//! timing — and can stop anywhere and go on from a training checkpoint (`checkpoint`): one is
+//! saved after every epoch, and where the run is when asked to stop for a shutdown.
+//! Cancellation is checked between steps.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -19,10 +22,11 @@ use tch::{Device, Kind, Tensor};
 use crate::dataset::{Dataset, Sample};
 use crate::error::{Error, ErrorCode, Result};
 use crate::train::arch::{Arch, Op};
+use crate::train::checkpoint::{self, BestSoFar, CheckpointStore, EpochSums, Position, Slot};
 use crate::train::loader::{batch_slices, load_batches, mix};
 use crate::train::model::Model;
 use crate::train::optim::{Adam, LossScaler};
-use crate::train::recipe::{self, Recipe};
+use crate::train::recipe::{self, EarlyStop, Recipe};
 
 /// Progress, as it happens.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,6 +49,41 @@ pub enum Event {
     },
     /// An epoch and its evaluation done.
     Epoch(EpochMetrics),
+    /// A training checkpoint was saved.
+    Checkpoint(CheckpointSaved),
+    /// The run looked for a checkpoint to go on from.
+    Resumed(Resumed),
+}
+
+/// A saved training checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CheckpointSaved {
+    pub backbone: Arch,
+    /// What runs next from it (phase 3: the backbone is trained).
+    pub next: Position,
+    /// Optimiser steps taken in the phase it was saved in.
+    pub optimizer_steps: u64,
+    pub bytes: u64,
+    /// Where it was written: `last`, and `best` when its epoch is the best so far.
+    pub slots: Vec<Slot>,
+    /// Saved because the run was asked to stop (a shutdown), not at an epoch's end.
+    pub on_stop: bool,
+}
+
+/// Where a run went on from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Resumed {
+    pub backbone: Arch,
+    /// The checkpoint it resumed from; `None`: none could be used, it starts from the beginning.
+    pub from: Option<Slot>,
+    /// What it runs next (phase 3: the backbone was already trained).
+    pub next: Option<Position>,
+    /// Optimiser steps taken in that phase before the checkpoint.
+    pub optimizer_steps: u64,
+    /// Checkpoints found and not used, and why (damaged: sha256 mismatch; of another run).
+    pub discarded: Vec<String>,
+    /// The epochs measured before the checkpoint.
+    pub epochs: Vec<EpochMetrics>,
 }
 
 /// What one epoch measured.
@@ -97,7 +136,7 @@ pub struct PhaseEnd {
     pub stopped: String,
 }
 
-/// Where a run is: the device, cancellation, progress reporting.
+/// Where a run is: the device, cancellation, progress reporting, checkpoints.
 pub struct Context<'a> {
     pub device: Device,
     pub cancel: &'a AtomicBool,
@@ -106,19 +145,39 @@ pub struct Context<'a> {
     pub total_images: f64,
     pub done_images: f64,
     pub started: Instant,
+    /// Where training checkpoints are kept and looked for; `None`: nowhere (a run starts from
+    /// the beginning and keeps nothing).
+    pub checkpoints: Option<&'a mut dyn CheckpointStore>,
+    /// Set when the run is to save where it is and stop: its worker shuts down.
+    pub preempt: Option<&'a AtomicBool>,
 }
 
-impl Context<'_> {
-    pub fn new<'a>(device: Device, cancel: &'a AtomicBool, on_event: &'a mut dyn FnMut(&Event)) -> Context<'a> {
-        Context { device, cancel, on_event, total_images: 0.0, done_images: 0.0, started: Instant::now() }
+impl<'a> Context<'a> {
+    pub fn new(device: Device, cancel: &'a AtomicBool, on_event: &'a mut dyn FnMut(&Event)) -> Context<'a> {
+        Context {
+            device,
+            cancel,
+            on_event,
+            total_images: 0.0,
+            done_images: 0.0,
+            started: Instant::now(),
+            checkpoints: None,
+            preempt: None,
+        }
     }
 
     fn check_cancel(&self) -> Result<()> {
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.preempted() {
+            Err(Error::new(ErrorCode::TrainingCanceled, "training stopped for a shutdown"))
+        } else if self.cancel.load(Ordering::Relaxed) {
             Err(Error::new(ErrorCode::TrainingCanceled, "training was canceled"))
         } else {
             Ok(())
         }
+    }
+
+    fn preempted(&self) -> bool {
+        self.preempt.is_some_and(|p| p.load(Ordering::Relaxed))
     }
 }
 
@@ -132,7 +191,8 @@ pub fn planned_images(dataset: &Dataset, recipe: &Recipe) -> f64 {
 }
 
 /// Runs the recipe for one backbone, from `weights` (torchvision names; the head is replaced) or
-/// from scratch when `None`.
+/// from scratch when `None` — or goes on from the newest usable checkpoint of the same run in
+/// `ctx.checkpoints`.
 pub fn train(
     arch: Arch,
     weights: Option<&[(String, Tensor)]>,
@@ -163,6 +223,11 @@ pub fn train(
         let w: Vec<f32> = recipe::class_weights(&dataset.class_counts()).into_iter().map(|w| w as f32).collect();
         Tensor::from_slice(&w).to_device(device)
     });
+    let fingerprint = ctx
+        .checkpoints
+        .as_ref()
+        .filter(|store| checkpoint::estimate_bytes(arch, num_classes) <= store.max_bytes())
+        .map(|_| checkpoint::fingerprint(arch, weights, &dataset.digest, &dataset.class_names, recipe));
     let mut run = Run {
         recipe,
         dataset,
@@ -176,16 +241,35 @@ pub fn train(
         epochs: Vec::new(),
         best: None,
         phases: Vec::new(),
+        fingerprint,
+        resume: None,
+        images_at_start: ctx.done_images,
+        seconds_before: 0.0,
+        started,
     };
-    run.phase1(&mut model, ctx)?;
-    if recipe.phase2.epochs > 0 {
-        if let Some(best) = &run.best {
-            model.load_state_dict(&best.state, false)?;
+    let start = run.resume_from_checkpoint(&mut model, ctx)?;
+    if start < Position::DONE {
+        if start.phase <= 1 {
+            run.phase1(&mut model, ctx)?;
         }
-        run.phase2(&mut model, ctx)?;
+        if recipe.phase2.epochs > 0 {
+            // Phase 2 starts from the best model so far, also when it resumes at its start.
+            if start.phase <= 1 || start == (Position { phase: 2, epoch: 0, step: 0 }) {
+                if let Some(best) = &run.best {
+                    model.load_state_dict(&best.state, false)?;
+                }
+            }
+            run.phase2(&mut model, ctx)?;
+        }
     }
     let best = run.best.take().ok_or_else(|| Error::invalid_request("the recipe has no epoch to run"))?;
     model.load_state_dict(&best.state, false)?;
+    run.best = Some(Best { state: Vec::new(), ..best });
+    if start < Position::DONE {
+        run.save(&model, None, Position::DONE, (None, None), false, ctx);
+    }
+    let best = run.best.take().expect("kept");
+    let seconds = run.seconds();
     Ok(Trained {
         backbone: arch,
         model,
@@ -193,7 +277,7 @@ pub fn train(
         best_epoch: best.at,
         epochs: run.epochs,
         phases: run.phases,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
     })
 }
 
@@ -202,7 +286,7 @@ struct Best {
     val_accuracy: f64,
     /// (phase, epoch)
     at: (u8, usize),
-    /// The model's state, on the CPU.
+    /// The model's state, on the CPU; empty when it is the model's own (the run's end).
     state: Vec<(String, Tensor)>,
 }
 
@@ -220,6 +304,20 @@ struct EpochResult {
     started: Instant,
 }
 
+/// Where a resumed run goes on, with what the phase of `next` needs.
+struct ResumePoint {
+    next: Position,
+    partial: Option<EpochSums>,
+    early_stop: Option<EarlyStop>,
+    optim: std::collections::HashMap<String, Tensor>,
+}
+
+/// An epoch in progress: the batch next to run and the sums so far.
+struct EpochProgress {
+    step: usize,
+    sums: EpochSums,
+}
+
 struct Run<'a> {
     recipe: &'a Recipe,
     dataset: &'a Dataset,
@@ -228,9 +326,77 @@ struct Run<'a> {
     epochs: Vec<EpochMetrics>,
     best: Option<Best>,
     phases: Vec<PhaseEnd>,
+    /// The run's identity when it keeps checkpoints (`checkpoint::fingerprint`).
+    fingerprint: Option<String>,
+    resume: Option<ResumePoint>,
+    /// `ctx.done_images` when this backbone started.
+    images_at_start: f64,
+    /// Seconds earlier attempts trained this backbone.
+    seconds_before: f64,
+    started: Instant,
 }
 
 impl Run<'_> {
+    fn seconds(&self) -> f64 {
+        self.seconds_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Loads the newest usable checkpoint of this run, if any, into `model` and `self`, and says
+    /// so (`Event::Resumed`); returns where the run goes on (the beginning when there is none).
+    fn resume_from_checkpoint(&mut self, model: &mut Model, ctx: &mut Context) -> Result<Position> {
+        let beginning = Position { phase: 1, epoch: 0, step: 0 };
+        let (Some(fingerprint), Some(store)) = (&self.fingerprint, ctx.checkpoints.as_deref_mut()) else {
+            return Ok(beginning);
+        };
+        let backbone = model.network.arch;
+        let (found, discarded) = checkpoint::find(store, backbone, fingerprint);
+        let Some(found) = found else {
+            if !discarded.is_empty() {
+                let none =
+                    Resumed { backbone, from: None, next: None, optimizer_steps: 0, discarded, epochs: Vec::new() };
+                (ctx.on_event)(&Event::Resumed(none));
+            }
+            return Ok(beginning);
+        };
+        let (c, state) = (&found.checkpoint, &found.checkpoint.state);
+        model.load_state_dict(&c.group("model"), false)?;
+        let best = state.best.as_ref().ok_or_else(|| Error::new(ErrorCode::IntegrityError, "no best epoch"))?;
+        let best_state = if best.stored { c.group("best") } else { snapshot(model) };
+        self.best = Some(Best { val_accuracy: best.val_accuracy, at: best.at, state: best_state });
+        self.epochs = state.epochs.clone();
+        self.phases = state.phases.clone();
+        self.scaler.load_state_tensors(&c.group_map("scaler"));
+        self.seconds_before = state.seconds;
+        ctx.done_images += state.images_done;
+        self.resume = Some(ResumePoint {
+            next: state.next,
+            partial: state.partial,
+            early_stop: state.early_stop.clone(),
+            optim: c.group_map("optim"),
+        });
+        let resumed = Resumed {
+            backbone,
+            from: Some(found.slot),
+            next: Some(state.next),
+            optimizer_steps: state.optimizer_steps,
+            discarded: found.discarded.clone(),
+            epochs: state.epochs.clone(),
+        };
+        (ctx.on_event)(&Event::Resumed(resumed));
+        Ok(state.next)
+    }
+
+    /// The resume point when it is inside `phase` (past its start): the optimiser's state, early
+    /// stopping's, and where the phase goes on.
+    fn resume_in(&mut self, phase: u8, adam: &mut Adam) -> Result<Option<ResumePoint>> {
+        let Some(r) = self.resume.take_if(|r| r.next.phase == phase) else { return Ok(None) };
+        if r.next.epoch == 0 && r.next.step == 0 {
+            return Ok(None);
+        }
+        adam.load_state_tensors(&r.optim)?;
+        Ok(Some(r))
+    }
+
     fn phase1(&mut self, model: &mut Model, ctx: &mut Context) -> Result<()> {
         let spec = &self.recipe.phase1;
         let head = format!("{}.", model.network.head_name);
@@ -243,35 +409,9 @@ impl Run<'_> {
             }
         }
         let mut adam = Adam::new(self.recipe.adam.clone(), vec![("head".into(), spec.lr, head_params)]);
+        let resume = self.resume_in(1, &mut adam)?;
         let cached = if spec.cached_features { Some(self.cache_features(model, ctx)?) } else { None };
-        let mut stop = spec.early_stopping.as_ref().map(recipe::EarlyStop::new);
-        for epoch in 0..spec.epochs {
-            adam.scale_lr(spec.lr_factor(epoch));
-            let t0 = Instant::now();
-            let (loss, acc, ips) = match &cached {
-                Some(c) => self.train_epoch_cached(model, c, &mut adam, (1, epoch, spec.epochs), ctx)?,
-                None => self.train_epoch(model, &mut adam, (1, epoch, spec.epochs), ctx)?,
-            };
-            let lr = adam.groups[0].lr;
-            let (vl, va) = match &cached {
-                Some(c) => head_eval(model, &c.val, &c.val_labels, self.recipe.batch_size),
-                None => self.evaluate(model, &self.dataset.val, ctx)?,
-            };
-            let train_eval = match (&cached, self.recipe.eval_train) {
-                (Some(c), true) => Some(head_eval(model, &c.train, &c.train_labels, self.recipe.batch_size)),
-                (None, true) => Some(self.evaluate(model, &self.dataset.train, ctx)?),
-                _ => None,
-            };
-            let at = (1, epoch + 1);
-            let result = EpochResult { at, lr, train: (loss, acc, ips), train_eval, val: (vl, va), started: t0 };
-            self.finish_epoch(model, ctx, result);
-            if let Some(why) = stop.as_mut().and_then(|s| s.update(epoch + 1, vl, va)) {
-                self.phases.push(PhaseEnd { phase: 1, epochs: epoch + 1, planned: spec.epochs, stopped: why });
-                return Ok(());
-            }
-        }
-        self.phases.push(PhaseEnd { phase: 1, epochs: spec.epochs, planned: spec.epochs, stopped: "completed".into() });
-        Ok(())
+        self.run_phase(1, model, &mut adam, cached.as_ref(), resume, ctx)
     }
 
     fn phase2(&mut self, model: &mut Model, ctx: &mut Context) -> Result<()> {
@@ -292,31 +432,203 @@ impl Run<'_> {
                 (g.name, g.lr, params)
             })
             .collect();
-        let top = groups.iter().map(|g| g.1).fold(0.0, f64::max);
         let mut adam = Adam::new(self.recipe.adam.clone(), groups);
-        let mut stop = spec.early_stopping.as_ref().map(recipe::EarlyStop::new);
-        for epoch in 0..spec.epochs {
-            let factor = spec.lr_factor(epoch);
+        let resume = self.resume_in(2, &mut adam)?;
+        self.run_phase(2, model, &mut adam, None, resume, ctx)
+    }
+
+    /// The epochs of `phase` (from `resume` on, when it resumes), each followed by evaluation, a
+    /// checkpoint and early stopping's verdict.
+    fn run_phase(
+        &mut self,
+        phase: u8,
+        model: &mut Model,
+        adam: &mut Adam,
+        cached: Option<&Cached>,
+        resume: Option<ResumePoint>,
+        ctx: &mut Context,
+    ) -> Result<()> {
+        let (epochs, rule) = match phase {
+            1 => (self.recipe.phase1.epochs, &self.recipe.phase1.early_stopping),
+            _ => (self.recipe.phase2.epochs, &self.recipe.phase2.early_stopping),
+        };
+        let mut stop = rule.as_ref().map(EarlyStop::new);
+        let (mut first, mut progress) = (0, EpochProgress { step: 0, sums: EpochSums::default() });
+        if let Some(r) = resume {
+            (first, stop) = (r.next.epoch, r.early_stop);
+            progress = EpochProgress { step: r.next.step, sums: r.partial.unwrap_or_default() };
+        }
+        for epoch in first..epochs {
+            let factor = match phase {
+                1 => self.recipe.phase1.lr_factor(epoch),
+                _ => self.recipe.phase2.lr_factor(epoch),
+            };
             adam.scale_lr(factor);
             let t0 = Instant::now();
-            let (loss, acc, ips) = self.train_epoch(model, &mut adam, (2, epoch, spec.epochs), ctx)?;
-            let (vl, va) = self.evaluate(model, &self.dataset.val, ctx)?;
-            let train_eval =
-                if self.recipe.eval_train { Some(self.evaluate(model, &self.dataset.train, ctx)?) } else { None };
-            let (at, lr) = ((2, epoch + 1), top * factor);
-            let result = EpochResult { at, lr, train: (loss, acc, ips), train_eval, val: (vl, va), started: t0 };
-            self.finish_epoch(model, ctx, result);
-            if let Some(why) = stop.as_mut().and_then(|s| s.update(epoch + 1, vl, va)) {
-                self.phases.push(PhaseEnd { phase: 2, epochs: epoch + 1, planned: spec.epochs, stopped: why });
+            let mut p = std::mem::replace(&mut progress, EpochProgress { step: 0, sums: EpochSums::default() });
+            let at = (phase, epoch, epochs);
+            let trained = match cached {
+                Some(c) => self.train_epoch_cached(model, c, adam, at, &mut p, ctx),
+                None => self.train_epoch(model, adam, at, &mut p, ctx),
+            };
+            // Evaluation, once the epoch's batches are done.
+            let measured = trained.and_then(|()| {
+                let val = match cached {
+                    Some(c) => head_eval(model, &c.val, &c.val_labels, self.recipe.batch_size),
+                    None => self.evaluate(model, &self.dataset.val, ctx)?,
+                };
+                let train_eval = match (cached, self.recipe.eval_train) {
+                    (Some(c), true) => Some(head_eval(model, &c.train, &c.train_labels, self.recipe.batch_size)),
+                    (None, true) => Some(self.evaluate(model, &self.dataset.train, ctx)?),
+                    _ => None,
+                };
+                Ok((val, train_eval))
+            });
+            let (val, train_eval) = match measured {
+                Ok(m) => m,
+                Err(e) => {
+                    let here = Position { phase, epoch, step: p.step };
+                    return Err(self.stopped(e, model, adam, (here, p.sums), stop.as_ref(), ctx));
+                }
+            };
+            let lr = match phase {
+                1 => adam.groups[0].lr,
+                _ => adam.groups.iter().map(|g| g.base_lr).fold(0.0, f64::max) * factor,
+            };
+            let s = &p.sums;
+            let seen = s.seen.max(1) as f64;
+            let train = (s.loss_sum / seen, s.correct as f64 / seen, s.seen as f64 / s.seconds.max(1e-9));
+            let result = EpochResult { at: (phase, epoch + 1), lr, train, train_eval, val, started: t0 };
+            let best = self.finish_epoch(model, ctx, result);
+            let why = stop.as_mut().and_then(|s| s.update(epoch + 1, val.0, val.1));
+            let ended = why.is_some() || epoch + 1 == epochs;
+            if ended {
+                let stopped = why.unwrap_or_else(|| "completed".into());
+                self.phases.push(PhaseEnd { phase, epochs: epoch + 1, planned: epochs, stopped });
+            }
+            let next = if ended {
+                Position { phase: phase + 1, epoch: 0, step: 0 }
+            } else {
+                Position { phase, epoch: epoch + 1, step: 0 }
+            };
+            self.save(model, Some(adam), next, (None, stop.as_ref().filter(|_| !ended)), best, ctx);
+            if ended {
                 return Ok(());
             }
+            ctx.check_cancel()?;
         }
-        self.phases.push(PhaseEnd { phase: 2, epochs: spec.epochs, planned: spec.epochs, stopped: "completed".into() });
+        if first >= epochs && !self.phases.iter().any(|p| p.phase == phase) {
+            self.phases.push(PhaseEnd { phase, epochs, planned: epochs, stopped: "completed".into() });
+        }
         Ok(())
     }
 
-    /// Keeps the model when this epoch is the best so far, and reports the epoch.
-    fn finish_epoch(&mut self, model: &Model, ctx: &mut Context, r: EpochResult) {
+    /// The run stopped with `e` at `here`: when it was asked to stop for a shutdown, it saves a
+    /// checkpoint there first (the error says so).
+    fn stopped(
+        &mut self,
+        e: Error,
+        model: &Model,
+        adam: &Adam,
+        (here, sums): (Position, EpochSums),
+        stop: Option<&EarlyStop>,
+        ctx: &mut Context,
+    ) -> Error {
+        if !ctx.preempted() || self.fingerprint.is_none() {
+            return e;
+        }
+        let partial = (here.step > 0).then_some(sums);
+        match self.save(model, Some(adam), here, (partial, stop), false, ctx) {
+            Some(saved) => Error::new(
+                e.code,
+                format!(
+                    "{}; saved a checkpoint at phase {} epoch {} step {} ({} optimiser steps) to go on from",
+                    e.message,
+                    here.phase,
+                    here.epoch + 1,
+                    here.step,
+                    saved.optimizer_steps
+                ),
+            ),
+            None => e,
+        }
+    }
+
+    /// Saves a checkpoint of the run as it is, to go on at `next`: to the `last` slot, and to
+    /// `best` too when `best`. A checkpoint that cannot be written is logged and training goes on
+    /// (it then resumes from an earlier one, or from the beginning).
+    fn save(
+        &mut self,
+        model: &Model,
+        adam: Option<&Adam>,
+        next: Position,
+        (partial, early_stop): (Option<EpochSums>, Option<&EarlyStop>),
+        best: bool,
+        ctx: &mut Context,
+    ) -> Option<CheckpointSaved> {
+        let (Some(fingerprint), Some(store)) = (&self.fingerprint, ctx.checkpoints.as_deref_mut()) else {
+            return None;
+        };
+        let backbone = model.network.arch;
+        let stored_best = self.best.as_ref().filter(|b| !b.state.is_empty() && !best);
+        let mut tensors: Vec<(String, Tensor)> =
+            model.state_dict().into_iter().map(|(k, t)| (format!("model/{k}"), t)).collect();
+        if let Some(b) = stored_best {
+            tensors.extend(b.state.iter().map(|(k, t)| (format!("best/{k}"), t.shallow_clone())));
+        }
+        // The optimiser's state matters only inside the phase it belongs to: at a phase's start
+        // the next phase begins with a new one.
+        let adam = adam.filter(|_| next.epoch > 0 || next.step > 0);
+        let optimizer_steps = adam.map_or(0, Adam::steps_taken);
+        if let Some(adam) = adam {
+            tensors.extend(adam.state_tensors().into_iter().map(|(k, t)| (format!("optim/{k}"), t)));
+        }
+        tensors.extend(self.scaler.state_tensors().into_iter().map(|(k, t)| (format!("scaler/{k}"), t)));
+        let state = checkpoint::State {
+            format: checkpoint::FORMAT,
+            fingerprint: fingerprint.clone(),
+            backbone,
+            next,
+            partial,
+            epochs: self.epochs.clone(),
+            phases: self.phases.clone(),
+            best: self.best.as_ref().map(|b| BestSoFar {
+                val_accuracy: b.val_accuracy,
+                at: b.at,
+                stored: stored_best.is_some(),
+            }),
+            early_stop: early_stop.cloned(),
+            optimizer_steps,
+            images_done: ctx.done_images - self.images_at_start,
+            seconds: self.seconds_before + self.started.elapsed().as_secs_f64(),
+            saved_at: crate::foundation::clock::now_rfc3339(),
+        };
+        let written = checkpoint::encode(&state, &tensors).and_then(|bytes| {
+            let mut slots = vec![Slot::Last];
+            store.put(backbone, Slot::Last, &bytes)?;
+            if best {
+                store.put(backbone, Slot::Best, &bytes)?;
+                slots.push(Slot::Best);
+            }
+            Ok((bytes.len() as u64, slots))
+        });
+        match written {
+            Ok((bytes, slots)) => {
+                let on_stop = next.step > 0 || ctx.preempted();
+                let saved = CheckpointSaved { backbone, next, optimizer_steps, bytes, slots, on_stop };
+                (ctx.on_event)(&Event::Checkpoint(saved.clone()));
+                Some(saved)
+            }
+            Err(e) => {
+                tracing::warn!(backbone = backbone.name(), error = %e, "cannot save a training checkpoint");
+                None
+            }
+        }
+    }
+
+    /// Keeps the model when this epoch is the best so far, and reports the epoch; returns
+    /// whether it is the best.
+    fn finish_epoch(&mut self, model: &Model, ctx: &mut Context, r: EpochResult) -> bool {
         let best = self.best.as_ref().is_none_or(|b| r.val.1 > b.val_accuracy);
         if best {
             self.best = Some(Best { val_accuracy: r.val.1, at: r.at, state: snapshot(model) });
@@ -338,6 +650,7 @@ impl Run<'_> {
         };
         (ctx.on_event)(&Event::Epoch(m.clone()));
         self.epochs.push(m);
+        best
     }
 
     /// The training images of one epoch, in order: every image once, shuffled; or, with a balanced
@@ -359,14 +672,16 @@ impl Run<'_> {
         balanced_draws(&by_class, samples.len(), &mut rng)
     }
 
-    /// One epoch over shuffled, augmented training batches.
+    /// One epoch over shuffled, augmented training batches, from batch `p.step` on; `p` follows
+    /// the batches done, also when the epoch stops part-way.
     fn train_epoch(
         &mut self,
         model: &mut Model,
         adam: &mut Adam,
         (phase, epoch, epochs): (u8, usize, usize),
+        p: &mut EpochProgress,
         ctx: &mut Context,
-    ) -> Result<(f64, f64, f64)> {
+    ) -> Result<()> {
         let samples = &self.dataset.train;
         let order = self.epoch_order(phase, epoch);
         let steps = batch_slices(&order, self.recipe.batch_size, true).len();
@@ -375,17 +690,21 @@ impl Run<'_> {
         let (how, scaler) = (&self.step, &mut self.scaler);
         // Sums stay on the device; reading them syncs, so on CUDA progress is read every few steps.
         let report_every = if ctx.device.is_cuda() { 20 } else { 1 };
-        let (mut loss_sum, mut correct) =
-            (Tensor::zeros([], (Kind::Double, ctx.device)), Tensor::zeros([], (Kind::Int64, ctx.device)));
-        let mut seen = 0usize;
+        let mut loss_sum = Tensor::full([], p.sums.loss_sum, (Kind::Double, ctx.device));
+        let mut correct = Tensor::full([], p.sums.correct as f64, (Kind::Int64, ctx.device));
+        let (seen_before, seconds_before, first) = (p.sums.seen, p.sums.seconds, p.step);
+        let mut seen = seen_before;
         let mut last_loss = f64::NAN;
-        load_batches(self.recipe, samples, &order, Some(seeds), ctx.device, |step, x, y| {
+        let mut step_done = first;
+        let result = load_batches(self.recipe, samples, (&order, first), Some(seeds), ctx.device, |step, x, y| {
             ctx.check_cancel()?;
+            reseed_libtorch(seeds, step);
             let (loss, ok) = train_step(model, (&x, &y), adam, scaler, how)?;
             let n = y.size()[0] as usize;
             loss_sum += loss.to_kind(Kind::Double) * n as f64;
             correct += ok;
             seen += n;
+            step_done = step + 1;
             ctx.done_images += n as f64;
             if step % report_every == 0 || step + 1 == steps {
                 last_loss = loss.double_value(&[]);
@@ -393,38 +712,45 @@ impl Run<'_> {
                     return Err(Error::new(ErrorCode::TrainingFailed, format!("the loss became {last_loss}")));
                 }
             }
-            let ips = seen as f64 / t0.elapsed().as_secs_f64();
+            let ips = (seen - seen_before) as f64 / t0.elapsed().as_secs_f64();
             emit_step(ctx, model.network.arch, (phase, epoch + 1, epochs), (step + 1, steps), last_loss, ips);
             Ok(())
-        })?;
-        let seen_f = seen.max(1) as f64;
-        Ok((
-            loss_sum.double_value(&[]) / seen_f,
-            correct.int64_value(&[]) as f64 / seen_f,
-            seen_f / t0.elapsed().as_secs_f64(),
-        ))
+        });
+        *p = EpochProgress {
+            step: step_done,
+            sums: EpochSums {
+                loss_sum: loss_sum.double_value(&[]),
+                correct: correct.int64_value(&[]),
+                seen,
+                seconds: seconds_before + t0.elapsed().as_secs_f64(),
+            },
+        };
+        result
     }
 
     /// Phase 1 on cached features: the head alone, on shuffled batches of features (with the
-    /// body's final dropout, if any, applied in training mode as the full model would).
+    /// body's final dropout, if any, applied in training mode as the full model would), from
+    /// batch `p.step` on.
     fn train_epoch_cached(
         &mut self,
         model: &mut Model,
         c: &Cached,
         adam: &mut Adam,
         (phase, epoch, epochs): (u8, usize, usize),
+        p: &mut EpochProgress,
         ctx: &mut Context,
-    ) -> Result<(f64, f64, f64)> {
+    ) -> Result<()> {
         let n = c.train.size()[0];
         let order: Vec<i64> = self.epoch_order(phase, epoch).into_iter().map(|i| i as i64).collect();
         let order = Tensor::from_slice(&order).to_device(c.train.device());
         let bs = self.recipe.batch_size as i64;
         let steps = (n + bs - 1) / bs;
         let dropout = trailing_dropout(&model.network.body);
-        let (mut loss_sum, mut correct) = (0.0, 0i64);
-        let t0 = Instant::now();
-        for s in 0..steps {
+        let (t0, seconds_before) = (Instant::now(), p.sums.seconds);
+        let seeds = (self.recipe.seed, phase, epoch);
+        for s in p.step as i64..steps {
             ctx.check_cancel()?;
+            reseed_libtorch(seeds, s as usize);
             let idx = order.narrow(0, s * bs, bs.min(n - s * bs));
             let (x, y) = (c.train.index_select(0, &idx), c.train_labels.index_select(0, &idx));
             adam.zero_grad();
@@ -435,12 +761,15 @@ impl Run<'_> {
             adam.step(None)?;
             let lv = loss.double_value(&[]);
             let k = y.size()[0];
-            loss_sum += lv * k as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            p.sums.loss_sum += lv * k as f64;
+            p.sums.correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            p.sums.seen += k as usize;
+            p.sums.seconds = seconds_before + t0.elapsed().as_secs_f64();
+            p.step = s as usize + 1;
             let ips = ((s + 1) * bs).min(n) as f64 / t0.elapsed().as_secs_f64();
             emit_step(ctx, model.network.arch, (phase, epoch + 1, epochs), (s as usize + 1, steps as usize), lv, ips);
         }
-        Ok((loss_sum / n as f64, correct as f64 / n as f64, n as f64 / t0.elapsed().as_secs_f64()))
+        Ok(())
     }
 
     /// Mean loss and accuracy in eval mode with the eval transform.
@@ -449,7 +778,7 @@ impl Run<'_> {
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         let (mixed, channels_last) = (self.step.mixed, self.step.channels_last);
         tch::no_grad(|| {
-            load_batches(self.recipe, samples, &order, None, ctx.device, |_, x, y| {
+            load_batches(self.recipe, samples, (&order, 0), None, ctx.device, |_, x, y| {
                 ctx.check_cancel()?;
                 let x = if channels_last { nhwc(&x) } else { x };
                 let logits = tch::autocast(mixed, || model.forward(&x, false)).to_kind(Kind::Float);
@@ -470,7 +799,7 @@ impl Run<'_> {
             let order: Vec<usize> = (0..samples.len()).collect();
             let (mut feats, mut labels) = (Vec::new(), Vec::new());
             tch::no_grad(|| {
-                load_batches(self.recipe, samples, &order, None, ctx.device, |s, x, y| {
+                load_batches(self.recipe, samples, (&order, 0), None, ctx.device, |s, x, y| {
                     ctx.check_cancel()?;
                     let x = if self.step.channels_last { nhwc(&x) } else { x };
                     feats.push(tch::autocast(self.step.mixed, || model.features(&x, false)).to_kind(Kind::Float));
@@ -648,8 +977,15 @@ pub fn bare_step_rate(
 pub fn pipeline_rate(recipe: &Recipe, samples: &[Sample]) -> Result<f64> {
     let order: Vec<usize> = (0..samples.len()).collect();
     let t0 = Instant::now();
-    load_batches(recipe, samples, &order, Some((recipe.seed, 2, 0)), Device::Cpu, |_, _, _| Ok(()))?;
+    load_batches(recipe, samples, (&order, 0), Some((recipe.seed, 2, 0)), Device::Cpu, |_, _, _| Ok(()))?;
     Ok(samples.len() as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Reseeds libtorch's generator (dropout, stochastic depth) for batch `step` of (run seed, phase,
+/// epoch): what a batch draws depends on where it is in the run, not on what ran before it in this
+/// process — the condition for resuming a run bit for bit.
+fn reseed_libtorch((seed, phase, epoch): (u64, u8, usize), step: usize) {
+    tch::manual_seed((mix(seed ^ 0x5EED_1B70_2C4A_11D3, phase, epoch, step as u64) >> 1) as i64);
 }
 
 /// A deep copy of every variable, on the CPU.

@@ -580,3 +580,10 @@ pub fn check_eval_report(report: &serde_json::Value) {
         preds.iter().filter(|p| p["actual"] != p["predicted"] && p["confidence"].as_f64().unwrap() > floor).count();
     assert!(above <= wrong.len());
 }
+
+/// Files under `dir`, in every folder below it (0 when it does not exist): a store on a folder
+/// may leave empty folders where it removed objects.
+pub fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
+}

@@ -566,8 +566,9 @@ fn dataset_checks_stream_the_archive() {
     assert!(growth < 64 * MIB, "checking a 160 MiB dataset grew the server by {} MiB", growth / MIB);
 }
 
-/// Item 9: jobs per caller are limited, `GET /jobs` pages, and finished jobs, their leases and
-/// queue markers, and datasets no version was trained on expire (`petal registry gc` and the
+/// Item 9: jobs per caller are limited, `GET /jobs` pages, and finished jobs, their leases, queue
+/// markers and training checkpoints (also those of jobs without a record), and datasets no version
+/// was trained on expire (`petal registry gc` and the
 /// server's periodic task), never what a manifest references.
 #[test]
 fn jobs_are_limited_paged_and_expire() {
@@ -644,6 +645,13 @@ fn jobs_are_limited_paged_and_expire() {
     assert_eq!(done["state"], "succeeded", "{done}");
     let kept_sha = done["dataset"]["sha256"].as_str().unwrap().to_string();
 
+    // Training checkpoints an ended job, and a job without a record, left behind.
+    let orphan = "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10";
+    for id in [ids[1].as_str(), orphan] {
+        let dir = h.registry.join(format!("checkpoints/{id}/mobilenet_v2"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("last.ckpt"), b"PETALCK1").unwrap();
+    }
     std::thread::sleep(Duration::from_secs(2));
     let gc = |dry: bool| {
         let mut cmd = common::petal();
@@ -662,8 +670,12 @@ fn jobs_are_limited_paged_and_expire() {
     let dry = gc(true);
     assert!(dry.contains(&format!("would remove jobs/{}.json", ids[0])), "{dry}");
     assert!(h.registry.join(format!("jobs/{}.json", ids[0])).exists(), "a dry run removed something");
+    assert!(dry.contains(&format!("would remove checkpoints/{orphan}/mobilenet_v2/last.ckpt")), "{dry}");
     let out = gc(false);
     println!("{out}");
+    for id in [ids[1].as_str(), orphan] {
+        assert_eq!(common::files_under(&h.registry.join(format!("checkpoints/{id}"))), 0, "{id}: {out}");
+    }
     for id in &ids {
         assert!(!h.registry.join(format!("jobs/{id}.json")).exists(), "job {id} was kept");
         assert!(!h.registry.join(format!("leases/{id}")).exists() && !h.registry.join(format!("queue/{id}")).exists());

@@ -124,9 +124,9 @@ impl Runner {
             j.state = JobState::Queued;
             j.started_at = None;
             j.progress = Progress { stage: Stage::Queued, ..Default::default() };
-            j.epochs.clear();
             j.warnings.push(format!(
-                "attempt {} on worker {} stopped when that worker shut down; the job restarts from the beginning",
+                "attempt {} on worker {} stopped when that worker shut down; the next attempt goes on from the \
+                 job's last checkpoint",
                 claim.attempt, claim.worker
             ));
         });
@@ -303,9 +303,9 @@ impl Runner {
                 "stopped heartbeating (its lease expired)"
             };
             tracing::warn!(job = %id, previous = previous.attempt, worker = %previous.worker, "{how}: taking the job over");
-            job.epochs.clear();
             job.warnings.push(format!(
-                "attempt {} on worker {} {how}; attempt {} on worker {} restarted the job from the beginning",
+                "attempt {} on worker {} {how}; attempt {} on worker {} took the job over, going on from its last \
+                 checkpoint",
                 previous.attempt, previous.worker, attempt, self.name
             ));
         }
@@ -405,11 +405,13 @@ impl Runner {
         Ok(None)
     }
 
-    /// `Worker`: claims nothing more and asks every running job to stop at its next step and go
-    /// back to the queue; returns once every worker thread has, or after `timeout`.
+    /// Shutting down: claims nothing more and asks every running job to save a checkpoint at its
+    /// next step and go back to the queue (a `petal worker`'s to another worker; a `petal
+    /// serve`'s to its next start); returns once every worker thread has, or after `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         for l in self.shared.live.lock().unwrap().values() {
+            // Stages that save nothing (reading the dataset) stop too; publishing finishes.
             l.cancel.store(true, Ordering::SeqCst);
         }
         self.shared.wake.notify_all();
@@ -460,8 +462,9 @@ pub(super) async fn follow(registry: Registry, mut last: Job, tx: broadcast::Sen
                 continue;
             }
         };
-        // A restarted attempt starts its epochs again.
-        let known = if job.attempt == last.attempt { last.epochs.len() } else { 0 };
+        // Epochs already sent: those the record still starts with (an attempt that took the job
+        // over brings back the epochs of its checkpoint; one that started over, none).
+        let known = last.epochs.iter().zip(&job.epochs).take_while(|(a, b)| a == b).count();
         for e in job.epochs.iter().skip(known) {
             let _ = tx.send(JobEvent::Epoch(e.clone()));
         }

@@ -40,6 +40,14 @@ impl Ownership {
         }
     }
 
+    /// The lease a run holds, if any.
+    pub(super) fn lease(&self) -> Option<Arc<Lease>> {
+        match self {
+            Ownership::Local => None,
+            Ownership::Leased(l) => Some(l.clone()),
+        }
+    }
+
     /// Records the attempt and the worker in a job that starts.
     pub(super) fn stamp(&self, job: &mut Job) {
         if let Ownership::Leased(l) = self {
