@@ -650,3 +650,41 @@ fn a_stopped_run_resumes_from_its_checkpoint_bit_for_bit() {
     assert_eq!(resumed[0].from, None);
     assert!(resumed[0].discarded.iter().all(|d| d.contains("of another run")), "{:?}", resumed[0].discarded);
 }
+
+/// `petal finetune --checkpoints DIR`: the same command run again goes on from DIR (here: finds
+/// the backbone trained and gives the same result without training); another recipe does not use
+/// DIR's checkpoints and says why.
+#[test]
+fn finetune_cli_goes_on_from_its_checkpoints_folder() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shapes");
+    common::shapes_dataset(&data, 6, 40, 5);
+    let checkpoints = dir.path().join("checkpoints");
+    let run = |epochs2: &str| {
+        let output = common::petal()
+            .args(["finetune", "--data", data.to_str().unwrap(), "--backbone", "mobilenet_v2"])
+            .args(["--weights", common::real_mobilenet().to_str().unwrap()])
+            .args(["--resize", "40", "--crop", "32", "--epochs1", "2", "--epochs2", epochs2, "--batch-size", "4"])
+            .args(["--out", dir.path().join("out").to_str().unwrap(), "--json"])
+            .args(["--checkpoints", checkpoints.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        (serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap(), stderr)
+    };
+    let (first, _) = run("1");
+    assert!(checkpoints.join("mobilenet_v2/last.ckpt").is_file());
+    assert!(checkpoints.join("mobilenet_v2/best.ckpt").is_file());
+    let (again, stderr) = run("1");
+    assert!(stderr.contains("mobilenet_v2: already trained (its last checkpoint)"), "{stderr}");
+    let accuracies = |s: &serde_json::Value| {
+        s["results"][0]["epochs"].as_array().unwrap().iter().map(|e| e["val_accuracy"].as_f64()).collect::<Vec<_>>()
+    };
+    assert_eq!(accuracies(&first), accuracies(&again));
+    assert_eq!(first["best_val_accuracy"], again["best_val_accuracy"]);
+    let (_, stderr) = run("2");
+    assert!(stderr.contains("no usable checkpoint, starting from the beginning"), "{stderr}");
+    assert!(stderr.contains("of another run"), "{stderr}");
+}
