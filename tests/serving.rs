@@ -1,4 +1,5 @@
-//! Serving: the HTTP server's behaviour, the inference engine, the bundled flowers model, the OpenAPI document.
+//! Serving: the HTTP server's behaviour, the inference engine, the bundled flowers model, the Open Inference
+//! Protocol, the OpenAPI document.
 //!
 //! One test binary for the subject; its parts are the modules below, in tests/serving/.
 mod common;
@@ -9,5 +10,7 @@ mod bundled;
 mod http;
 #[path = "serving/infer.rs"]
 mod infer;
+#[path = "serving/oip.rs"]
+mod oip;
 #[path = "serving/openapi.rs"]
 mod openapi;

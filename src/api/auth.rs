@@ -34,11 +34,11 @@ impl Caller {
 /// scope (then answer 404): only the probes, metrics and API description are open.
 pub fn required(method: &Method, path: &str) -> Option<&'static [Scope]> {
     const ANY: &[Scope] = &[Scope::Classify, Scope::Train, Scope::Admin];
-    let open = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+    let open = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/v2/health/live", "/v2/health/ready"];
     if open.contains(&path) || path == "/docs" || path.starts_with("/docs/") {
         return None;
     }
-    Some(if path == "/classify" {
+    Some(if path == "/classify" || crate::api::oip::is_oip_path(path) {
         &[Scope::Classify]
     } else if path == "/finetune" || path == "/jobs" || path.starts_with("/jobs/") {
         &[Scope::Train]

@@ -232,7 +232,7 @@ async fn read_images(req: &HttpRequest, body: web::Payload, limit: usize) -> Res
 /// the server-wide decoding budget. When its socket says the client has gone (actix keeps running
 /// the handler), the request stops here: its places are given back and no further image is
 /// decoded.
-async fn preprocess(
+pub(crate) async fn preprocess(
     req: &HttpRequest,
     state: &AppState,
     handle: &ModelHandle,
@@ -267,7 +267,7 @@ fn gone(done: usize, n: usize) -> Error {
 }
 
 /// The model version a request asks for: the served one, or one loaded on demand.
-async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHandle> {
+pub(crate) async fn pick(state: &web::Data<AppState>, q: &ClassifyQuery) -> Result<ModelHandle> {
     let served = state.serving.get(q.model.as_deref());
     let name = match (&q.model, &served) {
         (Some(m), _) => m.to_string(),

@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod meta;
 pub mod models;
 pub mod observe;
+pub mod oip;
 
 /// The request's Content-Type as sent (for messages) and its media type: lowercase, without
 /// parameters (`multipart/form-data; boundary=…` → `multipart/form-data`).
@@ -227,7 +228,8 @@ macro_rules! api {
                 (name = "inference", description = "Classifying images with the served models."),
                 (name = "training", description = "Fine-tuning jobs: upload a dataset, follow the job, get a published model."),
                 (name = "models", description = "The model registry: versions, provenance, cards, ONNX files, aliases."),
-                (name = "operations", description = "Probes, metrics and the API description.")
+                (name = "operations", description = "Probes, metrics and the API description."),
+                (name = "open-inference-protocol", description = "The Open Inference Protocol (KServe v2) REST API, as Triton, KServe, Seldon MLServer and OpenVINO Model Server speak it: `tritonclient` and the other clients of the field work unchanged. Errors answer `{\"error\": \"…\", \"code\"}`.")
             )
         )]
         pub struct ApiDoc;
@@ -255,6 +257,15 @@ api!(
     health::readyz,
     meta::metrics,
     meta::openapi,
+    oip::server_metadata,
+    oip::server_live,
+    oip::server_ready,
+    oip::get_model_metadata,
+    oip::get_model_version_metadata,
+    oip::model_ready,
+    oip::model_version_ready,
+    oip::infer,
+    oip::infer_version,
 );
 
 /// utoipa leaves the variants of tagged enums open; petal refuses unknown fields in them
@@ -498,6 +509,7 @@ mod route_tests {
         for (template, item) in doc["paths"].as_object().unwrap() {
             let path = template
                 .replace("{name}", "m")
+                .replace("{model}", "m")
                 .replace("{version}", "1")
                 .replace("{alias}", "a")
                 .replace("{id}", "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10");

@@ -139,12 +139,16 @@ pub async fn observe(
 
     let res = next.call(req).instrument(span.clone()).await?;
 
-    // Our errors are re-rendered with the request id in the body.
-    let body = res
-        .response()
-        .error()
-        .and_then(|e| e.as_error::<Error>())
-        .map(|e| serde_json::to_vec(&e.body(Some(&request_id))).expect("error body serializes"));
+    // Our errors are re-rendered with the request id in the body (the Open Inference Protocol's
+    // routes in that protocol's shape).
+    let body = res.response().error().and_then(|e| e.as_error::<Error>()).map(|e| {
+        if crate::api::oip::is_oip_path(&path) {
+            serde_json::to_vec(&crate::api::oip::error_body(e, Some(&request_id)))
+        } else {
+            serde_json::to_vec(&e.body(Some(&request_id)))
+        }
+        .expect("error body serializes")
+    });
     let mut res = res.map_into_boxed_body();
     if let Some(body) = body {
         res = res.map_body(|_, _| BoxBody::new(body));
