@@ -20,7 +20,7 @@
 //!   datasets, job records, queue and leases; the only module that touches the store
 //! - records: records — plain records that cross layers (licences, dataset summaries, the ONNX
 //!   model interface)
-//! - logging: telemetry — logging set-up
+//! - logging: telemetry — logging set-up, and the metrics the serving engine and the jobs record
 //! - config: config — the one configuration, every key with its default
 //! - foundation: foundation — clock, hashing, files, bounded streams, budgets; no domain
 //! - errors: error — the one error type and its table of stable codes

@@ -272,6 +272,19 @@ fn a_restart_resumes_the_running_job_from_its_checkpoint_and_runs_the_queued_one
         models["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["after", "restarted"]);
+    // The job metrics: what this server ended, and nothing queued or running now.
+    let text = client.get(server.url("/metrics")).send().unwrap().text().unwrap();
+    for (line, at_least) in
+        [("petal_jobs_finished_total{state=\"succeeded\"}", 1.0), ("petal_jobs{state=\"running\"}", 0.0)]
+    {
+        let v: f64 = text
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"));
+        assert!(v >= at_least && (at_least > 0.0 || v == 0.0), "{line} {v}");
+    }
     assert_eq!(
         common::files_under(&registry.join("checkpoints").join(&long_id)),
         0,

@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorBody, ErrorCode, Result};
 use crate::infer::engine::{ModelHandle, Prediction};
 use crate::records::names::{AliasName, ModelName};
 use crate::registry::ModelRef;
+use crate::telemetry::metrics::{self, Outcome};
 
 /// Most images in one request.
 pub const MAX_IMAGES: usize = crate::config::MAX_IMAGES_PER_REQUEST;
@@ -166,16 +167,19 @@ pub async fn classify(
     let body_permit = state.serving.admit_body(declared)?;
     let images = read_images(&req, body, limit).await?;
     let handle = pick(&state, &query).await?;
-    // Refused before decoding when the model is full (by images, what the request costs): an
-    // overloaded server spends nothing more.
-    let n = images.len();
-    let _admission = handle.admit(n)?;
-    let received = start.elapsed();
-    let input = preprocess(&req, &state, &handle, images).await?;
-    drop(body_permit);
-    let preprocessed = start.elapsed();
-    let logits = handle.infer(input, n).await?;
-    let done = start.elapsed();
+    let answer = counted(&handle, "classify", async {
+        // Refused before decoding when the model is full (by images, what the request costs): an
+        // overloaded server spends nothing more.
+        let n = images.len();
+        let _admission = handle.admit(n)?;
+        let received = start.elapsed();
+        let input = preprocess(&req, &state, &handle, images).await?;
+        drop(body_permit);
+        let preprocessed = start.elapsed();
+        let logits = handle.infer(input, n).await?;
+        Ok((logits, received, preprocessed, start.elapsed()))
+    });
+    let (logits, received, preprocessed, done) = answer.await?;
     let results: Vec<ImageResult> = logits
         .iter()
         .enumerate()
@@ -238,6 +242,7 @@ pub(crate) async fn preprocess(
     handle: &ModelHandle,
     images: Vec<Vec<u8>>,
 ) -> Result<Vec<f32>> {
+    let started = Instant::now();
     let n = images.len();
     let sizes = images
         .iter()
@@ -257,7 +262,27 @@ pub(crate) async fn preprocess(
             .map_err(|e| Error::new(e.code, format!("image {i}: {}", e.message)))?;
         input.extend(x);
     }
+    metrics::global()
+        .preprocess_seconds
+        .with_label_values(&[&handle.info.name])
+        .observe(started.elapsed().as_secs_f64());
     Ok(input)
+}
+
+/// Runs the rest of a request that reached `handle`, counting its outcome by model and version
+/// (`petal_inference_requests_total`).
+pub(crate) async fn counted<T>(
+    handle: &ModelHandle,
+    api: &'static str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let result = work.await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Ok,
+        Err(e) => Outcome::of_status(e.code.status().as_u16()),
+    };
+    metrics::global().request(&handle.info.name, handle.info.version, api, outcome);
+    result
 }
 
 /// A client that went away mid-request: answered (to nobody) and logged, its work stopped.

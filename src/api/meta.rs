@@ -11,12 +11,17 @@ use crate::api::{ApiDoc, AppState};
     operation_id = "metrics",
     summary = "Prometheus metrics",
     description = "Prometheus text exposition (version 0.0.4): requests by method, route template and status, \
-                   request latency histograms, readiness and build info.",
+                   request latency histograms, readiness and build info; per model: inference requests by version, \
+                   API and outcome, queue, preprocessing and compute time, batch sizes, queue depth, requests in \
+                   flight, model loads; fine-tuning jobs by state and the training images per second.",
     responses((status = 200, description = "Metrics in Prometheus text format.", content_type = "text/plain",
                body = String, example = "petal_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 3\n"))
 )]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    if let Some(runner) = state.runner.get() {
+        runner.update_metrics().await;
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
 }
 

@@ -69,7 +69,10 @@ impl Metrics {
             Box::new(ready.clone()),
             Box::new(models.clone()),
             Box::new(build),
-        ] {
+        ]
+        .into_iter()
+        .chain(crate::telemetry::metrics::global().collectors())
+        {
             registry.register(collector).expect("metric registered once");
         }
         Self { registry, requests, latency, ready, models }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::api::classify::{pick, preprocess, ClassifyQuery, MAX_IMAGES};
+use crate::api::classify::{counted, pick, preprocess, ClassifyQuery, MAX_IMAGES};
 use crate::api::AppState;
 use crate::error::{Error, ErrorCode, Result};
 use crate::infer::engine::ModelHandle;
@@ -482,20 +482,23 @@ async fn run_inference(
     let bytes = crate::api::read_body(body, limit).await?;
     let (request, binary) = split_body(&req, &bytes)?;
     let handle = pick(&state, &query).await?;
-    let given = read_input(&request, binary, &handle)?;
-    let wanted = wanted_outputs(&request, handle.info.class_names.len())?;
-    let n = match &given {
-        Given::Tensor(_, n) => *n,
-        Given::Images(images) => images.len(),
-    };
-    let _admission = handle.admit(n)?;
-    let input = match given {
-        Given::Tensor(x, _) => x,
-        Given::Images(images) => preprocess(&req, &state, &handle, images).await?,
-    };
-    drop(body_permit);
-    let logits = handle.infer(input, n).await?;
-    Ok(respond(&handle, request.id, &wanted, &logits))
+    counted(&handle, "v2", async {
+        let given = read_input(&request, binary, &handle)?;
+        let wanted = wanted_outputs(&request, handle.info.class_names.len())?;
+        let n = match &given {
+            Given::Tensor(_, n) => *n,
+            Given::Images(images) => images.len(),
+        };
+        let _admission = handle.admit(n)?;
+        let input = match given {
+            Given::Tensor(x, _) => x,
+            Given::Images(images) => preprocess(&req, &state, &handle, images).await?,
+        };
+        drop(body_permit);
+        let logits = handle.infer(input, n).await?;
+        Ok(respond(&handle, request.id.clone(), &wanted, &logits))
+    })
+    .await
 }
 
 /// The JSON request and the binary part after it (binary tensor data extension).

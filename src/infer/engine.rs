@@ -19,6 +19,7 @@ use crate::config::{EngineConfig, ProviderMode};
 use crate::error::{Error, ErrorCode, Result};
 use crate::infer::runtime::OrtRuntime;
 use crate::records::model_io::{meta, INPUT_NAME, OUTPUT_NAME};
+use crate::telemetry::metrics;
 use crate::vision::{decode, EvalTransform};
 
 /// What a loaded model is.
@@ -73,12 +74,15 @@ struct Admitted {
 pub struct Admission {
     admitted: Arc<Admitted>,
     images: usize,
+    /// `petal_inference_in_flight` of the model.
+    in_flight: prometheus::IntGauge,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.admitted.requests.fetch_sub(1, Ordering::AcqRel);
         self.admitted.images.fetch_sub(self.images, Ordering::AcqRel);
+        self.in_flight.dec();
     }
 }
 
@@ -169,7 +173,9 @@ impl ModelHandle {
         let a = &self.admitted;
         let before = a.requests.fetch_add(1, Ordering::AcqRel);
         let images_before = a.images.fetch_add(images, Ordering::AcqRel);
-        let admission = Admission { admitted: a.clone(), images };
+        let in_flight = metrics::global().in_flight.with_label_values(&[&self.info.name]);
+        in_flight.inc();
+        let admission = Admission { admitted: a.clone(), images, in_flight };
         if before >= capacity || (images_before > 0 && images_before + images > max_images) {
             drop(admission);
             return Err(self.queue_full());
@@ -194,10 +200,18 @@ impl ModelHandle {
             return Err(Error::invalid_request("inputs do not match the number of images"));
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
+        // Counted before it is sent: the batcher may take it (and count it out) at once.
+        let depth = metrics::global().depth(&self.info.name);
+        depth.inc();
         match self.queue.try_send(Job { inputs, images, enqueued: Instant::now(), reply }) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(self.queue_full()),
-            Err(TrySendError::Disconnected(_)) => Err(Error::internal("the batcher stopped")),
+            Err(e) => {
+                depth.dec();
+                match e {
+                    TrySendError::Full(_) => Err(self.queue_full()),
+                    TrySendError::Disconnected(_) => Err(Error::internal("the batcher stopped")),
+                }
+            }
         }
     }
 
@@ -280,12 +294,22 @@ fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_ba
     let size = info.image_size;
     let classes = info.class_names.len();
     let per_image = 3 * size * size;
+    let m = metrics::global();
+    let (depth, waited) = (m.depth(&info.name), m.queue_seconds.with_label_values(&[&info.name]));
+    let (compute, batch_size) =
+        (m.compute_seconds.with_label_values(&[&info.name]), m.batch_size.with_label_values(&[&info.name]));
+    // A job leaves the queue: counted out, its wait recorded.
+    let taken = |j: Job| {
+        depth.dec();
+        waited.observe(j.enqueued.elapsed().as_secs_f64());
+        j
+    };
     let mut carry: Option<Job> = None;
     loop {
         let first = match carry.take() {
             Some(j) => j,
             None => match rx.recv() {
-                Ok(j) => j,
+                Ok(j) => taken(j),
                 Err(_) => return, // every handle dropped and the queue drained
             },
         };
@@ -299,7 +323,7 @@ fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_ba
             } else {
                 rx.recv_timeout(deadline - now)
             };
-            match next {
+            match next.map(&taken) {
                 Ok(j) if images + j.images <= max_batch => {
                     images += j.images;
                     jobs.push(j);
@@ -329,7 +353,13 @@ fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_ba
         // one call allocates (activations grow with the batch) stays bounded by configuration.
         let result = inputs
             .chunks(max_batch.max(1) * per_image)
-            .map(|chunk| run(&mut session, chunk, chunk.len() / per_image, size, classes))
+            .map(|chunk| {
+                let t0 = Instant::now();
+                let out = run(&mut session, chunk, chunk.len() / per_image, size, classes);
+                compute.observe(t0.elapsed().as_secs_f64());
+                batch_size.observe((chunk.len() / per_image) as f64);
+                out
+            })
             .collect::<Result<Vec<Vec<f32>>>>()
             .map(|parts| parts.concat());
         tracing::trace!(images, jobs = jobs.len(), run_ms = started.elapsed().as_secs_f64() * 1000.0, "batch");

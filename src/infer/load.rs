@@ -13,6 +13,17 @@ pub async fn load_version(
     name: &str,
     version: u64,
 ) -> crate::Result<ModelHandle> {
+    let started = std::time::Instant::now();
+    let loaded = load(config, registry, name, version).await;
+    let m = crate::telemetry::metrics::global();
+    m.loads.with_label_values(&[if loaded.is_ok() { "ok" } else { "error" }]).inc();
+    if loaded.is_ok() {
+        m.load_seconds.observe(started.elapsed().as_secs_f64());
+    }
+    loaded
+}
+
+async fn load(config: &Config, registry: &Registry, name: &str, version: u64) -> crate::Result<ModelHandle> {
     let manifest = registry.manifest(name, version).await?;
     let size = manifest.artifacts.iter().find(|a| a.name == "model.onnx").map_or(0, |a| a.size);
     if size > config.inference.max_model_bytes {

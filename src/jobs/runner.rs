@@ -458,6 +458,7 @@ impl Runner {
             }
             Err(e) => j.end(JobState::Failed, Stage::Failed, Some(e.into())),
         });
+        crate::telemetry::metrics::global().jobs_finished.with_label_values(&[job.state.as_str()]).inc();
         match outcome {
             Ok(r) => tracing::info!(job = id, model = %r.model, version = r.version, "job succeeded"),
             Err(e) => tracing::warn!(job = id, code = e.code.as_str(), error = %e, "job did not succeed"),
@@ -769,6 +770,28 @@ impl Runner {
             ),
         )
         .with_header("retry-after", "60"))
+    }
+
+    /// Sets the job gauges of `telemetry::metrics`: jobs queued and running (the registry's view,
+    /// live records first), and the training images per second of the jobs this process runs.
+    pub async fn update_metrics(&self) {
+        let m = crate::telemetry::metrics::global();
+        if let Ok(jobs) = self.list().await {
+            for state in [JobState::Queued, JobState::Running] {
+                let n = jobs.iter().filter(|j| j.state == state).count();
+                m.jobs.with_label_values(&[state.as_str()]).set(n as i64);
+            }
+        }
+        let rate: f64 = self
+            .shared
+            .live
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|l| l.job.state == JobState::Running)
+            .filter_map(|l| l.job.progress.images_per_s)
+            .sum();
+        m.job_images_per_second.set(rate);
     }
 
     /// Where uploads are staged before they are checked and stored.

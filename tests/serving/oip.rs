@@ -71,9 +71,9 @@ fn the_protocol_answers_names_aliases_versions_and_bad_requests_its_way() {
     }
     assert_eq!(get("/v2/models/flowers102/versions/1/ready").status(), 200);
     let photo = std::fs::read(&photos()[0]).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &photo);
 
     // JSON in, JSON out, on a named version.
-    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &photo);
     let request = json!({"id": "r1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}],
                          "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]});
     let r = client.post(server.url("/v2/models/flowers102/versions/1/infer")).json(&request).send().unwrap();
@@ -125,4 +125,35 @@ fn the_protocol_answers_names_aliases_versions_and_bad_requests_its_way() {
     assert!(r.json::<Value>().unwrap()["error"].is_string());
     assert_eq!(get("/v2/models/Bad%20Name").status(), 422);
     assert_eq!(get("/v2/models/flowers102/versions/x").status(), 400);
+    let r = client.post(server.url("/classify")).header("content-type", "image/jpeg").body(photo).send().unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Per-model metrics: what reached the model, by API and outcome; nothing labelled by a name a
+    // client made up.
+    let text = get("/metrics").text().unwrap();
+    let value = |name: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!("{name}{{")) || (labels.is_empty() && l.starts_with(&format!("{name} ")))
+            })
+            .find(|l| labels.iter().all(|want| l.contains(want)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    let model = r#"model="flowers102""#;
+    let v2_ok = [model, r#"version="1""#, r#"api="v2""#, r#"outcome="ok""#];
+    assert!(value("petal_inference_requests_total", &v2_ok) >= 1.0);
+    let v2_bad = [model, r#"api="v2""#, r#"outcome="client_error""#];
+    assert!(value("petal_inference_requests_total", &v2_bad) >= 4.0, "shape, count, datatype, image errors");
+    assert_eq!(value("petal_inference_requests_total", &[model, r#"api="classify""#, r#"outcome="ok""#]), 1.0);
+    assert!(value("petal_inference_batch_size_count", &[model]) >= 2.0);
+    assert!(value("petal_inference_compute_seconds_count", &[model]) >= 2.0);
+    assert!(value("petal_inference_queue_seconds_count", &[model]) >= 2.0);
+    assert!(value("petal_inference_preprocess_seconds_count", &[model]) >= 2.0);
+    assert_eq!(value("petal_inference_queue_depth", &[model]), 0.0);
+    assert_eq!(value("petal_inference_in_flight", &[model]), 0.0);
+    assert!(value("petal_model_loads_total", &[r#"outcome="ok""#]) >= 1.0);
+    assert!(value("petal_model_load_seconds_count", &[]) >= 1.0);
+    assert!(!text.contains(r#"model="nope""#) && !text.contains("Bad Name"), "a made-up name became a label");
 }

@@ -37,3 +37,5 @@ pub fn init(config: &LogConfig) {
     // A second init (tests, embedding) keeps the first subscriber.
     let _ = result;
 }
+
+pub mod metrics;
