@@ -86,6 +86,10 @@ pub struct JobsConfig {
     /// whose checkpoints would be larger trains without (the job says so in its warnings). 0: no
     /// checkpoints — a job that is taken over or restarted starts from the beginning.
     pub checkpoint_max_bytes: u64,
+    /// Seconds a `POST /finetune` Idempotency-Key is remembered: a retry with the same key within
+    /// that time gets the job the first request created (then `petal registry gc` and the
+    /// server's retention task remove the record).
+    pub idempotency_ttl_s: u64,
 }
 
 impl Default for JobsConfig {
@@ -109,6 +113,7 @@ impl Default for JobsConfig {
             max_concurrent_checks: 1,
             max_check_bytes: 16 << 30,
             checkpoint_max_bytes: 1 << 30,
+            idempotency_ttl_s: 86_400,
         }
     }
 }

@@ -82,6 +82,8 @@ error_codes! {
     NothingServing        => ("nothing_serving", 409, "No model is configured to serve (inference.models is empty)."),
     QueueFull             => ("queue_full", 429, "A queue or budget is full (inference, request bodies, uploads, dataset checks); retry after the Retry-After delay."),
     TooManyJobs           => ("too_many_jobs", 429, "The caller has jobs.max_active_per_caller jobs queued or running; wait for one to end or cancel one."),
+    IdempotencyKeyReused  => ("idempotency_key_reused", 422, "The Idempotency-Key was used before with another request (another spec or dataset); use a new key."),
+    IdempotencyInProgress => ("idempotency_in_progress", 409, "A request with the same Idempotency-Key is being handled; retry after it (see Retry-After)."),
     ModelInvalid          => ("model_invalid", 422, "The ONNX model lacks what petal needs (its metadata: class names, transform, input size)."),
     ProviderUnavailable   => ("provider_unavailable", 503, "The requested execution provider (CUDA) cannot be used on this host."),
     ExportFailed          => ("export_failed", 422, "The model cannot be exported to ONNX as asked."),

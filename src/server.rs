@@ -160,11 +160,13 @@ async fn expire_periodically(state: web::Data<AppState>) {
     loop {
         actix_web::rt::time::sleep(std::time::Duration::from_secs(policy.interval_s)).await;
         let Ok(registry) = state.registry() else { continue };
-        match registry.expire(&policy, false).await {
+        match registry.expire(&policy, state.config.jobs.idempotency_ttl_s, false).await {
             Ok(r) if r.total() > 0 => tracing::info!(
                 jobs = r.jobs.len(),
                 leases = r.leases.len(),
                 queue = r.queue.len(),
+                checkpoints = r.checkpoints.len(),
+                idempotency_keys = r.idempotency_keys.len(),
                 datasets = r.datasets.len(),
                 "retention: removed expired records"
             ),

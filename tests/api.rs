@@ -768,3 +768,104 @@ fn schemathesis_finds_no_failure() {
     assert!(report.contains("passed"), "{report}");
     assert!(server.log_text().lines().all(|l| !l.contains("\"level\":\"ERROR\"") || !l.contains("panicked")));
 }
+
+/// `Idempotency-Key` on `POST /finetune`: a retried submission (upload or JSON) gets the job the
+/// first one created, even at the caller's job limit; the key with another spec is refused; keys
+/// are the caller's own; a key is forgotten after `jobs.idempotency_ttl_s`, and `petal registry gc`
+/// removes its record.
+#[test]
+fn an_idempotency_key_makes_a_retried_submission_return_its_first_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("petal.toml");
+    std::fs::write(
+        &config,
+        "[[auth.tokens]]\nname = \"alice\"\ntoken = \"alice-token-0123456789\"\nscopes = [\"train\"]\n\
+         [[auth.tokens]]\nname = \"bob\"\ntoken = \"bob-token-0123456789ab\"\nscopes = [\"train\"]\n",
+    )
+    .unwrap();
+    let registry = dir.path().join("registry");
+    let server = start(
+        dir.path(),
+        &registry,
+        &[
+            ("PETAL_CONFIG", config.to_str().unwrap()),
+            ("PETAL__JOBS__IDEMPOTENCY_TTL_S", "4"),
+            ("PETAL__JOBS__MAX_ACTIVE_PER_CALLER", "1"),
+        ],
+    );
+    let zip = shapes_zip(dir.path());
+    let client = Client::new();
+    let spec = shapes_spec("idem", 50);
+    let post = |token: &str, key: Option<&str>, spec: &Value, upload: bool| {
+        let mut r = client.post(server.url("/finetune")).bearer_auth(token);
+        if let Some(k) = key {
+            r = r.header("idempotency-key", k);
+        }
+        let r = if upload {
+            let form = multipart::Form::new()
+                .part("spec", multipart::Part::text(spec.to_string()).mime_str("application/json").unwrap())
+                .part("dataset", multipart::Part::file(&zip).unwrap());
+            r.multipart(form)
+        } else {
+            r.json(spec)
+        };
+        let r = r.send().unwrap();
+        let replayed = r.headers().get("idempotent-replayed").is_some();
+        let status = r.status().as_u16();
+        (status, replayed, r.json::<Value>().unwrap())
+    };
+    let alice = "alice-token-0123456789";
+    let (status, replayed, first) = post(alice, Some("k-1"), &spec, true);
+    assert_eq!((status, replayed), (202, false), "{first}");
+    let id = first["id"].as_str().unwrap().to_string();
+    // The retry: the same job, marked as a replay — though alice is at her limit of one job.
+    let (status, replayed, again) = post(alice, Some("k-1"), &spec, true);
+    assert_eq!((status, replayed, again["id"].as_str()), (202, true, Some(id.as_str())), "{again}");
+    let (status, _, limited) = post(alice, None, &spec, true);
+    assert_eq!((status, limited["error"]["code"].as_str()), (429, Some("too_many_jobs")), "no key: the limit");
+    // The same key with another spec: refused; another caller's same key: their own job.
+    let mut other = spec.clone();
+    other["epochs1"] = json!(51);
+    let (status, _, reused) = post(alice, Some("k-1"), &other, true);
+    assert_eq!((status, reused["error"]["code"].as_str()), (422, Some("idempotency_key_reused")), "{reused}");
+    let (status, replayed, bobs) = post("bob-token-0123456789ab", Some("k-1"), &spec, true);
+    assert_eq!((status, replayed), (202, false), "{bobs}");
+    assert_ne!(bobs["id"], first["id"]);
+    // A malformed key.
+    let (status, _, bad) = post(alice, Some("two words"), &spec, true);
+    assert_eq!((status, bad["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}");
+    let records = || std::fs::read_dir(registry.join("idempotency")).map_or(0, |d| d.count());
+    assert_eq!(records(), 2, "one record per caller and key");
+
+    // After the TTL the key is free: alice's first job canceled, the same key makes a new job.
+    let r = client.post(server.url(&format!("/jobs/{id}/cancel"))).bearer_auth(alice).send().unwrap();
+    assert!(r.status().is_success());
+    wait_for_state(&client, &server, alice, &id, "canceled");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let (status, replayed, fresh) = post(alice, Some("k-1"), &spec, true);
+    assert_eq!((status, replayed), (202, false), "{fresh}");
+    assert_ne!(fresh["id"], first["id"]);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let out = common::petal()
+        .args(["registry", "gc", "--grace-s", "0", "--registry"])
+        .arg(&registry)
+        .env("PETAL__JOBS__IDEMPOTENCY_TTL_S", "4")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("removed idempotency/"), "{text}");
+    assert_eq!(records(), 0, "{text}");
+}
+
+fn wait_for_state(client: &Client, server: &Server, token: &str, id: &str, state: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let j: Value =
+            client.get(server.url(&format!("/jobs/{id}"))).bearer_auth(token).send().unwrap().json().unwrap();
+        if j["state"] == state {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{j}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::AppState;
 use crate::error::{Error, ErrorBody, ErrorCode, Result};
-use crate::jobs::{DatasetSource, Job, JobDataset, JobSpec, JobState, Submitter};
+use crate::jobs::{idempotency, DatasetSource, Job, JobDataset, JobSpec, JobState, Submitter};
 use crate::registry::datasets::StoredDataset;
 
 /// Largest `spec` part or JSON body.
@@ -64,7 +64,15 @@ pub struct FinetuneCheck {
                    already in the registry (`dataset.sha256`) or in S3 (`dataset.uri`). The dataset is read and checked \
                    before the job is queued; every problem is listed in the 422. On success the winner is exported to \
                    ONNX and published as a new version of `spec.model`, promoted only when `spec.promote` names an alias.",
-    params(FinetuneQuery),
+    params(
+        FinetuneQuery,
+        ("Idempotency-Key" = Option<String>, Header, max_length = 255,
+         description = "Makes a retry safe: a submission with a key this caller used in the last \
+                        `jobs.idempotency_ttl_s` (24 h) answers the job the first one created (with \
+                        `Idempotent-Replayed: true`) instead of queueing another; the same key with another spec or \
+                        dataset is refused (422 `idempotency_key_reused`). 1–255 visible ASCII characters; ignored \
+                        by dry runs.")
+    ),
     request_body(description = "The job spec and its dataset.", content(
         (FinetuneForm = "multipart/form-data"),
         (JobSpec = "application/json")
@@ -72,7 +80,8 @@ pub struct FinetuneCheck {
     responses(
         (status = 200, description = "Dry run: the spec and the dataset pass every check.", body = FinetuneCheck),
         (status = 202, description = "Queued; follow it at the Location.", body = Job,
-         headers(("Location" = String, description = "`/jobs/{id}`"))),
+         headers(("Location" = String, description = "`/jobs/{id}`"),
+                 ("Idempotent-Replayed" = String, description = "`true` when an earlier submission with the same Idempotency-Key created the job"))),
         (status = 400, description = "The spec part is missing, a part is unknown, or the JSON is malformed.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_json", "message": "the job spec: expected value at line 1 column 1"}})),
         (status = 401, response = crate::api::responses::Unauthorized),
@@ -80,11 +89,13 @@ pub struct FinetuneCheck {
          example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
         (status = 404, description = "The named dataset, weights or backbone is unknown.", body = ErrorBody,
          example = json!({"error": {"code": "not_found", "message": "no dataset 9f… in the registry"}})),
+        (status = 409, description = "A submission with the same Idempotency-Key is being handled (`idempotency_in_progress`); see Retry-After.", body = ErrorBody,
+         example = json!({"error": {"code": "idempotency_in_progress", "message": "a submission with Idempotency-Key \"k1\" is being handled; retry shortly"}})),
         (status = 413, description = "The archive exceeds `jobs.max_upload_bytes` or a dataset limit.", body = ErrorBody,
          example = json!({"error": {"code": "dataset_too_large", "message": "the upload exceeds 4294967296 bytes (jobs.max_upload_bytes)"}})),
         (status = 415, description = "Neither multipart/form-data nor application/json.", body = ErrorBody,
          example = json!({"error": {"code": "unsupported_media_type", "message": "send multipart/form-data or application/json"}})),
-        (status = 422, description = "The spec asks for something impossible (`invalid_arguments`, `invalid_name`), or the dataset fails validation (every problem listed).", body = ErrorBody,
+        (status = 422, description = "The spec asks for something impossible (`invalid_arguments`, `invalid_name`), the dataset fails validation (every problem listed), or the Idempotency-Key was used for another submission (`idempotency_key_reused`).", body = ErrorBody,
          example = json!({"error": {"code": "dataset_invalid", "message": "the dataset has 2 problem(s): class \"tulip\" has no validation image; b/x.jpg: cannot decode the image"}})),
         (status = 429, description = "Too many uploads or dataset checks in flight (`queue_full`), or the caller has too many jobs queued or running (`too_many_jobs`); see Retry-After.", body = ErrorBody,
          example = json!({"error": {"code": "too_many_jobs", "message": "ci has 16 jobs queued or running; the limit is 16 (jobs.max_active_per_caller): wait for one to end, or cancel one"}})),
@@ -106,7 +117,11 @@ pub async fn finetune(
     // Admitted before a byte of the body is read or staged: a place among the uploads in flight,
     // its declared bytes on disk, and room among the caller's active jobs.
     let _admitted = state.uploads.admit(&req, &state.config.jobs)?;
-    if query.dry_run != Some(true) {
+    let dry_run = query.dry_run == Some(true);
+    // A retried submission (same Idempotency-Key) gets its job whatever the limits say now: it is
+    // checked once the submission is read.
+    let key = idempotency_key(&req)?.filter(|_| !dry_run);
+    if !dry_run && key.is_none() {
         runner.check_room_for(owner.as_deref()).await?;
     }
     crate::foundation::files::create_dir_all(&runner.work_dir())?;
@@ -120,7 +135,74 @@ pub async fn finetune(
     let source = DatasetSource::of(upload, &spec.dataset)?;
     let by = Submitter { may_promote: caller.is_some_and(|c| c.may(crate::config::Scope::Admin)) };
     spec.check_submission(&source, &by, &state.config)?;
-    weights_are_cached(&state, &spec).await?;
+    let registry = runner.registry();
+    let reservation = match &key {
+        None => None,
+        Some(key) => {
+            let print = idempotency::fingerprint(&spec, &source.identity());
+            let ttl = state.config.jobs.idempotency_ttl_s;
+            match idempotency::reserve(registry, owner.as_deref(), key, &print, ttl).await? {
+                idempotency::Reserved::Replay(id) => {
+                    let job = runner.get(&id).await?;
+                    return Ok(HttpResponse::Accepted()
+                        .insert_header((LOCATION, format!("/jobs/{}", job.id)))
+                        .insert_header(("idempotent-replayed", "true"))
+                        .json(job));
+                }
+                idempotency::Reserved::New(r) => Some(r),
+            }
+        }
+    };
+    let submitted = async {
+        if reservation.is_some() {
+            runner.check_room_for(owner.as_deref()).await?;
+        }
+        submit_checked(&state, runner, (spec, source), staged.path(), limit, owner, dry_run).await
+    }
+    .await;
+    match (reservation, &submitted) {
+        (Some(r), Ok(Submitted::Queued(job))) => {
+            if let Err(e) = r.complete(registry, &job.id).await {
+                tracing::warn!(job = %job.id, error = %e, "cannot record the job under its Idempotency-Key");
+            }
+        }
+        (Some(r), _) => r.release(registry).await,
+        (None, _) => {}
+    }
+    Ok(match submitted? {
+        Submitted::Checked(check) => HttpResponse::Ok().json(*check),
+        Submitted::Queued(job) => {
+            HttpResponse::Accepted().insert_header((LOCATION, format!("/jobs/{}", job.id))).json(job)
+        }
+    })
+}
+
+/// What a submission came to: a dry run's findings, or a queued job.
+enum Submitted {
+    Checked(Box<FinetuneCheck>),
+    Queued(Box<Job>),
+}
+
+/// The request's `Idempotency-Key`, checked.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>> {
+    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let key = v.to_str().map_err(|_| Error::invalid_request("Idempotency-Key must be visible ASCII"))?.to_string();
+    idempotency::check_key(&key)?;
+    Ok(Some(key))
+}
+
+/// The rest of a submission once its spec is read and checked: the dataset checked and stored (or
+/// found stored), the job queued — or, for a dry run, what the checks found.
+async fn submit_checked(
+    state: &web::Data<AppState>,
+    runner: &crate::jobs::runner::Runner,
+    (spec, source): (JobSpec, DatasetSource),
+    staged: &std::path::Path,
+    limit: u64,
+    owner: Option<String>,
+    dry_run: bool,
+) -> Result<Submitted> {
+    weights_are_cached(state, &spec).await?;
     let registry = runner.registry();
     // The archive to check is in the staging file (uploaded, or fetched from S3 now), or the
     // dataset is already stored.
@@ -128,29 +210,28 @@ pub async fn finetune(
         DatasetSource::Upload { sha256, size } => Archive::Staged { sha256, size },
         DatasetSource::S3 { bucket, key } => {
             let s3 = &state.config.registry.s3;
-            let (sha256, size) = crate::registry::fetch_s3_object(s3, &bucket, &key, staged.path(), limit).await?;
+            let (sha256, size) = crate::registry::fetch_s3_object(s3, &bucket, &key, staged, limit).await?;
             Archive::Staged { sha256, size }
         }
         DatasetSource::Stored { sha256 } => Archive::Stored { sha256 },
     };
-    if query.dry_run == Some(true) {
+    if dry_run {
         let (sha256, size, dataset) = match archive {
-            Archive::Staged { sha256, size } => (sha256, size, check(&state, &spec, staged.path()).await?),
+            Archive::Staged { sha256, size } => (sha256, size, check(state, &spec, staged).await?),
             Archive::Stored { sha256 } => {
                 let d = registry.dataset(&sha256).await?;
                 (d.sha256, d.size, d.summary)
             }
         };
-        return Ok(HttpResponse::Ok().json(FinetuneCheck { sha256, size, dataset, recipe: spec.recipe() }));
+        return Ok(Submitted::Checked(Box::new(FinetuneCheck { sha256, size, dataset, recipe: spec.recipe() })));
     }
     let dataset = match archive {
-        Archive::Staged { sha256, size } => check_and_store(&state, &spec, staged.path(), (sha256, size)).await?,
+        Archive::Staged { sha256, size } => check_and_store(state, &spec, staged, (sha256, size)).await?,
         Archive::Stored { sha256 } => registry.dataset(&sha256).await?,
     };
     let name = if spec.dataset.name.is_empty() { dataset.name.clone() } else { spec.dataset.name.clone() };
     let job = Job::queued(spec, JobDataset { sha256: dataset.sha256.clone(), name }, owner);
-    let job = runner.submit(job).await?;
-    Ok(HttpResponse::Accepted().insert_header((LOCATION, format!("/jobs/{}", job.id))).json(job))
+    Ok(Submitted::Queued(Box::new(runner.submit(job).await?)))
 }
 
 /// The job spec and, for a multipart request, its archive (staged into `file`, with its sha256

@@ -211,19 +211,27 @@ async fn gc(registry: &Registry, config: &Config, grace_s: u64, dry_run: bool) -
         println!("{} {r}", if dry_run { "would remove" } else { "removed" });
     }
     println!("{} orphaned objects", removed.len());
-    let expired = registry.expire(&config.jobs.retention, dry_run).await?;
-    let all = [&expired.jobs, &expired.leases, &expired.queue, &expired.checkpoints, &expired.datasets];
+    let expired = registry.expire(&config.jobs.retention, config.jobs.idempotency_ttl_s, dry_run).await?;
+    let all = [
+        &expired.jobs,
+        &expired.leases,
+        &expired.queue,
+        &expired.checkpoints,
+        &expired.idempotency_keys,
+        &expired.datasets,
+    ];
     for r in all.into_iter().flatten() {
         println!("{} {r}", if dry_run { "would remove" } else { "removed" });
     }
     println!(
         "{} expired objects: {} job records, {} lease records, {} queue markers, {} training checkpoints, {} \
-         dataset objects",
+         Idempotency-Keys, {} dataset objects",
         expired.total(),
         expired.jobs.len(),
         expired.leases.len(),
         expired.queue.len(),
         expired.checkpoints.len(),
+        expired.idempotency_keys.len(),
         expired.datasets.len()
     );
     Ok(())

@@ -8,6 +8,7 @@
 //! start and goes on from its last checkpoint (`Job::resumes` records it); after
 //! `jobs.max_attempts` such stops it is failed with `job_interrupted` instead. Queued jobs are
 //! queued again.
+pub mod idempotency;
 pub mod lease;
 pub mod retention;
 pub mod runner;
@@ -199,6 +200,15 @@ pub enum DatasetSource {
 }
 
 impl DatasetSource {
+    /// What names the dataset, for an Idempotency-Key's fingerprint: its sha256 (uploaded or
+    /// stored: the same bytes are the same dataset), or its S3 URI.
+    pub fn identity(&self) -> String {
+        match self {
+            DatasetSource::Upload { sha256, .. } | DatasetSource::Stored { sha256 } => format!("sha256:{sha256}"),
+            DatasetSource::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+        }
+    }
+
     /// The one source among an upload (its sha256 and size), `dataset.sha256` and `dataset.uri`.
     pub fn of(upload: Option<(String, u64)>, spec: &DatasetSpec) -> Result<DatasetSource> {
         match (upload, &spec.sha256, &spec.uri) {

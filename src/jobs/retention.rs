@@ -6,6 +6,7 @@
 //!   with their lease records;
 //! - lease records, queue markers and training checkpoints of jobs that ended, or have no record
 //!   (older than `grace_s`: a marker is written just before its record);
+//! - `POST /finetune` Idempotency-Keys older than `jobs.idempotency_ttl_s`;
 //! - uploaded datasets that no model version was trained on (no manifest names their content
 //!   digest) and no unfinished job uses, uploaded longer ago than `unreferenced_datasets_s`.
 //!
@@ -26,12 +27,18 @@ pub struct Removed {
     pub leases: Vec<String>,
     pub queue: Vec<String>,
     pub checkpoints: Vec<String>,
+    pub idempotency_keys: Vec<String>,
     pub datasets: Vec<String>,
 }
 
 impl Removed {
     pub fn total(&self) -> usize {
-        self.jobs.len() + self.leases.len() + self.queue.len() + self.checkpoints.len() + self.datasets.len()
+        self.jobs.len()
+            + self.leases.len()
+            + self.queue.len()
+            + self.checkpoints.len()
+            + self.idempotency_keys.len()
+            + self.datasets.len()
     }
 }
 
@@ -46,10 +53,14 @@ fn before(t: &str, cutoff: &str) -> bool {
 }
 
 impl Registry {
-    /// Applies `policy` once. Safe to run from several processes at once (each removal is of
-    /// something that will never be needed again, and a missing object is not an error).
-    pub async fn expire(&self, policy: &RetentionConfig, dry_run: bool) -> Result<Removed> {
-        let mut removed = Removed::default();
+    /// Applies `policy` once, and forgets Idempotency-Keys older than `idempotency_ttl_s`. Safe to
+    /// run from several processes at once (each removal is of something that will never be
+    /// needed again, and a missing object is not an error).
+    pub async fn expire(&self, policy: &RetentionConfig, idempotency_ttl_s: u64, dry_run: bool) -> Result<Removed> {
+        let mut removed = Removed {
+            idempotency_keys: crate::jobs::idempotency::expire(self, idempotency_ttl_s, dry_run).await?,
+            ..Removed::default()
+        };
         let grace = cutoff(policy.grace_s);
         let jobs = self.jobs().await?;
         let ids: BTreeSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();

@@ -103,6 +103,60 @@ impl Registry {
         })
     }
 
+    /// Creates the Idempotency-Key record `digest` unless one exists: `true` when this call
+    /// created it (a store whose create-only write is not atomic is read back by the caller).
+    pub async fn create_idempotency_record<T: Serialize>(&self, digest: &str, record: &T) -> Result<bool> {
+        let body = serde_json::to_vec_pretty(record).expect("record serializes");
+        match self
+            .store
+            .put_opts(&layout::idempotency_key(digest), body.into(), PutOptions::from(PutMode::Create))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(store_error("recording an Idempotency-Key", e)),
+        }
+    }
+
+    /// Replaces the Idempotency-Key record `digest`.
+    pub async fn put_idempotency_record<T: Serialize>(&self, digest: &str, record: &T) -> Result<()> {
+        let body = serde_json::to_vec_pretty(record).expect("record serializes");
+        self.store
+            .put(&layout::idempotency_key(digest), body.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error("recording an Idempotency-Key", e))
+    }
+
+    /// The Idempotency-Key record `digest`, `None` when there is none.
+    pub async fn idempotency_record<T: DeserializeOwned>(&self, digest: &str) -> Result<Option<T>> {
+        self.get_json(&layout::idempotency_key(digest), "Idempotency-Key record").await
+    }
+
+    /// Removes the Idempotency-Key record `digest` (unless `dry_run`); returns its key.
+    pub async fn remove_idempotency_record(&self, digest: &str, dry_run: bool) -> Result<String> {
+        let key = layout::idempotency_key(digest);
+        self.remove(&key, dry_run).await?;
+        Ok(key.to_string())
+    }
+
+    /// Every Idempotency-Key record: its digest and when it was written (RFC 3339).
+    pub async fn idempotency_records(&self) -> Result<Vec<(String, String)>> {
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&layout::idempotency_keys()))
+            .try_collect()
+            .await
+            .map_err(|e| store_error("listing Idempotency-Keys", e))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|m| {
+                let digest = m.location.filename()?.strip_suffix(".json")?.to_string();
+                Some((digest, m.last_modified.to_rfc3339()))
+            })
+            .collect())
+    }
+
     /// Writes job `job`'s training checkpoint `slot` of `backbone`, replacing the one there at
     /// once (readers see the old bytes or the new, never a part).
     pub async fn put_checkpoint(&self, job: &str, backbone: &str, slot: &str, bytes: Vec<u8>) -> Result<()> {

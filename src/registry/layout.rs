@@ -20,6 +20,8 @@
 //! leases/{job}/cancel.json                         a request to cancel the job
 //! checkpoints/{job}/{backbone}/{slot}.ckpt         a running job's training checkpoint of one
 //!                                                  backbone (slot: last, best), replaced whole
+//! idempotency/{digest}.json                        a `POST /finetune` Idempotency-Key (digest of
+//!                                                  caller and key) and the job it created
 //! .probe/{uuid}                                    the start-up write check, removed at once
 //! ```
 use object_store::path::Path as ObjPath;
@@ -30,6 +32,7 @@ pub(super) const JOBS: &str = "jobs";
 pub(super) const QUEUE: &str = "queue";
 pub(super) const LEASES: &str = "leases";
 pub(super) const CHECKPOINTS: &str = "checkpoints";
+pub(super) const IDEMPOTENCY: &str = "idempotency";
 
 pub(super) fn probe(id: &str) -> ObjPath {
     ObjPath::from(format!(".probe/{id}"))
@@ -155,6 +158,14 @@ pub(super) fn job_checkpoints(job: &str) -> ObjPath {
 
 pub(super) fn checkpoint(job: &str, backbone: &str, slot: &str) -> ObjPath {
     ObjPath::from(format!("{CHECKPOINTS}/{job}/{backbone}/{slot}.ckpt"))
+}
+
+pub(super) fn idempotency_keys() -> ObjPath {
+    ObjPath::from(IDEMPOTENCY)
+}
+
+pub(super) fn idempotency_key(digest: &str) -> ObjPath {
+    ObjPath::from(format!("{IDEMPOTENCY}/{digest}.json"))
 }
 
 /// What a key under `job_leases(job)` is.
