@@ -66,7 +66,7 @@ pub struct FinetuneCheck {
                    ONNX and published as a new version of `spec.model`, promoted only when `spec.promote` names an alias.",
     params(
         FinetuneQuery,
-        ("Idempotency-Key" = Option<String>, Header, max_length = 255,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
          description = "Makes a retry safe: a submission with a key this caller used in the last \
                         `jobs.idempotency_ttl_s` (24 h) answers the job the first one created (with \
                         `Idempotent-Replayed: true`) instead of queueing another; the same key with another spec or \
