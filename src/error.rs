@@ -151,6 +151,40 @@ impl Error {
     }
 }
 
+/// An error as RFC 9457 problem details (`application/problem+json`), for clients that ask for
+/// them in `Accept`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"type": "urn:petal:error:route_not_found", "title": "No endpoint at this path.", "status": 404,
+    "detail": "no endpoint at GET /nope", "code": "route_not_found", "request_id": "6f1c2b1e-8a0e-4c55-9d8e-2f7f0b7f5a11"}))]
+pub struct Problem {
+    /// `urn:petal:error:{code}`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What the code means (the error table's line).
+    pub title: String,
+    pub status: u16,
+    /// This occurrence.
+    pub detail: String,
+    /// The stable code, as in petal's own error body.
+    pub code: ErrorCode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl Error {
+    /// The error as RFC 9457 problem details.
+    pub fn problem(&self, request_id: Option<&str>) -> Problem {
+        Problem {
+            kind: format!("urn:petal:error:{}", self.code.as_str()),
+            title: self.code.description().to_string(),
+            status: self.code.status().as_u16(),
+            detail: self.message.clone(),
+            code: self.code,
+            request_id: request_id.map(str::to_owned),
+        }
+    }
+}
+
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"error": {"code": "route_not_found", "message": "no endpoint at GET /nope", "request_id": "6f1c2b1e-8a0e-4c55-9d8e-2f7f0b7f5a11"}}))]

@@ -112,6 +112,26 @@ fn a_dataset_becomes_a_promoted_served_model_over_http() {
         assert!(img.width() > 100 && img.height() > 100, "{picture}");
     }
 
+    // A version never changes: each of its resources has an ETag and a year-long Cache-Control,
+    // and a client that sends the ETag back gets 304 and no body.
+    for resource in ["", "/card", "/onnx", "/evaluation", "/evaluation?split=val", "/curves.png", "/confusion.png"] {
+        let url = server.url(&format!("/models/shapes/versions/1{resource}"));
+        let first = client.get(&url).send().unwrap();
+        assert_eq!(first.status(), 200, "{resource}");
+        let etag = first.headers()["etag"].to_str().unwrap().to_string();
+        assert_eq!(first.headers()["cache-control"], "private, max-age=31536000, immutable", "{resource}");
+        let body = first.bytes().unwrap();
+        let again = client.get(&url).header("if-none-match", &etag).send().unwrap();
+        assert_eq!(again.status(), 304, "{resource}");
+        assert_eq!(again.headers()["etag"].to_str().unwrap(), etag, "{resource}");
+        assert!(again.bytes().unwrap().is_empty(), "{resource}");
+        let listed = client.get(&url).header("if-none-match", format!("\"other\", W/{etag}")).send().unwrap();
+        assert_eq!(listed.status(), 304, "{resource}: one of several, weak");
+        let stale = client.get(&url).header("if-none-match", "\"other\"").send().unwrap();
+        assert_eq!(stale.status(), 200, "{resource}");
+        assert_eq!(stale.bytes().unwrap(), body, "{resource}");
+    }
+
     // Promotion with compare-and-swap, and its history.
     let promote = |if_match: &str| {
         client

@@ -209,13 +209,14 @@ macro_rules! api {
             info(
                 title = "petal",
                 description = "Turns a labelled image dataset into a served image classifier by transfer learning.\n\n\
-                               Every error answers `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code`; \
+                               Every error answers `{\"error\": {\"code\", \"message\", \"request_id\"}}` with a stable `code` \
+                               (RFC 9457 problem details, schema `Problem`, when `Accept` asks for `application/problem+json`); \
                                every response carries an `x-request-id` header.",
                 license(name = "Apache-2.0", identifier = "Apache-2.0"),
             ),
             paths($($module::$handler),*),
             components(schemas(
-                ErrorBody, ErrorDetail, ErrorCode, health::Liveness, health::ReadinessReport, health::Check,
+                ErrorBody, ErrorDetail, ErrorCode, crate::error::Problem, health::Liveness, health::ReadinessReport, health::Check,
                 classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
                 crate::jobs::runner::JobEvent, Binary
             ), responses(

@@ -2,7 +2,7 @@
 //! cards, ONNX downloads, and aliases — promotion with `If-Match` and the audit history.
 use std::collections::BTreeMap;
 
-use actix_web::http::header::{CONTENT_DISPOSITION, ETAG, IF_MATCH};
+use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_DISPOSITION, ETAG, IF_MATCH, IF_NONE_MATCH};
 use actix_web::{get, put, web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -122,9 +122,10 @@ pub async fn get_model(name: web::Path<ModelName>, state: web::Data<AppState>) -
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}", tag = "models", operation_id = "get_version",
     summary = "A version's manifest: artifacts, provenance, metrics, licences",
-    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number."), IfNoneMatch),
     responses(
         (status = 200, description = "The manifest.", body = Manifest),
+        (status = 304, description = "Not modified: the If-None-Match ETag is this resource's (a version never changes)."),
         (status = 400, description = "The version is not a number.", body = ErrorBody,
          example = json!({"error": {"code": "invalid_request", "message": "invalid path parameter: can not parse \"x\" to a u64"}})),
         (status = 401, response = crate::api::responses::Unauthorized),
@@ -136,18 +137,25 @@ pub async fn get_model(name: web::Path<ModelName>, state: web::Data<AppState>) -
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}/versions/{version}")]
-pub async fn get_version(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+pub async fn get_version(
+    req: HttpRequest,
+    path: web::Path<(ModelName, u64)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
     let (name, v) = (path.0.as_str(), path.1);
-    Ok(HttpResponse::Ok().json(state.registry()?.manifest(name, v).await?))
+    let body = serde_json::to_vec(&state.registry()?.manifest(name, v).await?).expect("a manifest serializes");
+    let etag = crate::foundation::hash::sha256_hex(&body);
+    immutable(&req, &etag, async { Ok(HttpResponse::Ok().content_type("application/json").body(body)) }).await
 }
 
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}/card", tag = "models", operation_id = "get_card",
     summary = "A version's model card (Markdown)",
-    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number."), IfNoneMatch),
     responses(
         (status = 200, description = "The card.", content_type = "text/markdown", body = String,
          example = "# flowers102 — version 1\n\n**Use:** non-commercial only, …"),
+        (status = 304, description = "Not modified: the If-None-Match ETag is this resource's (a version never changes)."),
         (status = 400, response = crate::api::responses::BadVersion),
         (status = 401, response = crate::api::responses::Unauthorized),
         (status = 403, response = crate::api::responses::ForbiddenRead),
@@ -158,20 +166,27 @@ pub async fn get_version(path: web::Path<(ModelName, u64)>, state: web::Data<App
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}/versions/{version}/card")]
-pub async fn get_card(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+pub async fn get_card(
+    req: HttpRequest,
+    path: web::Path<(ModelName, u64)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
     let (name, v) = (path.0.as_str(), path.1);
-    let m = state.registry()?.manifest(name, v).await?;
-    Ok(HttpResponse::Ok().content_type("text/markdown; charset=utf-8").body(m.card()))
+    let card = state.registry()?.manifest(name, v).await?.card();
+    let etag = crate::foundation::hash::sha256_hex(card.as_bytes());
+    immutable(&req, &etag, async { Ok(HttpResponse::Ok().content_type("text/markdown; charset=utf-8").body(card)) })
+        .await
 }
 
 #[utoipa::path(
     get, path = "/models/{name}/versions/{version}/onnx", tag = "models", operation_id = "download_onnx",
     summary = "Download a version's ONNX model",
     description = "The bytes are checked against the manifest's sha256 and size before they are sent; the ETag is the sha256.",
-    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number."), IfNoneMatch),
     responses(
         (status = 200, description = "The ONNX model.", content_type = "application/octet-stream", body = crate::api::Binary,
          headers(("ETag" = String, description = "The sha256 of the file, quoted."))),
+        (status = 304, description = "Not modified: the If-None-Match ETag is this resource's (a version never changes)."),
         (status = 400, response = crate::api::responses::BadVersion),
         (status = 401, response = crate::api::responses::Unauthorized),
         (status = 403, response = crate::api::responses::ForbiddenRead),
@@ -185,22 +200,36 @@ pub async fn get_card(path: web::Path<(ModelName, u64)>, state: web::Data<AppSta
     security(("bearer" = ["classify", "train"]))
 )]
 #[get("/models/{name}/versions/{version}/onnx")]
-pub async fn download_onnx(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+pub async fn download_onnx(
+    req: HttpRequest,
+    path: web::Path<(ModelName, u64)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
     let (name, v) = (path.0.as_str(), path.1);
     let r = state.registry()?;
     let m = r.manifest(name, v).await?;
-    let bytes = r.read_artifact(&m, "model.onnx").await?;
     let sha = m.artifact("model.onnx").map(|a| a.sha256.clone()).unwrap_or_default();
-    Ok(HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .insert_header((ETAG, format!("\"{sha}\"")))
-        .insert_header((CONTENT_DISPOSITION, format!("attachment; filename=\"{name}-{v}.onnx\"")))
-        .body(bytes))
+    // A client that has the file gets 304 without the file being read.
+    immutable(&req, &sha, async {
+        let bytes = r.read_artifact(&m, "model.onnx").await?;
+        Ok(HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .insert_header((CONTENT_DISPOSITION, format!("attachment; filename=\"{name}-{v}.onnx\"")))
+            .body(bytes))
+    })
+    .await
 }
 
-/// A version's artifact `file`, checked against its manifest; `not_found` naming what the version
+/// A version's artifact `file` as `req` asks for it: 304 when the client has it (not read), else
+/// `answer(bytes)` of the bytes checked against the manifest; `not_found` naming what the version
 /// lacks when it has none.
-async fn artifact(state: &AppState, path: &(ModelName, u64), file: &str, what: &str) -> Result<(Vec<u8>, String)> {
+async fn artifact(
+    req: &HttpRequest,
+    state: &AppState,
+    path: &(ModelName, u64),
+    (file, what): (&str, &str),
+    answer: impl FnOnce(Vec<u8>) -> Result<HttpResponse>,
+) -> Result<HttpResponse> {
     let (name, v) = (path.0.as_str(), path.1);
     let r = state.registry()?;
     let m = r.manifest(name, v).await?;
@@ -208,7 +237,7 @@ async fn artifact(state: &AppState, path: &(ModelName, u64), file: &str, what: &
         return Err(Error::new(ErrorCode::NotFound, format!("{name} version {v} has no {what} ({file})")));
     };
     let sha = a.sha256.clone();
-    Ok((r.read_artifact(&m, file).await?, sha))
+    immutable(req, &sha, async { answer(r.read_artifact(&m, file).await?) }).await
 }
 
 /// Which evaluation of a version.
@@ -223,9 +252,10 @@ pub struct EvaluationQuery {
     get, path = "/models/{name}/versions/{version}/evaluation", tag = "models", operation_id = "get_evaluation",
     summary = "A version's evaluation report",
     description = "Computed when the version was published, on the validation images of its dataset, through the serving path (as `petal eval --json`): top-1, top-5, macro F1, expected calibration error, per-class precision/recall/F1/support, the confusion matrix, the most frequent confusions with example images, the most confidently wrong answers, and every image's answer.",
-    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number."), EvaluationQuery),
+    params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number."), EvaluationQuery, IfNoneMatch),
     responses(
         (status = 200, description = "The report.", body = crate::infer::eval::EvalReport),
+        (status = 304, description = "Not modified: the If-None-Match ETag is this resource's (a version never changes)."),
         (status = 400, response = crate::api::responses::BadVersion),
         (status = 401, response = crate::api::responses::Unauthorized),
         (status = 403, response = crate::api::responses::ForbiddenRead),
@@ -238,6 +268,7 @@ pub struct EvaluationQuery {
 )]
 #[get("/models/{name}/versions/{version}/evaluation")]
 pub async fn get_evaluation(
+    req: HttpRequest,
     path: web::Path<(ModelName, u64)>,
     query: web::Query<EvaluationQuery>,
     state: web::Data<AppState>,
@@ -247,12 +278,15 @@ pub async fn get_evaluation(
         Some("test") => ("evaluation-test.json", "test-split evaluation (its dataset has no test/ folder)"),
         Some(other) => return Err(Error::invalid_request(format!("split: val or test, not {other:?}"))),
     };
-    let (bytes, sha) = artifact(&state, &path, file, what).await?;
-    let mut report: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("evaluation.json is unreadable: {e}")))?;
-    // Evaluated before the version existed: the version is the one asked for.
-    report["version"] = path.1.into();
-    Ok(HttpResponse::Ok().insert_header((ETAG, format!("\"{sha}\""))).json(report))
+    let version = path.1;
+    artifact(&req, &state, &path, (file, what), |bytes| {
+        let mut report: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::new(ErrorCode::IntegrityError, format!("evaluation.json is unreadable: {e}")))?;
+        // Evaluated before the version existed: the version is the one asked for.
+        report["version"] = version.into();
+        Ok(HttpResponse::Ok().json(report))
+    })
+    .await
 }
 
 /// A route serving one of a version's pictures (PNG artifacts): its path, operation and text are
@@ -261,9 +295,10 @@ macro_rules! picture_route {
     ($handler:ident, $path:literal, $operation:literal, $file:literal, $summary:literal, $description:literal) => {
         #[utoipa::path(
             get, path = $path, tag = "models", operation_id = $operation, summary = $summary, description = $description,
-            params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number.")),
+            params(("name" = ModelName, Path, description = "The model name."), ("version" = u64, Path, description = "The version number."), IfNoneMatch),
             responses(
-                (status = 200, description = "The picture.", content_type = "image/png", body = crate::api::Binary),
+                (status = 200, description = "The picture (ETag: its sha256; Cache-Control: a year, immutable).", content_type = "image/png", body = crate::api::Binary),
+                (status = 304, description = "Not modified: the If-None-Match ETag is this picture's."),
                 (status = 400, response = crate::api::responses::BadVersion),
                 (status = 401, response = crate::api::responses::Unauthorized),
                 (status = 403, response = crate::api::responses::ForbiddenRead),
@@ -275,8 +310,12 @@ macro_rules! picture_route {
             security(("bearer" = ["classify", "train"]))
         )]
         #[get($path)]
-        pub async fn $handler(path: web::Path<(ModelName, u64)>, state: web::Data<AppState>) -> Result<HttpResponse> {
-            picture(&state, &path, $file).await
+        pub async fn $handler(
+            req: HttpRequest,
+            path: web::Path<(ModelName, u64)>,
+            state: web::Data<AppState>,
+        ) -> Result<HttpResponse> {
+            picture(&req, &state, &path, $file).await
         }
     };
 }
@@ -299,9 +338,46 @@ picture_route!(
 );
 
 /// A picture artifact as `image/png`, its sha256 the ETag.
-async fn picture(state: &AppState, path: &(ModelName, u64), file: &str) -> Result<HttpResponse> {
-    let (bytes, sha) = artifact(state, path, file, "picture").await?;
-    Ok(HttpResponse::Ok().content_type("image/png").insert_header((ETAG, format!("\"{sha}\""))).body(bytes))
+async fn picture(req: &HttpRequest, state: &AppState, path: &(ModelName, u64), file: &str) -> Result<HttpResponse> {
+    artifact(req, state, path, (file, "picture"), |bytes| Ok(HttpResponse::Ok().content_type("image/png").body(bytes)))
+        .await
+}
+
+/// `If-None-Match` on a version's resources: a version never changes, so an ETag once sent stays
+/// true.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IfNoneMatch {
+    /// ETags of earlier answers (quoted, comma-separated), or `*`: 304 Not Modified when one is this
+    /// resource's.
+    #[serde(rename = "If-None-Match")]
+    #[param(required = false, max_length = 4096)]
+    if_none_match: String,
+}
+
+/// How long a client may keep a version's resources: a version never changes.
+const IMMUTABLE: &str = "private, max-age=31536000, immutable";
+
+/// Whether the request's `If-None-Match` names `etag` (a sha256, unquoted) or is `*`.
+fn not_modified(req: &HttpRequest, etag: &str) -> bool {
+    req.headers().get_all(IF_NONE_MATCH).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| {
+        let t = t.trim();
+        t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag
+    })
+}
+
+/// The answer for a version's resource with sha256 `etag`: 304 when the client has it, else the
+/// body `make` builds — both with the ETag and a year-long Cache-Control.
+async fn immutable<F>(req: &HttpRequest, etag: &str, make: F) -> Result<HttpResponse>
+where
+    F: std::future::Future<Output = Result<HttpResponse>>,
+{
+    let mut response = if not_modified(req, etag) { HttpResponse::NotModified().finish() } else { make.await? };
+    let headers = response.headers_mut();
+    headers.insert(ETAG, HeaderValue::from_str(&format!("\"{etag}\"")).expect("a sha256 is header-safe"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    Ok(response)
 }
 
 /// The precondition of a promotion.

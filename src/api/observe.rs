@@ -138,15 +138,25 @@ pub async fn observe(
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let method = method_label(req.method());
     let path = req.path().to_string();
+    let wants_problem = req
+        .headers()
+        .get_all(actix_web::http::header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("application/problem+json"));
     let span = tracing::info_span!("request", request_id = %request_id);
 
     let res = next.call(req).instrument(span.clone()).await?;
 
-    // Our errors are re-rendered with the request id in the body (the Open Inference Protocol's
-    // routes in that protocol's shape).
+    // Our errors are re-rendered with the request id in the body: the Open Inference Protocol's
+    // routes in that protocol's shape, RFC 9457 problem details for a client that asks for them,
+    // else petal's own.
+    let mut problem = false;
     let body = res.response().error().and_then(|e| e.as_error::<Error>()).map(|e| {
         if crate::api::oip::is_oip_path(&path) {
             serde_json::to_vec(&crate::api::oip::error_body(e, Some(&request_id)))
+        } else if wants_problem {
+            problem = true;
+            serde_json::to_vec(&e.problem(Some(&request_id)))
         } else {
             serde_json::to_vec(&e.body(Some(&request_id)))
         }
@@ -155,6 +165,10 @@ pub async fn observe(
     let mut res = res.map_into_boxed_body();
     if let Some(body) = body {
         res = res.map_body(|_, _| BoxBody::new(body));
+    }
+    if problem {
+        res.headers_mut()
+            .insert(actix_web::http::header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     }
     res.headers_mut().insert(
         HeaderName::from_static(REQUEST_ID_HEADER),

@@ -44,6 +44,20 @@ fn endpoints_answer_and_metrics_count_them() {
     assert_eq!(body["error"]["code"], "route_not_found");
     assert_eq!(body["error"]["request_id"], "rid-404");
     assert!(body["error"]["message"].as_str().unwrap().contains("/no/such/thing"));
+    // RFC 9457 problem details for a client that asks for them.
+    let r = client
+        .get(server.url("/no/such/thing"))
+        .header("accept", "application/problem+json, application/json;q=0.5")
+        .header("x-request-id", "rid-problem")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = r.json().unwrap();
+    assert_eq!(problem["type"], "urn:petal:error:route_not_found", "{problem}");
+    assert_eq!((problem["status"].as_u64(), problem["code"].as_str()), (Some(404), Some("route_not_found")));
+    assert_eq!(problem["request_id"], "rid-problem");
+    assert!(problem["detail"].as_str().unwrap().contains("/no/such/thing") && problem["title"].is_string());
     let r = client.post(server.url("/healthz")).send().unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()["allow"], "GET");
@@ -90,7 +104,7 @@ fn endpoints_answer_and_metrics_count_them() {
     );
     assert_eq!(
         metric_value(&text, r#"petal_http_requests_total{method="GET",route="unmatched",status="404"}"#),
-        1.0,
+        2.0,
         "{text}"
     );
     assert_eq!(
