@@ -62,11 +62,37 @@ pub struct ModelHandle {
     admitted: Arc<Admitted>,
 }
 
-/// What a model has admitted: requests and their images.
+/// What a model has admitted: requests and their images; and how fast it answers them.
 #[derive(Default)]
 struct Admitted {
     requests: AtomicUsize,
     images: AtomicUsize,
+    /// Images per second the batcher answers, an exponential moving average over its batches
+    /// (f64 bits; 0: not measured yet).
+    drain_rate: std::sync::atomic::AtomicU64,
+}
+
+impl Admitted {
+    fn drain_rate(&self) -> f64 {
+        f64::from_bits(self.drain_rate.load(Ordering::Relaxed))
+    }
+
+    /// Takes one batch's `images` answered in `seconds`.
+    fn drained(&self, images: usize, seconds: f64) {
+        let sample = images as f64 / seconds.max(1e-6);
+        let old = self.drain_rate();
+        let new = if old > 0.0 { 0.8 * old + 0.2 * sample } else { sample };
+        self.drain_rate.store(new.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Seconds until a queue holding `backlog` images, answered at `rate` images per second, has room
+/// again: at least 1, at most 60 (1 while the rate is not measured yet).
+fn retry_after_s(backlog: usize, rate: f64) -> u64 {
+    if rate <= 0.0 || !rate.is_finite() {
+        return 1;
+    }
+    ((backlog as f64 / rate).ceil() as u64).clamp(1, 60)
 }
 
 /// A request's place among those a model has admitted, and its images; given back when dropped
@@ -145,11 +171,13 @@ impl ModelHandle {
         let (queue, rx) = mpsc::sync_channel::<Job>(config.queue_capacity.max(1));
         let worker_info = info.clone();
         let delay = Duration::from_millis(config.max_delay_ms);
+        let admitted: Arc<Admitted> = Default::default();
+        let drain = admitted.clone();
         std::thread::Builder::new()
             .name(format!("batcher-{name}-{version}"))
-            .spawn(move || batcher(session, rx, worker_info, max_batch, delay))
+            .spawn(move || batcher(session, rx, worker_info, (max_batch, delay), &drain))
             .map_err(|e| Error::internal(format!("cannot start the batcher: {e}")))?;
-        Ok(ModelHandle { info, queue, config: Arc::new(config.clone()), admitted: Default::default() })
+        Ok(ModelHandle { info, queue, config: Arc::new(config.clone()), admitted })
     }
 
     /// An image's width and height from its header, checked against the decode limits (before
@@ -183,7 +211,11 @@ impl ModelHandle {
         Ok(admission)
     }
 
+    /// 429 with a Retry-After from the measured drain rate: the images admitted now, answered at
+    /// the rate the batcher has been answering.
     fn queue_full(&self) -> Error {
+        let backlog = self.admitted.images.load(Ordering::Acquire).max(1);
+        let retry = retry_after_s(backlog, self.admitted.drain_rate());
         Error::new(
             ErrorCode::QueueFull,
             format!(
@@ -191,7 +223,7 @@ impl ModelHandle {
                 self.info.name, self.config.queue_capacity, self.config.max_admitted_images
             ),
         )
-        .with_header("retry-after", "1")
+        .with_header("retry-after", retry.to_string())
     }
 
     fn enqueue(&self, inputs: Vec<f32>, images: usize) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<f32>>>> {
@@ -290,7 +322,13 @@ fn run(session: &mut Session, inputs: &[f32], batch: usize, size: usize, classes
     Ok(data.to_vec())
 }
 
-fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_batch: usize, delay: Duration) {
+fn batcher(
+    mut session: Session,
+    rx: Receiver<Job>,
+    info: Arc<ModelInfo>,
+    (max_batch, delay): (usize, Duration),
+    drain: &Admitted,
+) {
     let size = info.image_size;
     let classes = info.class_names.len();
     let per_image = 3 * size * size;
@@ -363,6 +401,7 @@ fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_ba
             .collect::<Result<Vec<Vec<f32>>>>()
             .map(|parts| parts.concat());
         tracing::trace!(images, jobs = jobs.len(), run_ms = started.elapsed().as_secs_f64() * 1000.0, "batch");
+        drain.drained(images, started.elapsed().as_secs_f64());
         match result {
             Ok(out) => {
                 let mut at = 0;
@@ -384,6 +423,20 @@ fn batcher(mut session: Session, rx: Receiver<Job>, info: Arc<ModelInfo>, max_ba
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_follows_the_measured_drain_rate() {
+        assert_eq!(retry_after_s(10, 0.0), 1, "not measured yet");
+        assert_eq!(retry_after_s(1, 500.0), 1, "at least a second");
+        assert_eq!(retry_after_s(10, 2.0), 5);
+        assert_eq!(retry_after_s(11, 2.0), 6, "rounded up");
+        assert_eq!(retry_after_s(10_000, 1.0), 60, "at most a minute");
+        let a = Admitted::default();
+        a.drained(10, 1.0);
+        assert_eq!(a.drain_rate(), 10.0);
+        a.drained(20, 1.0);
+        assert!((a.drain_rate() - 12.0).abs() < 1e-9, "a moving average: {}", a.drain_rate());
+    }
 
     #[test]
     fn top_k_is_a_sorted_softmax() {
