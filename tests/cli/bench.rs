@@ -78,7 +78,8 @@ fn bench_infer_measures_every_column() {
             .arg(python()),
     );
     assert_eq!(r["provider"], "CPUExecutionProvider");
-    for column in ["python_session_run", "engine_off", "engine_on", "engine_with_preprocess", "http_off", "http_on"] {
+    let columns = ["python_session_run", "engine_off", "engine_on", "engine_with_preprocess", "http_off", "http_on"];
+    for column in columns.into_iter().chain(["v2_bytes_off", "v2_fp32_off"]) {
         let m = &r[column];
         let p50 = positive(&m["p50_ms"], &format!("{column}.p50_ms"));
         assert!(positive(&m["p99_ms"], &format!("{column}.p99_ms")) >= p50, "{column}: {m}");

@@ -1,6 +1,8 @@
 //! `petal bench infer`: on one ONNX file, onnxruntime's Python `session.run` (the reference),
-//! petal's engine in process and petal over HTTP, measured in the same run and printed side by
-//! side with their ratios.
+//! petal's engine in process and petal over HTTP — `/classify`, and the Open Inference Protocol's
+//! `/v2/…/infer` with the encoded image (BYTES) and with the preprocessed tensor (FP32), both as
+//! binary tensor data the way tritonclient sends them — measured in the same run and printed side
+//! by side with their ratios.
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -50,7 +52,36 @@ pub struct InferReport {
     pub engine_with_preprocess: Measured,
     pub http_off: Measured,
     pub http_on: Measured,
+    /// `/v2/models/bench/infer`, batching off, on the same server as `http_off`.
+    pub v2_bytes_off: Measured,
+    pub v2_fp32_off: Measured,
     pub provider: String,
+}
+
+/// One way of asking the server for the image's class.
+#[derive(Clone, Copy)]
+enum HttpPath {
+    /// `POST /classify?top_k=1`, the image as the body.
+    Classify,
+    /// `POST /v2/models/bench/infer`, the image as a BYTES input (binary), top 1 by the
+    /// classification extension.
+    V2Bytes,
+    /// The same with the preprocessed tensor as an FP32 input (binary).
+    V2Fp32,
+}
+
+/// The body and headers of an Open Inference Protocol request with one binary input.
+fn v2_request(name: &str, datatype: &str, shape: &[usize], data: Vec<u8>) -> (Vec<u8>, usize) {
+    let header = serde_json::json!({
+        "inputs": [{"name": name, "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": data.len()}}],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]
+    })
+    .to_string()
+    .into_bytes();
+    let n = header.len();
+    let mut body = header;
+    body.extend_from_slice(&data);
+    (body, n)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -205,38 +236,57 @@ fn serve(onnx: &Path, max_batch: usize) -> Result<ServeProcess> {
     Ok(ServeProcess { child, base, _dir: dir })
 }
 
+/// Latency and throughput of `paths` on one server with batches of at most `max_batch`.
 fn measure_http(
     b: &InferBench,
     max_batch: usize,
-    image: &Arc<Vec<u8>>,
+    (image, input): (&Arc<Vec<u8>>, &[f32]),
     content_type: &'static str,
-) -> Result<Measured> {
+    paths: &[HttpPath],
+) -> Result<Vec<Measured>> {
     let server = serve(&b.onnx, max_batch)?;
-    let url = format!("{}/classify?top_k=1", server.base);
-    let make = || {
-        let client = reqwest::blocking::Client::new();
-        let url = url.clone();
-        let image = image.clone();
-        move || -> Result<()> {
-            let r = client
-                .post(&url)
-                .header("content-type", content_type)
-                .body(image.as_ref().clone())
-                .send()
-                .map_err(|e| Error::internal(e.to_string()))?;
-            if !r.status().is_success() {
-                return Err(Error::internal(format!("HTTP {}", r.status())));
+    let size = ((input.len() / 3) as f64).sqrt() as usize;
+    let mut out = Vec::new();
+    for &path in paths {
+        let (url, body, header_len, content_type) = match path {
+            HttpPath::Classify => (format!("{}/classify?top_k=1", server.base), image.to_vec(), None, content_type),
+            HttpPath::V2Bytes => {
+                let mut data = (image.len() as u32).to_le_bytes().to_vec();
+                data.extend_from_slice(image);
+                let (body, n) = v2_request("image", "BYTES", &[1], data);
+                (format!("{}/v2/models/bench/infer", server.base), body, Some(n), "application/octet-stream")
             }
-            r.bytes().map_err(|e| Error::internal(e.to_string()))?;
-            Ok(())
+            HttpPath::V2Fp32 => {
+                let data = input.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let (body, n) = v2_request("input", "FP32", &[1, 3, size, size], data);
+                (format!("{}/v2/models/bench/infer", server.base), body, Some(n), "application/octet-stream")
+            }
+        };
+        let body = Arc::new(body);
+        let make = || {
+            let client = reqwest::blocking::Client::new();
+            let (url, body) = (url.clone(), body.clone());
+            move || -> Result<()> {
+                let mut r = client.post(&url).header("content-type", content_type).body(body.as_ref().clone());
+                if let Some(n) = header_len {
+                    r = r.header("inference-header-content-length", n.to_string());
+                }
+                let r = r.send().map_err(|e| Error::internal(e.to_string()))?;
+                if !r.status().is_success() {
+                    return Err(Error::internal(format!("HTTP {}", r.status())));
+                }
+                r.bytes().map_err(|e| Error::internal(e.to_string()))?;
+                Ok(())
+            }
+        };
+        let (p50, p99) = latency(b.seconds, make())?;
+        let mut tp = Vec::new();
+        for &c in &b.clients {
+            tp.push((c, throughput(b.seconds, c, make)?));
         }
-    };
-    let (p50, p99) = latency(b.seconds, make())?;
-    let mut tp = Vec::new();
-    for &c in &b.clients {
-        tp.push((c, throughput(b.seconds, c, make)?));
+        out.push(Measured { p50_ms: p50, p99_ms: p99, throughput: tp });
     }
-    Ok(Measured { p50_ms: p50, p99_ms: p99, throughput: tp })
+    Ok(out)
 }
 
 pub fn infer(b: &InferBench) -> Result<InferReport> {
@@ -284,20 +334,35 @@ pub fn infer(b: &InferBench) -> Result<InferReport> {
     let provider = on.info.provider.to_string();
     let engine_on = measure_engine(b, &on, &input, None)?;
     drop(on);
-    let http_off = measure_http(b, 1, &image, content_type)?;
-    let http_on = measure_http(b, b.max_batch, &image, content_type)?;
-    Ok(InferReport { python_session_run, engine_off, engine_on, engine_with_preprocess, http_off, http_on, provider })
+    let all = [HttpPath::Classify, HttpPath::V2Bytes, HttpPath::V2Fp32];
+    let mut off = measure_http(b, 1, (&image, &input), content_type, &all)?.into_iter();
+    let (http_off, v2_bytes_off, v2_fp32_off) =
+        (off.next().expect("three"), off.next().expect("three"), off.next().expect("three"));
+    let http_on = measure_http(b, b.max_batch, (&image, &input), content_type, &[HttpPath::Classify])?.remove(0);
+    Ok(InferReport {
+        python_session_run,
+        engine_off,
+        engine_on,
+        engine_with_preprocess,
+        http_off,
+        http_on,
+        v2_bytes_off,
+        v2_fp32_off,
+        provider,
+    })
 }
 
 impl InferReport {
     pub fn to_text(&self) -> String {
-        let cols: [(&str, &Measured); 6] = [
+        let cols: [(&str, &Measured); 8] = [
             ("python run", &self.python_session_run),
             ("engine off", &self.engine_off),
             ("engine on", &self.engine_on),
             ("eng+decode", &self.engine_with_preprocess),
             ("http off", &self.http_off),
             ("http on", &self.http_on),
+            ("v2 bytes", &self.v2_bytes_off),
+            ("v2 fp32", &self.v2_fp32_off),
         ];
         let mut s = format!("{:<22}", format!("provider {}", self.provider));
         for (name, _) in &cols {
@@ -334,6 +399,21 @@ impl InferReport {
         s += &format!(
             "  batching on / off at {clients} clients, http        {:.3}\n",
             last(&self.http_on) / last(&self.http_off)
+        );
+        s += &format!(
+            "  v2 BYTES p50 / classify p50                  {:.3}  (target ≤ 1.1)\n",
+            self.v2_bytes_off.p50_ms / self.http_off.p50_ms
+        );
+        for (i, (c, _)) in self.http_off.throughput.iter().enumerate() {
+            let at = |m: &Measured| m.throughput.get(i).map(|t| t.1).unwrap_or(f64::NAN);
+            s += &format!(
+                "  v2 BYTES / classify images/s, {c:>2} clients    {:.3}  (target ≥ 0.9)\n",
+                at(&self.v2_bytes_off) / at(&self.http_off)
+            );
+        }
+        s += &format!(
+            "  v2 FP32 (preprocessed) / classify p50        {:.3}  (no decode on the server)\n",
+            self.v2_fp32_off.p50_ms / self.http_off.p50_ms
         );
         s
     }
