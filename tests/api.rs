@@ -892,3 +892,24 @@ fn wait_for_state(client: &Client, server: &Server, token: &str, id: &str, state
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A backbone whose checkpoints would be larger than `jobs.checkpoint_max_bytes` trains without
+/// any, and the job says so; `0` turns checkpoints off without a word.
+#[test]
+fn checkpoints_over_the_limit_are_not_written_and_the_job_says_so() {
+    for (limit, warned) in [("100000", true), ("0", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = dir.path().join("registry");
+        let server = start(dir.path(), &registry, &[("PETAL__JOBS__CHECKPOINT_MAX_BYTES", limit)]);
+        let client = Client::new();
+        let job: Value =
+            submit(&client, &server, &shapes_spec("unsaved", 1), Some(&shapes_zip(dir.path()))).json().unwrap();
+        let id = job["id"].as_str().unwrap();
+        let done = wait_for(&client, &server, id, |j| ["succeeded", "failed"].contains(&j["state"].as_str().unwrap()));
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert!(done["checkpoint"].is_null(), "{done}");
+        let text = done["warnings"].to_string();
+        assert_eq!(text.contains("mobilenet_v2 trains without checkpoints"), warned, "limit {limit}: {text}");
+        assert_eq!(common::files_under(&registry.join("checkpoints")), 0, "limit {limit}");
+    }
+}
