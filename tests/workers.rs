@@ -358,8 +358,13 @@ fn a_job_whose_worker_is_killed_or_stopped_goes_on_from_its_checkpoint_with_the_
     let sha = done["dataset"]["sha256"].as_str().unwrap().to_string();
     spec["dataset"]["sha256"] = json!(sha);
 
-    // SIGKILL during phase 2's second epoch: w2 goes on from the end of its first.
+    // SIGKILL during phase 2's second epoch: w2 goes on from the end of its first. Its events,
+    // followed through the API replica, say so.
     let killed = submit(client, api, &spec, None).json::<Value>().unwrap()["id"].as_str().unwrap().to_string();
+    let follower = {
+        let (client, base, id) = (client.clone(), api.base.clone(), killed.clone());
+        std::thread::spawn(move || follow(&client, &base, &id))
+    };
     // Killed once the checkpoint of phase 2's first epoch is saved.
     wait_until(&c, &killed, |j| j["checkpoint"]["next"]["phase"] == 2 && j["checkpoint"]["next"]["epoch"] == 1);
     assert!(bucket.join("checkpoints").join(&killed).join("mobilenet_v2/last.ckpt").is_file());
@@ -376,6 +381,20 @@ fn a_job_whose_worker_is_killed_or_stopped_goes_on_from_its_checkpoint_with_the_
     assert_eq!(r["epochs_restored"].as_u64(), Some(2 + epoch), "{r}");
     assert_eq!(done["epochs"].as_array().unwrap().len(), 6, "each epoch once: {done}");
     assert!(done["warnings"].to_string().contains("going on from its last checkpoint"), "{done}");
+    let events = follower.join().unwrap();
+    let resumed: Vec<&Value> = events.iter().filter(|(e, _)| e == "resumed").map(|(_, d)| d).collect();
+    assert_eq!(resumed.len(), 1, "{events:?}");
+    assert_eq!((&resumed[0]["from"], &resumed[0]["next"]), (&r["from"], &r["next"]), "{events:?}");
+    assert!(events.iter().any(|(e, d)| e == "checkpoint" && d["next"]["phase"] == 2), "{events:?}");
+    let epochs: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|(e, _)| e == "epoch")
+        .map(|(_, d)| (d["phase"].as_u64().unwrap(), d["epoch"].as_u64().unwrap()))
+        .collect();
+    let distinct: BTreeSet<(u64, u64)> = epochs.iter().copied().collect();
+    assert_eq!(distinct.len(), 6, "{epochs:?}");
+    // At most the epoch in progress when w1 died is run (and sent) again; the restored ones are not.
+    assert!(epochs.len() <= 7, "epochs sent again after the takeover: {epochs:?}");
 
     // SIGTERM in the middle of a phase-2 epoch: w2 saves where it stands and releases the job.
     let stopped = submit(client, api, &spec, None).json::<Value>().unwrap()["id"].as_str().unwrap().to_string();

@@ -447,9 +447,12 @@ pub(super) async fn end_lease(registry: &Registry, claim: &Claim) {
 }
 
 /// Streams the changes of a job another process runs, read from the registry every `period`:
-/// a `state` event at each change of state, an `epoch` event per new epoch, `progress` when it
-/// moves. Stops when the job ends or nobody listens.
+/// a `state` event at each change of state, an `epoch` event per new epoch, `checkpoint` when a
+/// newer one is recorded, `resumed` per new entry of `resumes`, `progress` when it moves. Stops
+/// when the job ends or nobody listens.
 pub(super) async fn follow(registry: Registry, mut last: Job, tx: broadcast::Sender<JobEvent>, period: Duration) {
+    // The epochs the subscriber has (from the first state event, then epoch events).
+    let mut sent = last.epochs.clone();
     loop {
         tokio::time::sleep(period).await;
         if tx.receiver_count() == 0 {
@@ -462,11 +465,30 @@ pub(super) async fn follow(registry: Registry, mut last: Job, tx: broadcast::Sen
                 continue;
             }
         };
-        // Epochs already sent: those the record still starts with (an attempt that took the job
-        // over brings back the epochs of its checkpoint; one that started over, none).
-        let known = last.epochs.iter().zip(&job.epochs).take_while(|(a, b)| a == b).count();
-        for e in job.epochs.iter().skip(known) {
-            let _ = tx.send(JobEvent::Epoch(e.clone()));
+        // Epochs already sent: those the record starts with. An attempt that takes the job over
+        // clears them and brings back its checkpoint's (the same ones: not sent again); one that
+        // starts over sends its own.
+        let known = sent.iter().zip(&job.epochs).take_while(|(a, b)| a == b).count();
+        for r in job.resumes.iter().skip(last.resumes.len()) {
+            let resumed = crate::train::trainer::Resumed {
+                backbone: r.backbone,
+                from: r.from,
+                next: r.next,
+                optimizer_steps: r.optimizer_steps,
+                discarded: r.discarded.clone(),
+                // The record keeps the restored epochs in `epochs`, sent as epoch events.
+                epochs: Vec::new(),
+            };
+            let _ = tx.send(JobEvent::Resumed(resumed));
+        }
+        if job.epochs.len() > known {
+            for e in &job.epochs[known..] {
+                let _ = tx.send(JobEvent::Epoch(e.clone()));
+            }
+            sent = job.epochs.clone();
+        }
+        if let Some(c) = job.checkpoint.as_ref().filter(|c| last.checkpoint.as_ref() != Some(*c)) {
+            let _ = tx.send(JobEvent::Checkpoint(c.clone()));
         }
         if job.state != last.state || job.attempt != last.attempt || job.progress.stage != last.progress.stage {
             let _ = tx.send(JobEvent::State(Box::new(job.clone())));
