@@ -60,7 +60,10 @@ fn the_bundled_model_is_small_intact_and_documented() {
     assert!(p["command"].as_str().unwrap().contains("petal finetune"), "{}", p["command"]);
     assert!(p["hardware"]["logical_cores"].as_u64().is_some(), "{}", p["hardware"]);
     assert!(p["recipe"]["phase2"]["epochs"].as_u64() == Some(8), "{}", p["recipe"]);
-    assert_eq!(manifest["artifacts"].as_array().unwrap().len(), 1, "serving needs only model.onnx");
+    let artifacts: Vec<&str> =
+        manifest["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert!(artifacts.contains(&"model.onnx"), "{artifacts:?}");
+    assert!(!artifacts.contains(&"checkpoint.safetensors"), "serving needs no training checkpoint: {artifacts:?}");
 
     let card = run_ok(petal().args(["registry", "show", MODEL, "--card", "--registry"]).arg(repo_registry()));
     for needle in ["# flowers102", "Oxford Flowers 102", "Non-commercial use only", "## Reproduce", "val_top1"] {
@@ -75,7 +78,7 @@ fn the_bundled_model_is_small_intact_and_documented() {
 fn the_default_server_classifies_flower_photos_over_http() {
     let server = Server::start_with(Server::bundled);
     let ready = server.wait_ready(200);
-    assert!(ready.to_string().contains("flowers102 version 1 on CPUExecutionProvider"), "{ready}");
+    assert!(ready.to_string().contains("flowers102 version 2 on CPUExecutionProvider"), "{ready}");
     let client = reqwest::blocking::Client::new();
     for (photo, class) in fixtures() {
         let r = client
@@ -113,7 +116,7 @@ fn eval_measures_the_bundled_model_through_the_serving_path() {
     assert_eq!(report["split"], "every image");
     assert_eq!(report["top1_correct"], n, "{}", report["confusions"]);
     assert_eq!(report["top5"], 1.0);
-    assert_eq!(report["version"], 1);
+    assert_eq!(report["version"], 2);
     let matrix = report["confusion_matrix"].as_array().unwrap();
     assert_eq!(matrix.len(), 102);
     let total: u64 = matrix.iter().flat_map(|r| r.as_array().unwrap()).map(|c| c.as_u64().unwrap()).sum();

@@ -25,12 +25,14 @@ fn tritonclient_drives_the_served_model_over_the_open_inference_protocol() {
     let server = Server::start_with(Server::bundled);
     server.wait_ready(200);
     let host = server.base.trim_start_matches("http://").to_string();
-    // The served version's ONNX file, for onnxruntime in the oracle.
+    // The served version's (the newest, production's) ONNX file, for onnxruntime in the oracle.
     let registry = Path::new(env!("CARGO_MANIFEST_DIR")).join("registry");
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(registry.join("models/flowers102/versions/00000001.json")).unwrap())
-            .unwrap();
-    let onnx = registry.join(manifest["artifacts"][0]["path"].as_str().unwrap());
+    let newest =
+        std::fs::read_dir(registry.join("models/flowers102/versions")).unwrap().map(|e| e.unwrap().path()).max();
+    let manifest: Value = serde_json::from_slice(&std::fs::read(newest.unwrap()).unwrap()).unwrap();
+    let artifacts = manifest["artifacts"].as_array().unwrap();
+    let onnx_artifact = artifacts.iter().find(|a| a["name"] == "model.onnx").unwrap();
+    let onnx = registry.join(onnx_artifact["path"].as_str().unwrap());
     let out = Command::new(common::python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles/tritonclient_story.py"))
         .args([host.as_str(), "flowers102"])
