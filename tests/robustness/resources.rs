@@ -317,13 +317,16 @@ fn classify_admits_by_cost_and_forgets_clients_that_leave() {
 /// to load is refused from its manifest.
 #[test]
 fn on_demand_loads_happen_once_and_are_bounded() {
-    // A seed folder with the bundled model as versions 1, 2 and 3 (the same ONNX file).
+    // A seed folder with the bundled model and two more versions of it (version 1's ONNX file),
+    // neither of them served.
     let seed = tempfile::tempdir().unwrap();
     let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registry/models/flowers102");
     let target = seed.path().join("models/flowers102");
     copy_dir(&bundled, &target);
     let v1 = std::fs::read_to_string(target.join("versions/00000001.json")).unwrap();
-    for v in [2, 3] {
+    let bundled_versions = std::fs::read_dir(target.join("versions")).unwrap().count() as u64;
+    let (on_demand, too_large) = (bundled_versions + 1, bundled_versions + 2);
+    for v in [on_demand, too_large] {
         let mut m: Value = serde_json::from_str(&v1).unwrap();
         m["version"] = json!(v);
         std::fs::write(target.join(format!("versions/{v:08}.json")), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
@@ -338,7 +341,7 @@ fn on_demand_loads_happen_once_and_are_bounded() {
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 s.spawn(|| {
-                    let r = h.post("/classify?version=2", image.clone(), Some("image/png"));
+                    let r = h.post(&format!("/classify?version={on_demand}"), image.clone(), Some("image/png"));
                     (r.status().as_u16(), r.json::<Value>().unwrap())
                 })
             })
@@ -348,16 +351,16 @@ fn on_demand_loads_happen_once_and_are_bounded() {
     let growth = h.server.memory().1.saturating_sub(rss);
     println!(
         "{:<48} {:>6} ms  peak +{:>4} MiB",
-        "8 concurrent requests for version 2",
+        "8 concurrent requests for a version not served",
         start.elapsed().as_millis(),
         growth / MIB
     );
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
-        assert_eq!(body["version"], 2);
+        assert_eq!(body["version"], on_demand);
     }
     let loads = h.server.log_text().lines().filter(|l| l.contains("loaded on demand")).count();
-    assert_eq!(loads, 1, "version 2 was loaded {loads} times");
+    assert_eq!(loads, 1, "version {on_demand} was loaded {loads} times");
 
     let small = Hostile::start_with_env(&[
         ("PETAL__REGISTRY__SEED", &seed_path),
@@ -365,7 +368,7 @@ fn on_demand_loads_happen_once_and_are_bounded() {
         ("PETAL__INFERENCE__MAX_MODEL_BYTES", "1000000"),
     ]);
     let a = small.case("/classify of a model over max_model_bytes", (422, "model_invalid"), |h| {
-        h.post("/classify?model=flowers102&version=3", image.clone(), Some("image/png"))
+        h.post(&format!("/classify?model=flowers102&version={too_large}"), image.clone(), Some("image/png"))
     });
     assert!(message(&a).contains("max_model_bytes"), "{}", message(&a));
 }
