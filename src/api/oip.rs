@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use crate::api::classify::{counted, pick, preprocess, ClassifyQuery, MAX_IMAGES};
 use crate::api::AppState;
 use crate::error::{Error, ErrorCode, Result};
-use crate::infer::engine::ModelHandle;
+use crate::infer::engine::{softmax, ModelHandle};
 use crate::records::model_io::{INPUT_NAME, OUTPUT_NAME};
 use crate::records::names::{AliasName, ModelName};
 
@@ -789,13 +789,6 @@ fn respond(handle: &ModelHandle, id: Option<String>, wanted: &[Wanted], logits: 
         .content_type("application/octet-stream")
         .insert_header((HEADER_LENGTH, header_len.to_string()))
         .body(all)
-}
-
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.iter().map(|e| e / sum).collect()
 }
 
 #[cfg(test)]

@@ -271,17 +271,23 @@ impl ModelHandle {
     }
 }
 
-/// Softmax, then the `k` largest, most probable first.
-pub fn top_k(logits: &[f32], names: &[String], k: usize) -> Vec<Prediction> {
+/// The probabilities of `logits` (softmax).
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// Softmax, then the `k` largest, most probable first.
+pub fn top_k(logits: &[f32], names: &[String], k: usize) -> Vec<Prediction> {
+    let p = softmax(logits);
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     order
         .into_iter()
         .take(k)
-        .map(|i| Prediction { index: i, name: names.get(i).cloned().unwrap_or_default(), probability: exp[i] / sum })
+        .map(|i| Prediction { index: i, name: names.get(i).cloned().unwrap_or_default(), probability: p[i] })
         .collect()
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::foundation::hash::sha256_hex;
+use crate::jobs::retention::{before, cutoff};
 use crate::registry::Registry;
 
 /// Longest key accepted (as Stripe's).
@@ -63,8 +64,7 @@ fn digest(owner: Option<&str>, key: &str) -> String {
 }
 
 fn expired(record: &Record, ttl_s: u64) -> bool {
-    let cutoff = crate::foundation::clock::rfc3339_at(crate::foundation::clock::unix_now() - ttl_s as i64);
-    record.created_at.get(..19).unwrap_or(&record.created_at) < cutoff.get(..19).unwrap_or(&cutoff)
+    before(&record.created_at, &cutoff(ttl_s))
 }
 
 /// Reserves `key` of `owner` for a submission with `fingerprint`, or says which job it created.
@@ -135,10 +135,10 @@ impl Reservation {
 
 /// Removes the records older than `ttl_s` (unless `dry_run`); returns their keys.
 pub async fn expire(registry: &Registry, ttl_s: u64, dry_run: bool) -> Result<Vec<String>> {
-    let cutoff = crate::foundation::clock::rfc3339_at(crate::foundation::clock::unix_now() - ttl_s as i64);
+    let cutoff = cutoff(ttl_s);
     let mut removed = Vec::new();
     for (digest, modified) in registry.idempotency_records().await? {
-        if modified.get(..19).unwrap_or(&modified) < cutoff.get(..19).unwrap_or(&cutoff) {
+        if before(&modified, &cutoff) {
             removed.push(registry.remove_idempotency_record(&digest, dry_run).await?);
         }
     }

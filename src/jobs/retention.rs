@@ -43,12 +43,12 @@ impl Removed {
 }
 
 /// `seconds` before now, as the records write times (RFC 3339, seconds).
-fn cutoff(seconds: u64) -> String {
+pub(crate) fn cutoff(seconds: u64) -> String {
     crate::foundation::clock::rfc3339_at(crate::foundation::clock::unix_now() - seconds as i64)
 }
 
 /// Whether RFC 3339 time `t` (with or without milliseconds) is before `cutoff`.
-fn before(t: &str, cutoff: &str) -> bool {
+pub(crate) fn before(t: &str, cutoff: &str) -> bool {
     t.get(..19).unwrap_or(t) < cutoff.get(..19).unwrap_or(cutoff)
 }
 
