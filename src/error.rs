@@ -45,6 +45,7 @@ macro_rules! error_codes {
 error_codes! {
     InvalidRequest        => ("invalid_request", 400, "The request is malformed: a query, path or header value could not be parsed."),
     InvalidJson           => ("invalid_json", 400, "The JSON body could not be parsed or does not match the schema."),
+    InvalidSpec           => ("invalid_spec", 422, "The multipart `spec` part (JSON text) is not JSON or does not describe a job (schema `JobSpec`)."),
     RouteNotFound         => ("route_not_found", 404, "No endpoint exists at this path."),
     MethodNotAllowed      => ("method_not_allowed", 405, "The endpoint exists but does not accept this HTTP method."),
     PayloadTooLarge       => ("payload_too_large", 413, "The request body is larger than the configured limit."),

@@ -40,7 +40,7 @@ pub fn required(method: &Method, path: &str) -> Option<&'static [Scope]> {
     }
     Some(if path == "/classify" || crate::api::oip::is_oip_path(path) {
         &[Scope::Classify]
-    } else if path == "/finetune" || path == "/jobs" || path.starts_with("/jobs/") {
+    } else if path == "/finetune" || path == "/finetune/check" || path == "/jobs" || path.starts_with("/jobs/") {
         &[Scope::Train]
     } else if path == "/models" || path.starts_with("/models/") {
         if method == Method::GET {

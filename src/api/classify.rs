@@ -30,7 +30,7 @@ pub struct ClassifyQuery {
     /// An alias of the model, resolved now (e.g. `staging`).
     pub alias: Option<AliasName>,
     /// How many classes to return, 1–100 (default 5).
-    #[param(minimum = 1, maximum = 100)]
+    #[param(minimum = 1, maximum = 100, default = 5)]
     pub top_k: Option<usize>,
 }
 
@@ -115,16 +115,14 @@ const RAW_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/webp", "applicat
     tag = "inference",
     operation_id = "classify",
     summary = "Classify images",
-    description = "The body is one image (`image/jpeg`, `image/png`, `image/webp` or `application/octet-stream`), \
-                   `multipart/form-data` with one or more `image` parts, or JSON with base64 images — at most 64 \
-                   images. Grayscale, CMYK and alpha are handled; each image is resized and cropped with the model's \
+    description = "`multipart/form-data` with one or more `image` parts (JPEG, PNG or WebP) — at most 64 images. \
+                   The same endpoint also takes one image as the whole body (`image/jpeg`, `image/png`, `image/webp` \
+                   or `application/octet-stream`: `curl --data-binary @photo.jpg`) and JSON with base64 images \
+                   (schema `ClassifyJson`); the document names the form only, as generated clients take one body \
+                   type. Grayscale, CMYK and alpha are handled; each image is resized and cropped with the model's \
                    own eval transform. Pick the model with `model`, and a version with `version` or `alias`.",
     params(ClassifyQuery),
-    request_body(description = "The image(s).", content(
-        (crate::api::Binary = "application/octet-stream"),
-        (ClassifyForm = "multipart/form-data"),
-        (ClassifyJson = "application/json")
-    )),
+    request_body(description = "The image(s).", content((ClassifyForm = "multipart/form-data"))),
     responses(
         (status = 200, description = "The most probable classes of every image.", body = ClassifyResponse),
         (status = 400, description = "Malformed query parameters, base64 or form.", body = ErrorBody,

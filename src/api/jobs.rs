@@ -1,6 +1,11 @@
 //! Fine-tuning over HTTP: `POST /finetune` (an uploaded archive, or a dataset already in the
-//! registry or in S3, plus a job spec), and the jobs it creates — list, status, cancel and
-//! server-sent events.
+//! registry or in S3, plus a job spec), `POST /finetune/check` (the same, checked and not queued),
+//! `POST /jobs` (a JSON spec naming a dataset already stored), and the jobs they create — list,
+//! status, cancel and server-sent events.
+//!
+//! Each operation is documented with one body type and one success type, which every client
+//! generator can express; the server also takes the older forms of `POST /finetune` (a JSON spec,
+//! `?dry_run=true`).
 use std::time::Duration;
 
 use actix_web::http::header::LOCATION;
@@ -17,12 +22,15 @@ use crate::registry::datasets::StoredDataset;
 /// Largest `spec` part or JSON body.
 const MAX_SPEC_BYTES: usize = 256 << 10;
 
-/// The multipart form of `POST /finetune`.
+/// The multipart form of `POST /finetune` and `POST /finetune/check`.
 #[derive(ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct FinetuneForm {
-    /// The job spec, as JSON.
+    /// The job spec as JSON text (schema `JobSpec`), e.g. `{"model": "flowers"}`. A text part, so
+    /// that every generated client sends it as written (its content type is not read).
+    #[schema(value_type = String, content_media_type = "application/json",
+             example = json!("{\"model\": \"flowers\", \"epochs1\": 4, \"epochs2\": 2}"))]
     spec: JobSpec,
     /// The dataset archive: zip, tar or tar.gz of an ImageFolder (`class/image`), `train/` +
     /// `val/` folders, or Oxford Flowers 102 as distributed.
@@ -30,10 +38,10 @@ pub struct FinetuneForm {
     dataset: Option<Vec<u8>>,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+/// `?dry_run=true` on `POST /finetune`: the older spelling of `POST /finetune/check`, still taken
+/// (not in the document, whose operations each have one success type).
+#[derive(Debug, Deserialize)]
 pub struct FinetuneQuery {
-    /// Check the spec and the dataset, answer 200 with what petal read, and stop: nothing is
-    /// stored and no job is queued.
     pub dry_run: Option<bool>,
 }
 
@@ -53,54 +61,71 @@ pub struct FinetuneCheck {
     pub recipe: crate::train::recipe::Recipe,
 }
 
+/// The `Idempotency-Key` header of the operations that queue a job.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IdempotencyHeader {
+    /// Makes a retry safe: a submission with a key this caller used in the last
+    /// `jobs.idempotency_ttl_s` (24 h) answers the job the first one created (with
+    /// `Idempotent-Replayed: true`) instead of queueing another; the same key with another spec or
+    /// dataset is refused (422 `idempotency_key_reused`). 1–255 visible ASCII characters.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$")]
+    key: Option<String>,
+}
+
+/// A queued job, as the operations that queue one answer it.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 202, description = "Queued; follow it at the Location.",
+           headers(("Location" = String, description = "`/jobs/{id}`"),
+                   ("Idempotent-Replayed" = String, description = "`true` when an earlier submission with the same Idempotency-Key created the job")))]
+#[allow(dead_code)]
+struct Queued(Job);
+
+/// The errors every submission may meet (`POST /finetune`, `/finetune/check`, `/jobs`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum SubmissionErrors {
+    #[response(status = 400)]
+    Bad(#[ref_response] crate::api::responses::BadSubmission),
+    #[response(status = 401)]
+    Unauthorized(#[ref_response] crate::api::responses::Unauthorized),
+    #[response(status = 403)]
+    Forbidden(#[ref_response] crate::api::responses::ForbiddenSubmission),
+    #[response(status = 404)]
+    NotFound(#[ref_response] crate::api::responses::SubmissionNotFound),
+    #[response(status = 413)]
+    TooLarge(#[ref_response] crate::api::responses::DatasetTooLarge),
+    #[response(status = 422)]
+    Invalid(#[ref_response] crate::api::responses::InvalidSubmission),
+    #[response(status = 429)]
+    Full(#[ref_response] crate::api::responses::SubmissionsFull),
+    #[response(status = 503)]
+    NotReady(#[ref_response] crate::api::responses::RunnerNotReady),
+}
+
 #[utoipa::path(
     post,
     path = "/finetune",
     tag = "training",
     operation_id = "finetune",
-    summary = "Start a fine-tuning job",
-    description = "Multipart with a `spec` part (JSON) and a `dataset` part (the archive, streamed to disk and into the \
-                   registry's dataset area in parts, never held whole in memory); or a JSON spec naming a dataset \
-                   already in the registry (`dataset.sha256`) or in S3 (`dataset.uri`). The dataset is read and checked \
-                   before the job is queued; every problem is listed in the 422. On success the winner is exported to \
-                   ONNX and published as a new version of `spec.model`, promoted only when `spec.promote` names an alias.",
-    params(
-        FinetuneQuery,
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
-         description = "Makes a retry safe: a submission with a key this caller used in the last \
-                        `jobs.idempotency_ttl_s` (24 h) answers the job the first one created (with \
-                        `Idempotent-Replayed: true`) instead of queueing another; the same key with another spec or \
-                        dataset is refused (422 `idempotency_key_reused`). 1–255 visible ASCII characters; ignored \
-                        by dry runs.")
-    ),
-    request_body(description = "The job spec and its dataset.", content(
-        (FinetuneForm = "multipart/form-data"),
-        (JobSpec = "application/json")
-    )),
+    summary = "Start a fine-tuning job on an uploaded dataset",
+    description = "Multipart: a `spec` part (the job spec as JSON text) and a `dataset` part (the archive, streamed to \
+                   disk and into the registry's dataset area in parts, never held whole in memory). Without a \
+                   `dataset` part the spec names a dataset already in the registry (`dataset.sha256`) or in S3 \
+                   (`dataset.uri`) — as `POST /jobs` does with a JSON body. The dataset is read and checked before the \
+                   job is queued; every problem is listed in the 422. On success the winner is exported to ONNX and \
+                   published as a new version of `spec.model`, promoted only when `spec.promote` names an alias. \
+                   (Also taken, for older clients: a JSON spec as the body, and `?dry_run=true` for \
+                   `POST /finetune/check`.)",
+    params(IdempotencyHeader),
+    request_body(description = "The job spec and its dataset.", content((FinetuneForm = "multipart/form-data"))),
     responses(
-        (status = 200, description = "Dry run: the spec and the dataset pass every check.", body = FinetuneCheck),
-        (status = 202, description = "Queued; follow it at the Location.", body = Job,
-         headers(("Location" = String, description = "`/jobs/{id}`"),
-                 ("Idempotent-Replayed" = String, description = "`true` when an earlier submission with the same Idempotency-Key created the job"))),
-        (status = 400, description = "The spec part is missing, a part is unknown, or the JSON is malformed.", body = ErrorBody,
-         example = json!({"error": {"code": "invalid_json", "message": "the job spec: expected value at line 1 column 1"}})),
-        (status = 401, response = crate::api::responses::Unauthorized),
-        (status = 403, description = "The token lacks the `train` scope, the licence terms were not acknowledged, or (without tokens) the request is not from a local client (`origin_not_allowed`).", body = ErrorBody,
-         example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}})),
-        (status = 404, description = "The named dataset, weights or backbone is unknown.", body = ErrorBody,
-         example = json!({"error": {"code": "not_found", "message": "no dataset 9f… in the registry"}})),
-        (status = 409, description = "A submission with the same Idempotency-Key is being handled (`idempotency_in_progress`); see Retry-After.", body = ErrorBody,
-         example = json!({"error": {"code": "idempotency_in_progress", "message": "a submission with Idempotency-Key \"k1\" is being handled; retry shortly"}})),
-        (status = 413, description = "The archive exceeds `jobs.max_upload_bytes` or a dataset limit.", body = ErrorBody,
-         example = json!({"error": {"code": "dataset_too_large", "message": "the upload exceeds 4294967296 bytes (jobs.max_upload_bytes)"}})),
-        (status = 415, description = "Neither multipart/form-data nor application/json.", body = ErrorBody,
-         example = json!({"error": {"code": "unsupported_media_type", "message": "send multipart/form-data or application/json"}})),
-        (status = 422, description = "The spec asks for something impossible (`invalid_arguments`, `invalid_name`), the dataset fails validation (every problem listed), or the Idempotency-Key was used for another submission (`idempotency_key_reused`).", body = ErrorBody,
-         example = json!({"error": {"code": "dataset_invalid", "message": "the dataset has 2 problem(s): class \"tulip\" has no validation image; b/x.jpg: cannot decode the image"}})),
-        (status = 429, description = "Too many uploads or dataset checks in flight (`queue_full`), or the caller has too many jobs queued or running (`too_many_jobs`); see Retry-After.", body = ErrorBody,
-         example = json!({"error": {"code": "too_many_jobs", "message": "ci has 16 jobs queued or running; the limit is 16 (jobs.max_active_per_caller): wait for one to end, or cancel one"}})),
-        (status = 503, description = "The registry or the job runner is not ready.", body = ErrorBody,
-         example = json!({"error": {"code": "not_ready", "message": "the job runner is starting"}}))
+        Queued,
+        SubmissionErrors,
+        (status = 409, response = crate::api::responses::IdempotencyInProgress),
+        (status = 415, description = "Not multipart/form-data.", body = ErrorBody,
+         example = json!({"error": {"code": "unsupported_media_type", "message": "send multipart/form-data or application/json"}}))
     ),
     security(("bearer" = ["train"]))
 )]
@@ -111,13 +136,95 @@ pub async fn finetune(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
+    let mode = if query.dry_run == Some(true) { Mode::Check } else { Mode::Queue };
+    submit(req, payload, state, mode, Bodies::FormOrJson).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/finetune/check",
+    tag = "training",
+    operation_id = "check_finetune",
+    summary = "Check a fine-tuning submission without queueing it",
+    description = "The same form as `POST /finetune` (a JSON spec is taken too): the spec and the dataset get every \
+                   check a submission gets, and the answer is what petal read — the archive's sha256 and size, the \
+                   dataset's layout, classes and images, the recipe the job would run. Nothing is stored and no job is \
+                   queued.",
+    request_body(description = "The job spec and its dataset.", content((FinetuneForm = "multipart/form-data"))),
+    responses(
+        (status = 200, description = "The spec and the dataset pass every check.", body = FinetuneCheck),
+        SubmissionErrors,
+        (status = 415, description = "Neither multipart/form-data nor application/json.", body = ErrorBody,
+         example = json!({"error": {"code": "unsupported_media_type", "message": "send multipart/form-data or application/json"}}))
+    ),
+    security(("bearer" = ["train"]))
+)]
+#[post("/finetune/check")]
+pub async fn check_finetune(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    submit(req, payload, state, Mode::Check, Bodies::FormOrJson).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    tag = "training",
+    operation_id = "create_job",
+    summary = "Start a fine-tuning job on a stored dataset",
+    description = "A JSON job spec naming a dataset already in the registry (`dataset.sha256`, e.g. one an earlier job \
+                   uploaded) or in S3 (`dataset.uri`, a bucket of `jobs.dataset_buckets`). Checked as `POST /finetune` \
+                   checks, then queued.",
+    params(IdempotencyHeader),
+    request_body(description = "The job spec.", content((JobSpec = "application/json"))),
+    responses(
+        Queued,
+        SubmissionErrors,
+        (status = 409, response = crate::api::responses::IdempotencyInProgress),
+        (status = 415, description = "Not application/json.", body = ErrorBody,
+         example = json!({"error": {"code": "unsupported_media_type", "message": "send application/json"}}))
+    ),
+    security(("bearer" = ["train"]))
+)]
+#[post("/jobs")]
+pub async fn create_job(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
+    submit(req, payload, state, Mode::Queue, Bodies::Json).await
+}
+
+/// What a submission asks for: a job, or only the checks.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Queue,
+    Check,
+}
+
+/// The bodies an operation takes.
+#[derive(Clone, Copy)]
+enum Bodies {
+    FormOrJson,
+    Json,
+}
+
+/// A submission, whichever operation it came through.
+async fn submit(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    mode: Mode,
+    bodies: Bodies,
+) -> Result<HttpResponse> {
     let runner = state.runner()?;
     let caller = req.extensions().get::<crate::api::auth::Caller>().cloned();
     let owner = caller.as_ref().filter(|c| c.scopes.is_some()).map(|c| c.name.clone());
+    if matches!(bodies, Bodies::Json) && crate::api::media_type(&req).1 != "application/json" {
+        return Err(Error::new(ErrorCode::UnsupportedMediaType, "send application/json"));
+    }
     // Admitted before a byte of the body is read or staged: a place among the uploads in flight,
     // its declared bytes on disk, and room among the caller's active jobs.
     let _admitted = state.uploads.admit(&req, &state.config.jobs)?;
-    let dry_run = query.dry_run == Some(true);
+    let dry_run = mode == Mode::Check;
     // A retried submission (same Idempotency-Key) gets its job whatever the limits say now: it is
     // checked once the submission is read.
     let key = idempotency_key(&req)?.filter(|_| !dry_run);
@@ -409,10 +516,14 @@ where
             "spec" => {
                 let too_large =
                     || Error::new(ErrorCode::PayloadTooLarge, format!("the spec part exceeds {MAX_SPEC_BYTES} bytes"));
-                spec = Some(parse_spec(
-                    &crate::foundation::streams::collect(&mut field, MAX_SPEC_BYTES, too_large, multipart_error)
-                        .await?,
-                )?);
+                // The part is a string in the document, so any text is well-formed: one that is no
+                // job spec is unprocessable (422), where a JSON body that does not parse is malformed.
+                let text =
+                    crate::foundation::streams::collect(&mut field, MAX_SPEC_BYTES, too_large, multipart_error).await?;
+                spec = Some(parse_spec(&text).map_err(|e| match e.code {
+                    ErrorCode::InvalidJson => Error::new(ErrorCode::InvalidSpec, e.message),
+                    _ => e,
+                })?);
             }
             "dataset" => {
                 if upload.is_some() {

@@ -1,8 +1,6 @@
 //! Metrics and the API's own description.
+use crate::api::AppState;
 use actix_web::{get, web, HttpResponse};
-use utoipa::OpenApi;
-
-use crate::api::{ApiDoc, AppState};
 
 #[utoipa::path(
     get,
@@ -38,5 +36,6 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 )]
 #[get("/openapi.json")]
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    HttpResponse::Ok().json(DOCUMENT.get_or_init(crate::api::document))
 }

@@ -13,6 +13,7 @@ use crate::error::{Error, ErrorBody, ErrorCode, ErrorDetail};
 pub mod auth;
 pub mod classify;
 pub mod connection;
+pub mod generators;
 pub mod health;
 pub mod jobs;
 pub mod meta;
@@ -135,6 +136,41 @@ pub mod responses {
     pub struct VersionNotFound(#[allow(dead_code)] ErrorBody);
 
     #[derive(utoipa::ToResponse)]
+    #[response(description = "The `spec` part is missing, a part is unknown, or a JSON body is malformed (`invalid_json`).",
+               example = json!({"error": {"code": "invalid_json", "message": "the job spec: expected value at line 1 column 1"}}))]
+    pub struct BadSubmission(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "The token lacks the `train` scope, the licence terms were not acknowledged, or (without tokens) the request is not from a local client (`origin_not_allowed`).",
+               example = json!({"error": {"code": "forbidden", "message": "this endpoint needs the train scope"}}))]
+    pub struct ForbiddenSubmission(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "The named dataset, weights or backbone is unknown.",
+               example = json!({"error": {"code": "not_found", "message": "no dataset 9f… in the registry"}}))]
+    pub struct SubmissionNotFound(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "A submission with the same Idempotency-Key is being handled (`idempotency_in_progress`); see Retry-After.",
+               example = json!({"error": {"code": "idempotency_in_progress", "message": "a submission with Idempotency-Key \"k1\" is being handled; retry shortly"}}))]
+    pub struct IdempotencyInProgress(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "The archive exceeds `jobs.max_upload_bytes` or a dataset limit.",
+               example = json!({"error": {"code": "dataset_too_large", "message": "the upload exceeds 4294967296 bytes (jobs.max_upload_bytes)"}}))]
+    pub struct DatasetTooLarge(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "The `spec` part is no job spec (`invalid_spec`), the spec asks for something impossible (`invalid_arguments`, `invalid_name`), the dataset fails validation (every problem listed), or the Idempotency-Key was used for another submission (`idempotency_key_reused`).",
+               example = json!({"error": {"code": "dataset_invalid", "message": "the dataset has 2 problem(s): class \"tulip\" has no validation image; b/x.jpg: cannot decode the image"}}))]
+    pub struct InvalidSubmission(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
+    #[response(description = "Too many uploads or dataset checks in flight (`queue_full`), or the caller has too many jobs queued or running (`too_many_jobs`); see Retry-After.",
+               example = json!({"error": {"code": "too_many_jobs", "message": "ci has 16 jobs queued or running; the limit is 16 (jobs.max_active_per_caller): wait for one to end, or cancel one"}}))]
+    pub struct SubmissionsFull(#[allow(dead_code)] ErrorBody);
+
+    #[derive(utoipa::ToResponse)]
     #[response(description = "The registry cannot be reached.",
                example = json!({"error": {"code": "registry_unavailable", "message": "reading a manifest: connection refused"}}))]
     pub struct RegistryUnavailable(#[allow(dead_code)] ErrorBody);
@@ -218,12 +254,14 @@ macro_rules! api {
             paths($($module::$handler),*),
             components(schemas(
                 ErrorBody, ErrorDetail, ErrorCode, crate::error::Problem, health::Liveness, health::ReadinessReport, health::Check,
-                classify::ClassifyResponse, classify::Timings, crate::infer::engine::Prediction,
+                classify::ClassifyResponse, classify::ClassifyJson, classify::Timings, crate::infer::engine::Prediction,
                 crate::jobs::runner::JobEvent, Binary
             ), responses(
                 responses::Unauthorized, responses::ForbiddenTrain, responses::ForbiddenRead, responses::RunnerNotReady,
                 responses::JobNotFound, responses::InvalidName, responses::RegistryUnavailable, responses::BadVersion,
-                responses::VersionNotFound
+                responses::VersionNotFound, responses::BadSubmission, responses::ForbiddenSubmission,
+                responses::SubmissionNotFound, responses::IdempotencyInProgress, responses::DatasetTooLarge,
+                responses::InvalidSubmission, responses::SubmissionsFull
             )),
             servers((url = "http://localhost:8080", description = "`make run`: the embedded default, on loopback")),
             modifiers(&BearerAuth, &ClosedVariants, &OpenRoutes),
@@ -242,6 +280,8 @@ macro_rules! api {
 api!(
     classify::classify,
     jobs::finetune,
+    jobs::check_finetune,
+    jobs::create_job,
     jobs::list_jobs,
     jobs::get_job,
     jobs::cancel_job,
@@ -270,6 +310,14 @@ api!(
     oip::infer,
     oip::infer_version,
 );
+
+/// The OpenAPI document petal publishes (`GET /openapi.json`, `petal openapi`): what the handlers
+/// declare, shaped for client generators (`generators`).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+    generators::shape(&mut doc);
+    doc
+}
 
 /// utoipa leaves the variants of tagged enums open; petal refuses unknown fields in them
 /// (`deny_unknown_fields`), and says so.
@@ -471,7 +519,7 @@ mod tests {
     /// that does not).
     #[test]
     fn every_reference_resolves() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let doc = document();
         let text = doc.to_string();
         let mut missing = Vec::new();
         for (i, _) in text.match_indices("\"$ref\":\"#/components/") {
@@ -487,7 +535,7 @@ mod tests {
 
     #[test]
     fn every_response_has_an_example() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let doc = document();
         let schemas = &doc["components"]["schemas"];
         let mut missing = Vec::new();
         for (path, item) in doc["paths"].as_object().unwrap() {
@@ -517,7 +565,6 @@ mod route_tests {
     use std::collections::BTreeSet;
 
     use actix_web::http::Method;
-    use utoipa::OpenApi;
 
     use crate::config::Scope;
 
@@ -525,7 +572,7 @@ mod route_tests {
     /// operation declares (`admin` holds every scope), and the open ones declare none.
     #[test]
     fn the_scope_table_agrees_with_the_documented_routes() {
-        let doc = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let doc = super::document();
         let mut checked = 0;
         for (template, item) in doc["paths"].as_object().unwrap() {
             let path = template

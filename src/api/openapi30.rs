@@ -2,8 +2,8 @@
 //! generators that do not read 3.1 (progenitor, older openapi-generator templates). The same
 //! document, with 3.1's JSON Schema spelled as 3.0 spells it: `type: [T, "null"]` and a `null`
 //! alternative become `nullable`, a schema's `examples` list its `example`, a numeric
-//! `exclusiveMinimum` a `minimum` with the boolean, `const` a one-value `enum`; `propertyNames`
-//! and the licence's SPDX `identifier` (3.1 only) go.
+//! `exclusiveMinimum` a `minimum` with the boolean, `const` a one-value `enum`; `propertyNames`,
+//! `contentMediaType` and the licence's SPDX `identifier` (3.1 only) go.
 use serde_json::{Map, Value};
 
 /// `doc` (OpenAPI 3.1, as utoipa writes it) as OpenAPI 3.0.3.
@@ -99,8 +99,11 @@ fn convert_schema(o: &mut Map<String, Value>) {
     if let Some(c) = o.remove("const") {
         o.insert("enum".into(), Value::Array(vec![c]));
     }
-    // Keywords 3.0 does not have: what a map's keys may be (they are strings anyway).
-    o.remove("propertyNames");
+    // Keywords 3.0 does not have: what a map's keys may be (they are strings anyway), and what a
+    // string holds (its description says so too).
+    for key in ["propertyNames", "contentMediaType", "contentEncoding"] {
+        o.remove(key);
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use utoipa::OpenApi;
-
 #[derive(clap::Args)]
 pub struct OpenapiArgs {
     /// Output file; `-` for standard output.
@@ -17,13 +15,13 @@ pub struct OpenapiArgs {
 
 /// The document, as `petal openapi` writes it and the server serves it.
 pub fn document() -> String {
-    crate::api::ApiDoc::openapi().to_pretty_json().expect("spec serializes") + "\n"
+    serde_json::to_string_pretty(&crate::api::document()).expect("spec serializes") + "\n"
 }
 
 /// Its OpenAPI 3.0.3 rendering.
 pub fn document_30() -> String {
-    let doc = serde_json::to_value(crate::api::ApiDoc::openapi()).expect("spec serializes");
-    serde_json::to_string_pretty(&crate::api::openapi30::render(&doc)).expect("spec serializes") + "\n"
+    serde_json::to_string_pretty(&crate::api::openapi30::render(&crate::api::document())).expect("spec serializes")
+        + "\n"
 }
 
 fn write(out: &Path, text: &str) -> std::io::Result<()> {

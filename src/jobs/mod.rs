@@ -38,13 +38,14 @@ use crate::train::trainer::{CheckpointSaved, EpochMetrics};
 pub struct JobSpec {
     /// The model the winner is published as (a new version of it).
     pub model: ModelName,
-    /// Backbones to train; the best validation accuracy wins.
-    #[serde(default = "default_backbones")]
-    #[schema(min_items = 1, max_items = 8)]
+    /// Backbones to train; the best validation accuracy wins. Absent or empty: `mobilenet_v2`.
+    #[serde(default = "default_backbones", deserialize_with = "backbones_or_default")]
+    #[schema(max_items = 8, default = json!(["mobilenet_v2"]))]
     pub backbones: Vec<Arch>,
     /// Starting weights per backbone name: a catalog name (`IMAGENET1K_V1`) or `scratch`.
     /// Default: each backbone's catalog default, which must be in the weights cache.
     #[serde(default)]
+    #[schema(default = json!({}))]
     pub weights: BTreeMap<String, String>,
     /// The whole recipe; the fields below override parts of it.
     #[serde(default)]
@@ -67,15 +68,18 @@ pub struct JobSpec {
     pub augment: Option<crate::train::recipe::Augment>,
     /// Phase 1 on features computed once (the CPU shortcut: no augmentation in phase 1).
     #[serde(default)]
+    #[schema(default = false)]
     pub cached_features: bool,
     pub seed: Option<u64>,
     /// `auto` (CUDA when present), `cpu` or `cuda`.
     #[serde(default)]
+    #[schema(default = "auto")]
     pub device: DeviceChoice,
     #[serde(default)]
     pub split: SplitSpec,
     /// Leave undecodable images out with a warning instead of refusing the dataset.
     #[serde(default)]
+    #[schema(default = false)]
     pub skip_bad_images: bool,
     #[serde(default)]
     pub dataset: DatasetSpec,
@@ -83,11 +87,19 @@ pub struct JobSpec {
     pub promote: Option<AliasName>,
     /// Acknowledge the lineage's non-commercial terms, for `promote` under a commercial policy.
     #[serde(default)]
+    #[schema(default = false)]
     pub acknowledge_terms: bool,
 }
 
 fn default_backbones() -> Vec<Arch> {
     vec![Arch::MobilenetV2]
+}
+
+/// An empty list means the default, as leaving it out does: some generated clients send every
+/// list they have, empty or not.
+fn backbones_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Arch>, D::Error> {
+    let list = Vec::<Arch>::deserialize(d)?;
+    Ok(if list.is_empty() { default_backbones() } else { list })
 }
 
 /// How to split a dataset that brings no split of its own.
@@ -535,5 +547,18 @@ impl Registry {
         let mut jobs: Vec<Job> = self.job_records().await?;
         jobs.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         Ok(jobs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_backbone_list_is_the_default_as_leaving_it_out_is() {
+        let empty: JobSpec = serde_json::from_str(r#"{"model": "m", "backbones": []}"#).unwrap();
+        let absent: JobSpec = serde_json::from_str(r#"{"model": "m"}"#).unwrap();
+        assert_eq!(empty.backbones, vec![Arch::MobilenetV2]);
+        assert_eq!(empty, absent);
     }
 }
