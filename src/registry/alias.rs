@@ -68,13 +68,7 @@ impl Registry {
     pub async fn history(&self, model: &str, alias: &str) -> Result<Vec<AliasEntry>> {
         names::check("model", model)?;
         names::check("alias", alias)?;
-        use futures_util::TryStreamExt;
-        let metas: Vec<_> = self
-            .store
-            .list(Some(&layout::alias(model, alias)))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("listing alias history", e))?;
+        let metas: Vec<_> = self.list_all(&layout::alias(model, alias), "listing alias history").await?;
         let mut entries = Vec::with_capacity(metas.len());
         for m in metas {
             if m.location.filename().is_some_and(|f| f.ends_with(".json")) {

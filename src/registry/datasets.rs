@@ -134,13 +134,7 @@ impl Registry {
 
     /// Every stored dataset's record.
     pub async fn datasets(&self) -> Result<Vec<StoredDataset>> {
-        use futures_util::TryStreamExt;
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&layout::datasets()))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("listing datasets", e))?;
+        let listed: Vec<_> = self.list_all(&layout::datasets(), "listing datasets").await?;
         let mut out = Vec::new();
         for meta in listed {
             if layout::is_dataset_record(&meta.location) {

@@ -6,7 +6,6 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutMode, PutOptions};
 use serde::de::DeserializeOwned;
@@ -58,8 +57,7 @@ impl Registry {
 
     /// Every job record, in listing order; an unreadable one is left out with a warning.
     pub async fn job_records<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self) -> Result<Vec<T>> {
-        let listed: Vec<_> =
-            self.store.list(Some(&layout::jobs())).try_collect().await.map_err(|e| store_error("listing jobs", e))?;
+        let listed: Vec<_> = self.list_all(&layout::jobs(), "listing jobs").await?;
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for meta in listed {
@@ -142,12 +140,7 @@ impl Registry {
 
     /// Every Idempotency-Key record: its digest and when it was written (RFC 3339).
     pub async fn idempotency_records(&self) -> Result<Vec<(String, String)>> {
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&layout::idempotency_keys()))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("listing Idempotency-Keys", e))?;
+        let listed: Vec<_> = self.list_all(&layout::idempotency_keys(), "listing Idempotency-Keys").await?;
         Ok(listed
             .into_iter()
             .filter_map(|m| {
@@ -177,12 +170,7 @@ impl Registry {
     /// Removes every training checkpoint of job `job`; returns their keys.
     pub async fn remove_checkpoints(&self, job: &str) -> Result<Vec<String>> {
         let prefix = layout::job_checkpoints(job);
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| store_error(&format!("listing {prefix}/"), e))?;
+        let listed: Vec<_> = self.list_all(&prefix, &format!("listing {prefix}/")).await?;
         let mut keys = Vec::new();
         for m in listed {
             self.remove(&m.location, false).await?;
@@ -193,12 +181,7 @@ impl Registry {
 
     /// The objects under `prefix` that belong to a job.
     async fn job_objects(&self, prefix: ObjPath) -> Result<Vec<JobObject>> {
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| store_error(&format!("listing {prefix}/"), e))?;
+        let listed: Vec<_> = self.list_all(&prefix, &format!("listing {prefix}/")).await?;
         Ok(listed
             .into_iter()
             .filter_map(|m| {
@@ -233,12 +216,7 @@ impl Registry {
 
     /// The sha256 of every dataset with an object in the registry (with or without a record).
     pub async fn dataset_ids(&self) -> Result<std::collections::BTreeSet<String>> {
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&layout::datasets()))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("listing datasets/", e))?;
+        let listed: Vec<_> = self.list_all(&layout::datasets(), "listing datasets/").await?;
         Ok(listed.iter().filter_map(|m| layout::dataset_of(&m.location)).collect())
     }
 
@@ -323,12 +301,7 @@ impl Registry {
 
     /// The shared queue, oldest first.
     pub async fn queued(&self) -> Result<Vec<String>> {
-        let mut listed: Vec<_> = self
-            .store
-            .list(Some(&layout::queue()))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("listing the job queue", e))?;
+        let mut listed: Vec<_> = self.list_all(&layout::queue(), "listing the job queue").await?;
         listed.sort_by(|a, b| a.last_modified.cmp(&b.last_modified).then_with(|| a.location.cmp(&b.location)));
         Ok(listed.into_iter().filter_map(|m| layout::job_in(&m.location)).collect())
     }
@@ -356,12 +329,7 @@ impl Registry {
 
     /// A job's claims, its newest attempt's beat and whether a cancel was asked.
     pub async fn leases(&self, job: &str) -> Result<Leases> {
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&layout::job_leases(job)))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("listing a job's leases", e))?;
+        let listed: Vec<_> = self.list_all(&layout::job_leases(job), "listing a job's leases").await?;
         let mut attempts = Vec::new();
         let mut cancel_requested = false;
         for m in &listed {

@@ -136,6 +136,11 @@ pub(crate) async fn download(
 }
 
 impl Registry {
+    /// Every object under `prefix` (`what` names the listing in an error).
+    pub(crate) async fn list_all(&self, prefix: &ObjPath, what: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        self.store.list(Some(prefix)).try_collect().await.map_err(|e| store_error(what, e))
+    }
+
     /// Opens the configured backend.
     pub fn open(config: &RegistryConfig) -> Result<Registry> {
         match config.backend {
@@ -299,8 +304,7 @@ impl Registry {
     pub async fn versions(&self, model: &str) -> Result<Vec<u64>> {
         names::check("model", model)?;
         let prefix = layout::versions(model);
-        let metas: Vec<_> =
-            self.store.list(Some(&prefix)).try_collect().await.map_err(|e| store_error("listing versions", e))?;
+        let metas: Vec<_> = self.list_all(&prefix, "listing versions").await?;
         let mut v: Vec<u64> = metas.iter().filter_map(|m| layout::version_of(&m.location)).collect();
         v.sort_unstable();
         Ok(v)
@@ -391,8 +395,7 @@ impl Registry {
                 referenced.insert(self.manifest(model, v).await?.upload_id);
             }
             let uploads = layout::uploads(model);
-            let metas: Vec<_> =
-                self.store.list(Some(&uploads)).try_collect().await.map_err(|e| store_error("listing uploads", e))?;
+            let metas: Vec<_> = self.list_all(&uploads, "listing uploads").await?;
             let mut by_upload: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
             for m in metas {
                 if let Some(id) = layout::upload_id_of(&m.location) {
