@@ -151,6 +151,55 @@ pub struct OipError {
     pub code: String,
 }
 
+/// The errors of every route that needs a token.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum AccessErrors {
+    #[response(status = 401, description = "No valid bearer token.")]
+    Unauthorized(OipError),
+    #[response(status = 403, description = "The token lacks the classify scope.")]
+    Forbidden(OipError),
+}
+
+/// The errors of the routes of one model or version (besides `AccessErrors`).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum ModelErrors {
+    #[response(status = 404, description = "No such model, version or alias.")]
+    NotFound(OipError),
+    #[response(status = 422, description = "A name breaks the naming rule, or names an alias and a version.")]
+    InvalidName(OipError),
+}
+
+/// A version in the path that is not a number.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 400, description = "The version is not a number.")]
+#[allow(dead_code)]
+struct BadVersion(OipError);
+
+/// The errors of inference (besides those of every model route).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum InferErrors {
+    #[response(
+        status = 400,
+        description = "A malformed request (JSON, shapes, datatypes, sizes, parameters), or a version that is not a number."
+    )]
+    Malformed(OipError),
+    #[response(status = 413, description = "The body or an image is too large, or too many images.")]
+    TooLarge(OipError),
+    #[response(status = 422, description = "An image cannot be decoded, or a name breaks the naming rule.")]
+    Undecodable(OipError),
+    #[response(status = 429, description = "The model's queue is full; see Retry-After.")]
+    QueueFull(OipError),
+    #[response(status = 503, description = "Models are still loading.")]
+    NotReady(OipError),
+}
+
+/// The body of an inference request.
+const INFER_BODY: &str = "The request in JSON. With the binary tensor data extension, the same JSON is followed by \
+                          the tensors' bytes, its length in `Inference-Header-Content-Length` (any Content-Type).";
+
 /// Whether a path is one of the protocol's (its errors take the protocol's shape).
 pub fn is_oip_path(path: &str) -> bool {
     path == "/v2" || path.starts_with("/v2/")
@@ -173,8 +222,7 @@ pub fn error_body(e: &Error, request_id: Option<&str>) -> Value {
     summary = "Server metadata (Open Inference Protocol)",
     responses(
         (status = 200, description = "The server and the protocol extensions it supports.", body = ServerMetadata),
-        (status = 401, description = "No valid bearer token.", body = OipError),
-        (status = 403, description = "The token lacks the classify scope.", body = OipError)
+        AccessErrors
     ),
     security(("bearer" = ["classify"]))
 )]
@@ -286,10 +334,8 @@ async fn model_metadata(state: web::Data<AppState>, path: ModelPath) -> Result<H
     params(("model" = String, Path, description = "A model's name, or `name@alias`.")),
     responses(
         (status = 200, description = "The model's inputs (alternatives) and outputs.", body = ModelMetadata),
-        (status = 401, description = "No valid bearer token.", body = OipError),
-        (status = 403, description = "The token lacks the classify scope.", body = OipError),
-        (status = 404, description = "No such model or alias.", body = OipError),
-        (status = 422, description = "A name breaks the naming rule.", body = OipError)
+        AccessErrors,
+        ModelErrors
     ),
     security(("bearer" = ["classify"]))
 )]
@@ -307,11 +353,9 @@ pub async fn get_model_metadata(state: web::Data<AppState>, model: web::Path<Str
     params(("model" = String, Path, description = "A model's name."), ("version" = u64, Path, minimum = 1, maximum = 9223372036854775807_i64, description = "A version number.")),
     responses(
         (status = 200, description = "The version's inputs (alternatives) and outputs.", body = ModelMetadata),
-        (status = 400, description = "The version is not a number.", body = OipError),
-        (status = 401, description = "No valid bearer token.", body = OipError),
-        (status = 403, description = "The token lacks the classify scope.", body = OipError),
-        (status = 404, description = "No such model or version.", body = OipError),
-        (status = 422, description = "A name breaks the naming rule, or names an alias and a version.", body = OipError)
+        BadVersion,
+        AccessErrors,
+        ModelErrors
     ),
     security(("bearer" = ["classify"]))
 )]
@@ -334,10 +378,8 @@ pub async fn get_model_version_metadata(
     params(("model" = String, Path, description = "A model's name, or `name@alias`.")),
     responses(
         (status = 200, description = "Loaded and ready."),
-        (status = 401, description = "No valid bearer token.", body = OipError),
-        (status = 403, description = "The token lacks the classify scope.", body = OipError),
-        (status = 404, description = "No such model or alias.", body = OipError),
-        (status = 422, description = "A name breaks the naming rule.", body = OipError)
+        AccessErrors,
+        ModelErrors
     ),
     security(("bearer" = ["classify"]))
 )]
@@ -356,11 +398,9 @@ pub async fn model_ready(state: web::Data<AppState>, model: web::Path<String>) -
     params(("model" = String, Path, description = "A model's name."), ("version" = u64, Path, minimum = 1, maximum = 9223372036854775807_i64, description = "A version number.")),
     responses(
         (status = 200, description = "Loaded and ready."),
-        (status = 400, description = "The version is not a number.", body = OipError),
-        (status = 401, description = "No valid bearer token.", body = OipError),
-        (status = 403, description = "The token lacks the classify scope.", body = OipError),
-        (status = 404, description = "No such model or version.", body = OipError),
-        (status = 422, description = "A name breaks the naming rule, or names an alias and a version.", body = OipError)
+        BadVersion,
+        AccessErrors,
+        ModelErrors
     ),
     security(("bearer" = ["classify"]))
 )]
@@ -386,21 +426,12 @@ pub async fn model_version_ready(
                    the JSON header (its length in `Inference-Header-Content-Length`) followed by the inputs' bytes, \
                    and outputs asked with `binary_data` follow the answer's JSON header the same way.",
     params(("model" = String, Path, description = "A model's name, or `name@alias`.")),
-    request_body(description = "The request in JSON. With the binary tensor data extension, the same JSON is \
-                                followed by the tensors' bytes, its length in `Inference-Header-Content-Length` \
-                                (any Content-Type).", content(
-        (InferenceRequest = "application/json")
-    )),
+    request_body(description = INFER_BODY, content((InferenceRequest = "application/json"))),
     responses(
         (status = 200, description = "The outputs (JSON; or JSON header and binary tensors, with `Inference-Header-Content-Length`).", body = InferenceResponse),
-        (status = 400, description = "A malformed request: JSON, shapes, datatypes, sizes, parameters.", body = OipError),
-        (status = 401, description = "No valid bearer token.", body = OipError),
-        (status = 403, description = "The token lacks the classify scope.", body = OipError),
-        (status = 404, description = "No such model or alias.", body = OipError),
-        (status = 413, description = "The body or an image is too large, or too many images.", body = OipError),
-        (status = 422, description = "An image cannot be decoded, or a name breaks the naming rule.", body = OipError),
-        (status = 429, description = "The model's queue is full; see Retry-After.", body = OipError),
-        (status = 503, description = "Models are still loading.", body = OipError)
+        AccessErrors,
+        (status = 404, description = "No such model, version or alias.", body = OipError),
+        InferErrors
     ),
     security(("bearer" = ["classify"]))
 )]
@@ -422,21 +453,12 @@ pub async fn infer(
     summary = "Inference on a version (Open Inference Protocol)",
     description = "As `POST /v2/models/{model}/infer`, on one version of the model.",
     params(("model" = String, Path, description = "A model's name."), ("version" = u64, Path, minimum = 1, maximum = 9223372036854775807_i64, description = "A version number.")),
-    request_body(description = "The request in JSON. With the binary tensor data extension, the same JSON is \
-                                followed by the tensors' bytes, its length in `Inference-Header-Content-Length` \
-                                (any Content-Type).", content(
-        (InferenceRequest = "application/json")
-    )),
+    request_body(description = INFER_BODY, content((InferenceRequest = "application/json"))),
     responses(
-        (status = 200, description = "The outputs.", body = InferenceResponse),
-        (status = 400, description = "A malformed request, or a version that is not a number.", body = OipError),
-        (status = 401, description = "No valid bearer token.", body = OipError),
-        (status = 403, description = "The token lacks the classify scope.", body = OipError),
-        (status = 404, description = "No such model or version.", body = OipError),
-        (status = 413, description = "The body or an image is too large, or too many images.", body = OipError),
-        (status = 422, description = "An image cannot be decoded, or a name breaks the naming rule.", body = OipError),
-        (status = 429, description = "The model's queue is full; see Retry-After.", body = OipError),
-        (status = 503, description = "Models are still loading.", body = OipError)
+        (status = 200, description = "The outputs (as `POST /v2/models/{model}/infer` answers them).", body = InferenceResponse),
+        AccessErrors,
+        (status = 404, description = "No such model, version or alias.", body = OipError),
+        InferErrors
     ),
     security(("bearer" = ["classify"]))
 )]
