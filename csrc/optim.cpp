@@ -50,6 +50,14 @@ int petal_fused_adam(void** params, void** grads, void** exp_avgs, void** exp_av
   });
 }
 
+// Forgets the gradients of `n` tensors (PyTorch's `zero_grad(set_to_none=True)`): the next
+// backward writes fresh gradients instead of adding to zeroed ones.
+int petal_clear_grads(void** tensors, int n, char* err, int err_len) {
+  return guarded(err, err_len, [&] {
+    for (int i = 0; i < n; i++) static_cast<at::Tensor*>(tensors[i])->mutable_grad().reset();
+  });
+}
+
 // Multiplies every gradient by `inv_scale` and sets `found_inf` to 1 if any is not finite.
 int petal_amp_unscale(void** grads, int n, void* found_inf, void* inv_scale, char* err, int err_len) {
   return guarded(err, err_len, [&] {

@@ -107,7 +107,7 @@ impl Layer {
                 Tensor::batch_norm(x, Some(w), Some(b), Some(mean), Some(var), train, *momentum, *eps, true)
             }
             Layer::Act(Activation::Relu) => x.relu(),
-            Layer::Act(Activation::Relu6) => x.clamp(0.0, 6.0),
+            Layer::Act(Activation::Relu6) => x.relu6(),
             Layer::Act(Activation::Silu) => x.silu(),
             Layer::MaxPool { kernel, stride, padding } => {
                 x.max_pool2d([*kernel, *kernel], [*stride, *stride], [*padding, *padding], [1, 1], false)
@@ -133,12 +133,18 @@ impl Layer {
                     let _ = noise.bernoulli_float_(survival);
                     y *= noise / survival;
                 }
-                let y = if shortcut.is_empty() { y + x } else { y + run(shortcut, x, train) };
-                if *relu_after {
-                    y.relu()
+                // In place, as torchvision's blocks do (`out += identity`, `relu(inplace=True)`):
+                // `y` is the body's own fresh output, which no backward needs, and every tensor not
+                // allocated is pages not faulted in.
+                if shortcut.is_empty() {
+                    y += x;
                 } else {
-                    y
+                    y += run(shortcut, x, train);
                 }
+                if *relu_after {
+                    let _ = y.relu_();
+                }
+                y
             }
             Layer::SqueezeExcite { w1, b1, w2, b2 } => {
                 let s = x.adaptive_avg_pool2d([1, 1]);
@@ -152,8 +158,20 @@ impl Layer {
 
 fn run(layers: &[Layer], x: &Tensor, train: bool) -> Tensor {
     let mut y = x.shallow_clone();
+    let mut fresh = false;
     for layer in layers {
-        y = layer.forward(&y, train);
+        y = match layer {
+            // An activation right after a layer that wrote a new tensor runs in place on it (no
+            // backward needs a convolution's, batch norm's or linear layer's output); never on
+            // the block's input, which a residual connection reads again.
+            // (SiLU's backward reads its input: it stays out of place.)
+            Layer::Act(a @ (Activation::Relu | Activation::Relu6)) if fresh => {
+                let _ = if *a == Activation::Relu { y.relu_() } else { y.relu6_() };
+                y
+            }
+            _ => layer.forward(&y, train),
+        };
+        fresh = matches!(layer, Layer::Conv { .. } | Layer::BatchNorm { .. } | Layer::Linear { .. });
     }
     y
 }

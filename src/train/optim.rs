@@ -11,6 +11,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::train::recipe::AdamSpec;
 
 extern "C" {
+    fn petal_clear_grads(tensors: *mut *mut c_void, n: c_int, err: *mut c_char, err_len: c_int) -> c_int;
     fn petal_fused_adam(
         params: *mut *mut c_void,
         grads: *mut *mut c_void,
@@ -167,14 +168,14 @@ impl Adam {
         self.groups.iter().map(|g| g.step.double_value(&[]) as u64).max().unwrap_or(0)
     }
 
+    /// Forgets every gradient (`zero_grad(set_to_none=True)`, PyTorch's default): the next
+    /// backward writes the gradients instead of adding them to zeros, and a parameter that gets
+    /// none is left alone by the step.
     pub fn zero_grad(&mut self) {
-        for p in self.groups.iter().flat_map(|g| &g.params) {
-            let mut grad = p.grad();
-            if grad.defined() {
-                let _ = grad.detach_();
-                let _ = grad.zero_();
-            }
-        }
+        let params: Vec<Tensor> = self.groups.iter().flat_map(|g| &g.params).map(Tensor::shallow_clone).collect();
+        let mut p = ptrs(&params);
+        checked(|err, len| unsafe { petal_clear_grads(p.as_mut_ptr(), p.len() as c_int, err, len) })
+            .expect("resetting a gradient cannot fail");
     }
 
     /// One step. With `found_inf` (a one-element float tensor), groups skip the update on the

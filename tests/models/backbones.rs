@@ -52,6 +52,19 @@ fn parity(arch: Arch) {
     }
     let bn_stats = model.network.params().iter().filter(|p| !p.trainable).count();
     assert_eq!(compared, bn_stats, "{arch}: every batch-norm statistic is compared");
+
+    // The backward pass (in-place activations and residual sums included) gives torchvision's
+    // gradients.
+    (model.forward(x, true) * &io["projection"]).sum(tch::Kind::Float).backward();
+    let mut compared = 0;
+    for (name, t) in model.trainable() {
+        let want = &io[&format!("grad.{name}")];
+        let scale = want.abs().max().double_value(&[]).max(1.0);
+        let d = max_abs_diff(&t.grad(), want);
+        assert!(d <= 1e-4 * scale, "{arch}: the gradient of {name} differs by {d} (largest {scale})");
+        compared += 1;
+    }
+    assert_eq!(compared, io.keys().filter(|k| k.starts_with("grad.")).count(), "{arch}: every gradient is compared");
 }
 
 macro_rules! parity_tests {

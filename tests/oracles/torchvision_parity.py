@@ -7,6 +7,9 @@ statistics randomised too) and OUTDIR/ARCH-io.safetensors with:
   eval           logits in eval mode
   train          logits in training mode, with dropout and stochastic depth set to p=0
   after.<name>   every batch-norm running statistic after that training-mode forward
+  projection     a random tensor the shape of the logits
+  grad.<name>    every parameter's gradient of sum(training-mode logits * projection), from a
+                 second training-mode forward (after the statistics above were taken)
 """
 import sys
 
@@ -43,6 +46,12 @@ with torch.no_grad():
 tensors = {"input": x, "eval": eval_out, "train": train_out}
 for name, t in model.state_dict().items():
     if name.endswith("running_mean") or name.endswith("running_var"):
-        tensors[f"after.{name}"] = t.contiguous()
+        tensors[f"after.{name}"] = t.clone()
+projection = torch.randn_like(train_out)
+model.zero_grad(set_to_none=True)
+(model(x) * projection).sum().backward()
+tensors["projection"] = projection
+for name, p in model.named_parameters():
+    tensors[f"grad.{name}"] = p.grad.contiguous()
 save_file(tensors, f"{outdir}/{arch}-io.safetensors")
 print(float(eval_out.abs().max()), float(train_out.abs().max()))
