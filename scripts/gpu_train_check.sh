@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
   --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" --json > "$OUT/bench_train.json"
 python3 - "$OUT/bench_train.json" > "$OUT/bench_train.txt" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1])); ref = r["reference"]
+r = json.load(open(sys.argv[1]))["runs"][0]; ref = r["reference"]
 rows = [("pipeline one core", ref["pipeline_one_core"], r["petal_pipeline_one_core"]),
         ("pipeline all workers", ref.get("pipeline_loader"), r["petal_pipeline_all_threads"]),
         ("bare step", ref["bare_step"], r["petal_bare_step"]),

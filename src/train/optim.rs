@@ -244,7 +244,17 @@ impl LossScaler {
 
     /// Backward on the scaled loss, unscale the gradients, step unless one overflowed, update the scale.
     pub fn backward_and_step(&mut self, loss: &Tensor, adam: &mut Adam) -> Result<()> {
+        self.backward(loss);
+        self.step(adam)
+    }
+
+    /// Backward on the scaled loss.
+    pub fn backward(&self, loss: &Tensor) {
         (loss * &self.scale.view([])).backward();
+    }
+
+    /// After `backward`: unscale the gradients, step unless one overflowed, update the scale.
+    pub fn step(&mut self, adam: &mut Adam) -> Result<()> {
         let grads: Vec<Tensor> = adam.params().map(Tensor::grad).filter(Tensor::defined).collect();
         tch::no_grad(|| -> Result<()> {
             let _ = self.found_inf.zero_();

@@ -215,7 +215,7 @@ pub fn train(
     if let Some(w) = weights {
         model.load_state_dict(w, true)?;
     }
-    let channels_last = recipe.channels_last.unwrap_or(cuda);
+    let channels_last = recipe.channels_last.unwrap_or(true);
     if channels_last {
         to_channels_last(&model);
     }
@@ -699,7 +699,7 @@ impl Run<'_> {
         let result = load_batches(self.recipe, samples, (&order, first), Some(seeds), ctx.device, |step, x, y| {
             ctx.check_cancel()?;
             reseed_libtorch(seeds, step);
-            let (loss, ok) = train_step(model, (&x, &y), adam, scaler, how)?;
+            let (loss, ok) = train_step(model, (&x, &y), adam, scaler, how, None)?;
             let n = y.size()[0] as usize;
             loss_sum += loss.to_kind(Kind::Double) * n as f64;
             correct += ok;
@@ -916,23 +916,65 @@ fn train_step(
     adam: &mut Adam,
     scaler: &mut LossScaler,
     how: &StepOptions,
+    mut times: Option<&mut StepTimes>,
 ) -> Result<(Tensor, Tensor)> {
+    let mut mark = |part: usize| {
+        if let Some(t) = times.as_deref_mut() {
+            t.mark(part, x.device())
+        }
+    };
+    mark(usize::MAX);
     let x = if how.channels_last { nhwc(x) } else { x.shallow_clone() };
     adam.zero_grad();
     let logits = tch::autocast(how.mixed, || model.forward(&x, true)).to_kind(Kind::Float);
     let loss = cross_entropy(&logits, y, how.class_weights.as_ref(), how.label_smoothing);
+    mark(0);
     if how.mixed {
-        scaler.backward_and_step(&loss, adam)?;
+        scaler.backward(&loss);
+        mark(1);
+        scaler.step(adam)?;
     } else {
         loss.backward();
+        mark(1);
         adam.step(None)?;
     }
+    mark(2);
     let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
     Ok((loss.detach(), correct))
 }
 
+/// Where the bare steps' time went: forward (with the loss), backward, optimiser, in seconds
+/// summed over the steps timed (the device synchronised at each mark).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct StepTimes {
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+    #[serde(skip)]
+    last: Option<Instant>,
+}
+
+impl StepTimes {
+    /// Ends part `part` (0 forward, 1 backward, 2 optimiser; `usize::MAX` starts a step).
+    fn mark(&mut self, part: usize, device: Device) {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let now = Instant::now();
+        let spent = self.last.map_or(0.0, |t| (now - t).as_secs_f64());
+        match part {
+            0 => self.forward += spent,
+            1 => self.backward += spent,
+            2 => self.optimizer += spent,
+            _ => {}
+        }
+        self.last = Some(now);
+    }
+}
+
 /// The bare training step (phase 2: every layer, one learning rate) on synthetic tensors already
-/// on the device: images/s over `steps` after `warmup` steps. What the input pipeline must keep up with.
+/// on the device: images/s over `steps` after `warmup` steps (what the input pipeline must keep up
+/// with), then where the time of as many more steps went.
 #[allow(clippy::too_many_arguments)]
 pub fn bare_step_rate(
     arch: Arch,
@@ -943,7 +985,7 @@ pub fn bare_step_rate(
     device: Device,
     mixed: bool,
     channels_last: bool,
-) -> Result<f64> {
+) -> Result<BareStep> {
     tch::manual_seed(0);
     let model = Model::new(arch.network(classes), device);
     if channels_last {
@@ -961,15 +1003,36 @@ pub fn bare_step_rate(
         }
     };
     for _ in 0..warmup {
-        let _ = train_step(&model, (&x, &y), &mut adam, &mut scaler, &how)?;
+        let _ = train_step(&model, (&x, &y), &mut adam, &mut scaler, &how, None)?;
     }
     sync();
     let t0 = Instant::now();
     for _ in 0..steps {
-        let _ = train_step(&model, (&x, &y), &mut adam, &mut scaler, &how)?;
+        let _ = train_step(&model, (&x, &y), &mut adam, &mut scaler, &how, None)?;
     }
     sync();
-    Ok((steps as i64 * batch) as f64 / t0.elapsed().as_secs_f64())
+    let rate = (steps as i64 * batch) as f64 / t0.elapsed().as_secs_f64();
+    // The same steps again, timed part by part.
+    let mut times = StepTimes::default();
+    for _ in 0..steps {
+        let _ = train_step(&model, (&x, &y), &mut adam, &mut scaler, &how, Some(&mut times))?;
+    }
+    let per_step = |s: f64| s / steps as f64;
+    Ok(BareStep {
+        images_per_s: rate,
+        forward_s: per_step(times.forward),
+        backward_s: per_step(times.backward),
+        optimizer_s: per_step(times.optimizer),
+    })
+}
+
+/// The bare step's rate, and the seconds per step of its parts.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BareStep {
+    pub images_per_s: f64,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
 }
 
 /// The input pipeline alone: batches of `samples` prepared (augmentation, normalisation, decode

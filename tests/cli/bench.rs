@@ -90,3 +90,33 @@ fn bench_infer_measures_every_column() {
         }
     }
 }
+
+/// `petal bench train` measures every row against the reference stack, for each run, with the
+/// bare step's parts on both sides.
+#[test]
+fn bench_train_measures_every_row_for_each_run() {
+    let dir = tempfile::tempdir().unwrap();
+    common::shapes_dataset(dir.path(), 6, 48, 3);
+    let v = json_of(
+        petal()
+            .args(["bench", "train", "--data"])
+            .arg(dir.path())
+            .args(["--batch", "2", "--images", "6", "--pipeline-images", "6", "--steps", "1", "--warmup", "1"])
+            .args(["--runs", "2", "--workers", "1", "--device", "cpu"])
+            .env("PETAL_PYTHON", python()),
+    );
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in runs {
+        for key in ["petal_pipeline_one_core", "petal_pipeline_all_threads", "petal_bare_step", "petal_end_to_end"] {
+            positive(&r[key], key);
+        }
+        for key in ["pipeline_one_core", "pipeline_loader", "bare_step", "end_to_end"] {
+            positive(&r["reference"][key], key);
+        }
+        for i in 0..3 {
+            positive(&r["petal_step_parts"][i], "a part of petal's step");
+            positive(&r["reference"]["step_parts"][i], "a part of the reference's step");
+        }
+    }
+}

@@ -46,14 +46,19 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Whole measurements (reference and petal each time): the table shows medians and the
+        /// ratios' spread.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
         /// DataLoader workers and petal loader threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         workers: usize,
         #[arg(long, value_enum, default_value_t)]
         device: DeviceChoice,
-        /// fp16 autocast + loss scaling, channels_last (default: on with CUDA).
+        /// fp16 autocast + loss scaling (default: on with CUDA).
         #[arg(long)]
         mixed: Option<bool>,
+        /// channels_last memory format, for both stacks (default: on, petal's default).
         #[arg(long)]
         channels_last: Option<bool>,
         /// The Python with torch and torchvision.
@@ -165,6 +170,7 @@ pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
             pipeline_images,
             steps,
             warmup,
+            runs,
             workers,
             device,
             mixed,
@@ -185,7 +191,8 @@ pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
                 steps,
                 warmup,
                 mixed: mixed.unwrap_or(device.is_cuda()),
-                channels_last: channels_last.unwrap_or(device.is_cuda()),
+                channels_last: channels_last.unwrap_or(true),
+                runs,
             };
             let r = train::train(&b)?;
             show(&r, json, r.to_text());

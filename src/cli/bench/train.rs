@@ -37,6 +37,14 @@ pub struct TrainBench {
     pub warmup: usize,
     pub mixed: bool,
     pub channels_last: bool,
+    /// Whole measurements (reference and petal each time), for the spread.
+    pub runs: usize,
+}
+
+/// Every run's report.
+#[derive(Debug, Serialize)]
+pub struct TrainRuns {
+    pub runs: Vec<TrainReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,11 +64,18 @@ pub struct TrainReport {
     /// Petal's loader with all its threads, decoded images in memory.
     pub petal_pipeline_all_threads: f64,
     pub petal_bare_step: f64,
+    /// Seconds per bare step in forward (with the loss), backward and the optimiser.
+    pub petal_step_parts: [f64; 3],
     /// A steady epoch (the second) of phase 2 through petal's trainer.
     pub petal_end_to_end: f64,
 }
 
-pub fn train(b: &TrainBench) -> Result<TrainReport> {
+pub fn train(b: &TrainBench) -> Result<TrainRuns> {
+    let runs = (0..b.runs.max(1)).map(|_| train_once(b)).collect::<Result<_>>()?;
+    Ok(TrainRuns { runs })
+}
+
+fn train_once(b: &TrainBench) -> Result<TrainReport> {
     let mut recipe = Recipe { batch_size: b.batch, loader_threads: b.workers, ..Default::default() };
     recipe.phase1.epochs = 0;
     recipe.phase2.epochs = 2;
@@ -109,7 +124,7 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     let petal_pipeline_all_threads = trainer::pipeline_rate(&recipe, &data.train[..n])?;
 
     let size = i64::from(eval.crop);
-    let petal_bare_step = trainer::bare_step_rate(
+    let step = trainer::bare_step_rate(
         b.arch,
         classes as i64,
         b.batch as i64,
@@ -135,36 +150,88 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
         petal_pipeline_one_core,
         petal_pipeline_one_core_cached,
         petal_pipeline_all_threads,
-        petal_bare_step,
+        petal_bare_step: step.images_per_s,
+        petal_step_parts: [step.forward_s, step.backward_s, step.optimizer_s],
         petal_end_to_end,
     })
 }
 
-impl TrainReport {
+impl TrainRuns {
+    /// A row per measurement: the medians over the runs and, with several runs, the ratio's
+    /// smallest and largest; then where a bare step's time goes on each side.
     pub fn to_text(&self) -> String {
-        let r = |k: &str| self.reference[k].as_f64().unwrap_or(f64::NAN);
-        let row = |name: &str, reference: f64, petal: f64| {
-            format!("{name:<44} {reference:>12.1} {petal:>12.1} {:>8.2}×\n", petal / reference)
-        };
+        let first = &self.runs[0];
         let mut s = format!(
-            "{} on {:?}, batch {}, mixed precision {}, channels_last {}, {} workers\n",
-            self.arch, self.device, self.batch, self.mixed_precision, self.channels_last, self.workers
+            "{} on {:?}, batch {}, mixed precision {}, channels_last {}, {} workers, {} run(s)\n",
+            first.arch,
+            first.device,
+            first.batch,
+            first.mixed_precision,
+            first.channels_last,
+            first.workers,
+            self.runs.len()
         );
-        s += &format!("{:<44} {:>12} {:>12} {:>9}\n", "images/s", "reference", "petal", "ratio");
-        s += &row("input pipeline, one core (decode + augment)", r("pipeline_one_core"), self.petal_pipeline_one_core);
-        s += &row(
-            "input pipeline, one core (petal: decoded once)",
-            r("pipeline_one_core"),
-            self.petal_pipeline_one_core_cached,
+        s += &format!(
+            "{:<44} {:>12} {:>12} {:>9} {:>15}\n",
+            "images/s (median)", "reference", "petal", "ratio", "ratio min–max"
         );
-        s += &row("input pipeline, all workers", r("pipeline_loader"), self.petal_pipeline_all_threads);
-        s += &row("bare training step (synthetic tensors)", r("bare_step"), self.petal_bare_step);
-        s += &row("end-to-end full fine-tuning", r("end_to_end"), self.petal_end_to_end);
+        type Pick = fn(&TrainReport) -> (f64, f64);
+        let rows: [(&str, Pick); 5] = [
+            ("input pipeline, one core (decode + augment)", |r| {
+                (r.reference_of("pipeline_one_core"), r.petal_pipeline_one_core)
+            }),
+            ("input pipeline, one core (petal: decoded once)", |r| {
+                (r.reference_of("pipeline_one_core"), r.petal_pipeline_one_core_cached)
+            }),
+            ("input pipeline, all workers", |r| (r.reference_of("pipeline_loader"), r.petal_pipeline_all_threads)),
+            ("bare training step (synthetic tensors)", |r| (r.reference_of("bare_step"), r.petal_bare_step)),
+            ("end-to-end full fine-tuning", |r| (r.reference_of("end_to_end"), r.petal_end_to_end)),
+        ];
+        for (name, pick) in rows {
+            let pairs: Vec<(f64, f64)> = self.runs.iter().map(pick).collect();
+            let ratios: Vec<f64> = pairs.iter().map(|(a, b)| b / a).collect();
+            let (lo, hi) = ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &r| (l.min(r), h.max(r)));
+            s += &format!(
+                "{name:<44} {:>12.1} {:>12.1} {:>8.2}× {:>15}\n",
+                median(pairs.iter().map(|p| p.0)),
+                median(pairs.iter().map(|p| p.1)),
+                median(ratios.iter().copied()),
+                format!("{lo:.2}–{hi:.2}")
+            );
+        }
+        let parts = |f: fn(&TrainReport) -> [f64; 3]| -> [f64; 3] {
+            std::array::from_fn(|i| median(self.runs.iter().map(|r| f(r)[i])) * 1e3)
+        };
+        let petal = parts(|r| r.petal_step_parts);
+        let reference = parts(|r| {
+            let p = &r.reference["step_parts"];
+            std::array::from_fn(|i| p[i].as_f64().unwrap_or(f64::NAN))
+        });
+        s += &format!(
+            "bare step, ms (median): forward {:.1} / {:.1}, backward {:.1} / {:.1}, optimizer {:.1} / {:.1} (reference / petal)\n",
+            reference[0], petal[0], reference[1], petal[1], reference[2], petal[2]
+        );
         s += &format!(
             "petal end-to-end / petal bare step: {:.2}×; reference end-to-end / its bare step: {:.2}×\n",
-            self.petal_end_to_end / self.petal_bare_step,
-            r("end_to_end") / r("bare_step")
+            median(self.runs.iter().map(|r| r.petal_end_to_end / r.petal_bare_step)),
+            median(self.runs.iter().map(|r| r.reference_of("end_to_end") / r.reference_of("bare_step")))
         );
         s
+    }
+}
+
+impl TrainReport {
+    fn reference_of(&self, key: &str) -> f64 {
+        self.reference[key].as_f64().unwrap_or(f64::NAN)
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
