@@ -25,10 +25,10 @@ ARG ONNXRUNTIME_VERSION
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # g++: csrc/optim.cpp against libtorch's headers (and the C of mozjpeg, zstd, aws-lc through the cc
-# crate); python3-venv: the torch and onnxruntime-gpu wheels. No protoc (protox) and no git (the
+# crate); nasm: libjpeg-turbo's SIMD decoder; python3-venv: the torch and onnxruntime-gpu wheels. No protoc (protox) and no git (the
 # build records an empty commit when there is no .git).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends g++=4:12.2.0-3 python3-venv=3.11.2-1+b1 \
+ && apt-get install -y --no-install-recommends g++=4:12.2.0-3 python3-venv=3.11.2-1+b1 nasm=2.16.01-1 \
  && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/venv \

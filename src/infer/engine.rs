@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::infer::runtime::OrtRuntime;
 use crate::records::model_io::{meta, INPUT_NAME, OUTPUT_NAME};
 use crate::telemetry::metrics;
-use crate::vision::{decode, EvalTransform};
+use crate::vision::{decode_reduced, EvalTransform};
 
 /// What a loaded model is.
 #[derive(Debug, Clone, Serialize)]
@@ -186,9 +186,12 @@ impl ModelHandle {
         crate::vision::probe(bytes, &self.config.decode)
     }
 
-    /// Decodes and transforms one image for this model.
+    /// Decodes and transforms one image for this model (a large JPEG shrunk while it is decoded,
+    /// per `jpeg_reducing_gap`).
     pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>> {
-        let img = decode(bytes, &self.config.decode)?;
+        let gap = self.config.jpeg_reducing_gap;
+        let min_shorter = (f64::from(self.info.transform.resize) * gap).ceil() as u32;
+        let img = decode_reduced(bytes, &self.config.decode, min_shorter)?;
         Ok(self.info.transform.apply(&img))
     }
 

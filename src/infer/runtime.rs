@@ -16,6 +16,8 @@ pub struct OrtRuntime {
     pub library: PathBuf,
     pub version: String,
     pub intra_threads: usize,
+    /// onnxruntime's intra-op threads spin between runs (`onnxruntime.spinning`).
+    pub spinning: bool,
     environment: Environment,
 }
 
@@ -57,14 +59,23 @@ impl OrtRuntime {
         let version = version_from_info(ort::info())
             .or_else(|| version_from_file_name(&library))
             .unwrap_or_else(|| "unknown".into());
-        let rt = Arc::new(OrtRuntime { library, version, intra_threads: config.intra_threads, environment });
+        let rt = Arc::new(OrtRuntime {
+            library,
+            version,
+            intra_threads: config.intra_threads,
+            spinning: config.spinning,
+            environment,
+        });
         *slot = Some(rt.clone());
         Ok(rt)
     }
 
     /// A session builder on this environment with petal's thread settings.
     pub fn session_builder(&self) -> Result<ort::session::builder::SessionBuilder> {
-        let builder = Session::builder(&self.environment).map_err(ort_error)?;
+        let builder = Session::builder(&self.environment)
+            .map_err(ort_error)?
+            .with_intra_op_spinning(self.spinning)
+            .map_err(|e| ort_error(e.into()))?;
         if self.intra_threads > 0 {
             builder.with_intra_threads(self.intra_threads).map_err(|e| ort_error(e.into()))
         } else {

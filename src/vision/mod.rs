@@ -12,11 +12,19 @@ use crate::error::{Error, ErrorCode, Result};
 /// dropped (as PIL's `convert("RGB")` does), 16-bit reduced to 8. The size is checked from the
 /// header before any pixel is decoded.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
+    decode_reduced(bytes, limits, 0)
+}
+
+/// `decode`, except that a JPEG large enough is shrunk by
+/// libjpeg-turbo while it is decoded — in the DCT domain, by 1/2, 1/4 or 1/8, the most that keeps
+/// the shorter side at least `min_shorter` (what Pillow's `draft` does). 0 never shrinks. The
+/// pixels then differ a little from a full-size decode's; the work falls with the area.
+pub fn decode_reduced(bytes: &[u8], limits: &DecodeLimits, min_shorter: u32) -> Result<RgbImage> {
     let undecodable =
         |e: &dyn std::fmt::Display| Error::new(ErrorCode::UndecodableImage, format!("cannot decode the image: {e}"));
-    let (format, _) = header(bytes, limits)?;
+    let (format, (w, h)) = header(bytes, limits)?;
     if format == Some(image::ImageFormat::Jpeg) {
-        match decode_jpeg_like_pil(bytes) {
+        match decode_jpeg_like_pil(bytes, jpeg_scale(w.min(h), min_shorter)) {
             Jpeg::Rgb(img) => return Ok(img),
             Jpeg::Truncated => return Err(undecodable(&"the JPEG data ends before the image does (truncated)")),
             Jpeg::Elsewhere => {}
@@ -59,6 +67,18 @@ fn header(bytes: &[u8], limits: &DecodeLimits) -> Result<(Option<image::ImageFor
     Ok((format, (w, h)))
 }
 
+/// The numerator (over 8) libjpeg-turbo scales a JPEG of shorter side `shorter` by: the smallest of
+/// 1, 2 and 4 that keeps it at least `min_shorter` (libjpeg rounds sizes up), else 8 (full size).
+fn jpeg_scale(shorter: u32, min_shorter: u32) -> u8 {
+    if min_shorter == 0 {
+        return 8;
+    }
+    [1u8, 2, 4]
+        .into_iter()
+        .find(|&n| (u64::from(shorter) * u64::from(n)).div_ceil(8) >= u64::from(min_shorter))
+        .unwrap_or(8)
+}
+
 /// What libjpeg-turbo made of a JPEG.
 enum Jpeg {
     Rgb(RgbImage),
@@ -99,13 +119,14 @@ fn libjpeg_errors() -> mozjpeg_sys::jpeg_error_mgr {
 
 /// YCbCr and grayscale JPEGs through libjpeg-turbo's decoder (islow IDCT, fancy upsampling: its
 /// defaults and PIL's), so pixels are the ones the reference pipeline sees. CMYK is left to the
-/// pure-Rust decoder, once libjpeg has read it through to see that it is whole.
-fn decode_jpeg_like_pil(bytes: &[u8]) -> Jpeg {
+/// pure-Rust decoder, once libjpeg has read it through to see that it is whole. `scale`: the
+/// output's size in eighths of the image's (8: full size).
+fn decode_jpeg_like_pil(bytes: &[u8], scale: u8) -> Jpeg {
     JPEG_ENDED_EARLY.set(false);
     let whole = |img| if JPEG_ENDED_EARLY.get() { Jpeg::Truncated } else { img };
     // libjpeg reports errors by unwinding out of the decoder.
     std::panic::catch_unwind(|| -> Option<Jpeg> {
-        let d = mozjpeg::Decompress::with_err(libjpeg_errors()).from_mem(bytes).ok()?;
+        let mut d = mozjpeg::Decompress::with_err(libjpeg_errors()).from_mem(bytes).ok()?;
         if !matches!(
             d.color_space(),
             mozjpeg::ColorSpace::JCS_YCbCr | mozjpeg::ColorSpace::JCS_GRAYSCALE | mozjpeg::ColorSpace::JCS_RGB
@@ -116,6 +137,9 @@ fn decode_jpeg_like_pil(bytes: &[u8]) -> Jpeg {
             started.read_scanlines::<u8>().ok()?;
             started.finish().ok()?;
             return Some(whole(Jpeg::Elsewhere));
+        }
+        if scale != 8 {
+            d.scale(scale);
         }
         let mut started = d.rgb().ok()?;
         let (w, h) = (started.width() as u32, started.height() as u32);
@@ -233,7 +257,10 @@ fn coefficients(
         .collect()
 }
 
-fn clip8(acc: i64) -> u8 {
+/// What every sum starts from: a half, for rounding.
+const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
+
+fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -273,7 +300,8 @@ pub fn resize_region(img: &RgbImage, size: (u64, u64), region: Region, filter: I
         }
         None => ys.start as usize..ys.end as usize,
     };
-    // Horizontal pass over the needed rows, for the region's columns only.
+    // Horizontal pass over the needed rows, for the region's columns only. Sums in 32 bits as
+    // PIL's are (`int ss0`): the same pixels, and loops the compiler can vectorise.
     let stride = rw * 3;
     let mut horizontal = vec![0u8; rows.len() * stride];
     if w != u64::from(iw) {
@@ -281,14 +309,17 @@ pub fn resize_region(img: &RgbImage, size: (u64, u64), region: Region, filter: I
         for (r, y) in rows.clone().enumerate() {
             let row = &src[y * iw as usize * 3..(y + 1) * iw as usize * 3];
             let out = &mut horizontal[r * stride..(r + 1) * stride];
-            for (x, (xmin, k)) in coeffs.iter().enumerate() {
-                for c in 0..3 {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                    for (i, &kv) in k.iter().enumerate() {
-                        acc += i64::from(row[(xmin + i) * 3 + c]) * i64::from(kv);
-                    }
-                    out[x * 3 + c] = clip8(acc);
+            for ((xmin, k), px) in coeffs.iter().zip(out.chunks_exact_mut(3)) {
+                let taps = &row[xmin * 3..(xmin + k.len()) * 3];
+                let mut acc = [ROUNDING; 3];
+                for (p, &kv) in taps.chunks_exact(3).zip(k) {
+                    acc[0] += i32::from(p[0]) * kv;
+                    acc[1] += i32::from(p[1]) * kv;
+                    acc[2] += i32::from(p[2]) * kv;
                 }
+                px[0] = clip8(acc[0]);
+                px[1] = clip8(acc[1]);
+                px[2] = clip8(acc[2]);
             }
         }
     } else {
@@ -297,17 +328,22 @@ pub fn resize_region(img: &RgbImage, size: (u64, u64), region: Region, filter: I
             horizontal[r * stride..(r + 1) * stride].copy_from_slice(&src[start..start + stride]);
         }
     }
+    // Vertical pass: a whole output row at a time, each tap a multiply-add over a row.
     let out = match vertical {
         Some(coeffs) => {
             let mut out = vec![0u8; rh * stride];
-            for (y, (ymin, k)) in coeffs.iter().enumerate() {
+            let mut acc = vec![0i32; stride];
+            for ((ymin, k), dst) in coeffs.iter().zip(out.chunks_exact_mut(stride)) {
+                acc.fill(ROUNDING);
                 let first = ymin - rows.start;
-                for xc in 0..stride {
-                    let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-                    for (i, &kv) in k.iter().enumerate() {
-                        acc += i64::from(horizontal[(first + i) * stride + xc]) * i64::from(kv);
+                for (i, &kv) in k.iter().enumerate() {
+                    let src = &horizontal[(first + i) * stride..(first + i + 1) * stride];
+                    for (a, &v) in acc.iter_mut().zip(src) {
+                        *a += i32::from(v) * kv;
                     }
-                    out[y * stride + xc] = clip8(acc);
+                }
+                for (d, &a) in dst.iter_mut().zip(&acc) {
+                    *d = clip8(a);
                 }
             }
             out
@@ -559,6 +595,37 @@ mod tests {
         let mut c = c.start_compress(Vec::new()).unwrap();
         c.write_scanlines(&pixels).unwrap();
         c.finish().unwrap()
+    }
+
+    #[test]
+    fn large_jpegs_shrink_while_decoded_no_further_than_asked() {
+        assert_eq!(jpeg_scale(3000, 0), 8, "0: never");
+        assert_eq!(jpeg_scale(3000, 512), 2, "3000/4 = 750 ≥ 512, 3000/8 = 375 is not");
+        assert_eq!(jpeg_scale(4096, 512), 1);
+        assert_eq!(jpeg_scale(1023, 512), 4, "libjpeg rounds up: 1023/2 → 512");
+        assert_eq!(jpeg_scale(1024, 512), 4);
+        assert_eq!(jpeg_scale(300, 512), 8, "never enlarged");
+        let limits = DecodeLimits::default();
+        let whole = jpeg(mozjpeg::ColorSpace::JCS_RGB, 3);
+        for (min, size) in [(0, (64, 48)), (6, (8, 6)), (12, (16, 12)), (13, (32, 24)), (25, (64, 48))] {
+            assert_eq!(decode_reduced(&whole, &limits, min).unwrap().dimensions(), size, "at least {min}");
+        }
+        // A smooth picture looks the same shrunk by the decoder or after it.
+        let (w, h) = (512u32, 384u32);
+        let smooth: Vec<u8> =
+            (0..w * h).flat_map(|i| [(i % w / 2) as u8, (i / w / 2) as u8, ((i % w + i / w) / 4) as u8]).collect();
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_size(w as usize, h as usize);
+        c.set_quality(95.0);
+        let mut c = c.start_compress(Vec::new()).unwrap();
+        c.write_scanlines(&smooth).unwrap();
+        let file = c.finish().unwrap();
+        let t = EvalTransform { resize: 96, crop: 96, ..EvalTransform::default() };
+        let reduced = decode_reduced(&file, &limits, 192).unwrap();
+        assert_eq!(reduced.dimensions(), (256, 192));
+        let (a, b) = (t.apply(&reduced), t.apply(&decode(&file, &limits).unwrap()));
+        let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        assert!(mean < 0.02, "mean abs difference {mean} (normalised units)");
     }
 
     #[test]

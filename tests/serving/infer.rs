@@ -214,3 +214,56 @@ fn fp16_weights_halve_the_file_and_keep_the_answers() {
     eprintln!("fp16 weights: {} → {} bytes, max abs logit change {worst}", full.len(), half.len());
     assert!(worst < 0.1, "max abs logit change {worst}");
 }
+
+/// A large JPEG is shrunk while it is decoded (`jpeg_reducing_gap`) and still classified as at
+/// full size: the bundled flower model on the fixture photos enlarged to about 2,000 × 1,500, with
+/// the default gap and with the gap off (full-size decode, as the reference pipeline).
+#[test]
+fn large_jpegs_shrunk_while_decoded_get_the_full_size_answer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let version: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("registry/models/flowers102/versions/00000002.json")).unwrap())
+            .unwrap();
+    let onnx = std::fs::read(root.join("registry").join(version["artifacts"][0]["path"].as_str().unwrap())).unwrap();
+    let rt = OrtRuntime::init(&OnnxRuntimeConfig::default()).unwrap();
+    let config = |gap| EngineConfig { provider: ProviderMode::Cpu, jpeg_reducing_gap: gap, ..Default::default() };
+    let (served, full) = (
+        ModelHandle::load(&rt, &onnx, "flowers", 2, &config(2.0)).unwrap(),
+        ModelHandle::load(&rt, &onnx, "flowers", 2, &config(0.0)).unwrap(),
+    );
+    let photos: Vec<_> = walk(&root.join("tests/fixtures/flowers102"));
+    assert!(photos.len() >= 8, "{photos:?}");
+    for photo in photos {
+        let small = image::open(&photo).unwrap().to_rgb8();
+        let (w, h) = (small.width() * 6, small.height() * 6);
+        let large = image::imageops::resize(&small, w, h, image::imageops::FilterType::CatmullRom);
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+        c.set_size(w as usize, h as usize);
+        c.set_quality(92.0);
+        let mut c = c.start_compress(Vec::new()).unwrap();
+        c.write_scanlines(large.as_raw()).unwrap();
+        let jpeg = c.finish().unwrap();
+        let (a, b) = (served.preprocess(&jpeg).unwrap(), full.preprocess(&jpeg).unwrap());
+        assert_ne!(a, b, "{photo:?}: the default decode shrinks a {w}×{h} JPEG");
+        let (pa, pb) = (
+            served.top_k(&served.infer_blocking(a, 1).unwrap()[0], 1),
+            full.top_k(&full.infer_blocking(b, 1).unwrap()[0], 1),
+        );
+        assert_eq!(pa[0].name, pb[0].name, "{photo:?}");
+        assert!((pa[0].probability - pb[0].probability).abs() < 0.05, "{photo:?}: {pa:?} vs {pb:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.extension().is_some_and(|x| x == "jpg") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
