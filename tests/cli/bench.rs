@@ -120,3 +120,28 @@ fn bench_train_measures_every_row_for_each_run() {
         }
     }
 }
+
+#[test]
+fn bench_preprocess_measures_each_step_of_both_stacks_for_each_image() {
+    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flowers102/rose/image_01147.jpg");
+    let png = tools().join("testdata/chelsea.png");
+    let r = json_of(
+        petal().args(["bench", "preprocess", "--seconds", "0.05", "--python", python().to_str().unwrap()]).args([
+            "--image".as_ref(),
+            photo.as_os_str(),
+            "--image".as_ref(),
+            png.as_os_str(),
+        ]),
+    );
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{r}");
+    assert_eq!((rows[1]["width"].as_u64(), rows[1]["height"].as_u64()), (Some(451), Some(300)));
+    for row in rows {
+        for stack in ["petal", "petal_served", "reference"] {
+            for step in ["decode_ms", "resize_crop_ms", "normalise_ms", "total_ms"] {
+                positive(&row[stack][step], &format!("{stack}.{step}"));
+            }
+        }
+    }
+    assert!(r["reference_versions"].as_str().unwrap().contains("Pillow"), "{r}");
+}

@@ -1,8 +1,10 @@
 //! Benchmarks, each against its reference measured in the same run: `infer` (onnxruntime's
-//! Python `session.run`), `batch` (the same and PyTorch eager, at fixed batch sizes) and `train`
-//! (the reference experiment's torchvision + DataLoader stack).
+//! Python `session.run`), `preprocess` (PIL + torchvision's eval transform), `batch` (the same
+//! and PyTorch eager, at fixed batch sizes) and `train` (the reference experiment's torchvision +
+//! DataLoader stack).
 pub mod batch;
 pub mod infer;
+pub mod preprocess;
 pub mod train;
 
 pub use infer::{infer, InferBench, InferReport};
@@ -87,6 +89,20 @@ pub enum BenchCommand {
         #[command(flatten)]
         engine: EngineBenchArgs,
     },
+    /// Decode, resize and normalise per image on one thread: petal vs PIL + torchvision.
+    Preprocess {
+        /// Images to measure (JPEG, PNG or WebP).
+        #[arg(long = "image", value_name = "FILE", required = true)]
+        images: Vec<PathBuf>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// The Python with torch, torchvision and Pillow.
+        #[arg(long, env = "PETAL_PYTHON", default_value = ".venv/bin/python")]
+        python: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Images/s at fixed batch sizes: petal's engine vs Python onnxruntime and PyTorch eager.
     Batch {
         /// A model exported by `petal export` …
@@ -144,6 +160,10 @@ pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
             };
             let r = infer(&b)?;
             show(&r, engine.json, r.to_text());
+        }
+        BenchCommand::Preprocess { images, seconds, python, json } => {
+            let r = preprocess::preprocess(&images, seconds, &python)?;
+            show(&r, json, r.to_text());
         }
         BenchCommand::Batch { onnx, arch, batches, seconds, engine } => {
             let model = match (onnx, arch) {
