@@ -11,14 +11,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 secs="${1:-60}"
 clients="${2:-64}"
-OHA_VERSION=1.16.0
 
 bash scripts/setup.sh
-if ! [ -x tools/bin/oha ] || [ "$(cat tools/.oha-stamp 2>/dev/null)" != "$OHA_VERSION" ]; then
-  echo "installing oha $OHA_VERSION into tools/ (a few minutes the first time)"
-  cargo install --quiet --locked "oha@$OHA_VERSION" --root tools
-  printf '%s' "$OHA_VERSION" > tools/.oha-stamp
-fi
+# shellcheck source=scripts/oha.sh
+source scripts/oha.sh
+ensure_oha
 scripts/env.sh cargo build --release --quiet
 
 work="$(mktemp -d)"
