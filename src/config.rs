@@ -456,7 +456,9 @@ impl Default for WeightsConfig {
 pub struct OnnxRuntimeConfig {
     /// Path of `libonnxruntime.so`; when unset, `ORT_DYLIB_PATH` is used.
     pub library: Option<PathBuf>,
-    /// Threads inside one operator; 0 lets onnxruntime decide.
+    /// Threads inside one operator. 0: one per CPU this process may use where that is fewer than
+    /// the machine's (a container's CPU quota or an affinity mask, which onnxruntime does not see),
+    /// else onnxruntime's choice (one per physical core).
     pub intra_threads: usize,
     /// Whether onnxruntime's intra-op threads spin while they wait for work (onnxruntime's own
     /// default, and petal's). On a node of its own, spinning answered 40 % more images/s here;

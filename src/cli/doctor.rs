@@ -41,6 +41,11 @@ pub struct OrtInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub providers: Vec<ProviderStatus>,
+    /// Threads per operator (0: onnxruntime's choice), and whether they spin between runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intra_threads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spinning: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,6 +80,8 @@ pub fn report(config: &Config) -> Report {
                 library: Some(rt.library.display().to_string()),
                 error: None,
                 providers,
+                intra_threads: Some(rt.intra_threads),
+                spinning: Some(rt.spinning),
             }
         }
         Err(e) => {
@@ -85,6 +92,8 @@ pub fn report(config: &Config) -> Report {
                 library: config.onnxruntime.library_path().map(|p| p.display().to_string()),
                 error: Some(e.message),
                 providers: Vec::new(),
+                intra_threads: None,
+                spinning: None,
             }
         }
     };
@@ -136,6 +145,10 @@ impl Report {
             (Some(v), _) => s += &format!("onnxruntime  {v} at {}\n", o.library.as_deref().unwrap_or("?")),
             (None, Some(e)) => s += &format!("onnxruntime  NOT LOADED: {e}\n"),
             (None, None) => s += "onnxruntime  NOT LOADED\n",
+        }
+        if let (Some(n), Some(spin)) = (o.intra_threads, o.spinning) {
+            let n = if n == 0 { "onnxruntime's choice".to_string() } else { n.to_string() };
+            s += &format!("  intra-op threads {n}, spinning {}\n", if spin { "on" } else { "off" });
         }
         for p in &o.providers {
             s += &format!(

@@ -62,7 +62,7 @@ impl OrtRuntime {
         let rt = Arc::new(OrtRuntime {
             library,
             version,
-            intra_threads: config.intra_threads,
+            intra_threads: intra_threads(config.intra_threads, allowed_cpus(), online_cpus()),
             spinning: config.spinning,
             environment,
         });
@@ -131,6 +131,36 @@ impl OrtRuntime {
     }
 }
 
+/// Threads for one session's operators: the configured number; else, where this process may use
+/// fewer CPUs than the machine has online (a container's CPU quota, an affinity mask), that many —
+/// onnxruntime would count the machine's cores, and a pod limited to 4 CPUs on a 64-core node
+/// would run 64 threads; else 0, onnxruntime's own choice (one per physical core).
+fn intra_threads(configured: usize, allowed: Option<usize>, online: Option<usize>) -> usize {
+    match (configured, allowed, online) {
+        (n, _, _) if n > 0 => n,
+        (_, Some(a), Some(o)) if a < o => a,
+        _ => 0,
+    }
+}
+
+/// The CPUs this process may use: Rust's count honours cgroup quotas and the affinity mask.
+fn allowed_cpus() -> Option<usize> {
+    std::thread::available_parallelism().ok().map(|n| n.get())
+}
+
+/// The machine's online CPUs (`/sys/devices/system/cpu/online`, e.g. `0-63` or `0-3,8-11`).
+fn online_cpus() -> Option<usize> {
+    parse_cpu_list(std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?.trim())
+}
+
+fn parse_cpu_list(list: &str) -> Option<usize> {
+    list.split(',').try_fold(0usize, |total, part| {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (b >= a).then(|| total + b - a + 1)
+    })
+}
+
 fn check_file(library: &Path) -> Result<()> {
     match std::fs::metadata(library) {
         Ok(m) if m.is_file() => Ok(()),
@@ -174,6 +204,18 @@ mod tests {
         assert_eq!(version_from_info("nothing"), None);
         assert_eq!(version_from_file_name(Path::new("/x/libonnxruntime.so.1.31.1")).as_deref(), Some("1.31.1"));
         assert_eq!(version_from_file_name(Path::new("/x/libonnxruntime.so")), None);
+    }
+
+    #[test]
+    fn operators_get_the_cpus_a_container_allows() {
+        assert_eq!(parse_cpu_list("0-63"), Some(64));
+        assert_eq!(parse_cpu_list("0-3,8-11"), Some(8));
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(intra_threads(3, Some(4), Some(64)), 3, "configured wins");
+        assert_eq!(intra_threads(0, Some(4), Some(64)), 4, "a quota of 4 CPUs on a 64-CPU node");
+        assert_eq!(intra_threads(0, Some(64), Some(64)), 0, "the whole machine: onnxruntime's choice");
+        assert_eq!(intra_threads(0, None, Some(64)), 0);
     }
 
     #[test]

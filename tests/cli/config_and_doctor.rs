@@ -109,6 +109,41 @@ fn doctor_reports_the_real_stack() {
     assert_eq!(report["libtorch"]["cuda_available"], tch::Cuda::is_available());
     assert_eq!(report["libtorch"]["cuda_library_loaded"], true, "build.rs force-links libtorch_cuda.so");
     assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["onnxruntime"]["spinning"], true, "onnxruntime's default");
+}
+
+/// onnxruntime counts the machine's cores; petal gives its operators the CPUs the process may use
+/// (here an affinity mask of one CPU, as a container's quota would allow fewer).
+#[test]
+fn onnxruntime_threads_follow_the_cpus_the_process_may_use() {
+    let allowed = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let doctor = |cmd: &mut std::process::Command| -> serde_json::Value {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let petal_bin = common::petal_bin();
+    let pinned = doctor(
+        std::process::Command::new("taskset")
+            .args(["-c", "0", petal_bin, "doctor", "--json"])
+            .env_remove("PETAL__ONNXRUNTIME__INTRA_THREADS"),
+    );
+    if allowed > 1 {
+        assert_eq!(pinned["onnxruntime"]["intra_threads"], 1, "{pinned}");
+    }
+    // Unrestricted: onnxruntime's choice (0), or this test's own quota where it runs under one.
+    let whole = doctor(petal().args(["doctor", "--json"]))["onnxruntime"]["intra_threads"].as_u64();
+    assert!(whole == Some(0) || whole == Some(allowed as u64), "{whole:?}");
+    let set = doctor(
+        petal()
+            .args(["doctor", "--json"])
+            .env("PETAL__ONNXRUNTIME__INTRA_THREADS", "3")
+            .env("PETAL__ONNXRUNTIME__SPINNING", "false"),
+    );
+    assert_eq!(
+        (set["onnxruntime"]["intra_threads"].as_u64(), set["onnxruntime"]["spinning"].as_bool()),
+        (Some(3), Some(false))
+    );
 }
 
 #[test]
