@@ -45,7 +45,7 @@ COPY csrc csrc
 COPY proto proto
 # registry/catalog/*.json and scripts/bench_*.py are compiled in (include_str!).
 COPY registry registry
-COPY scripts/bench_train.py scripts/bench_ort.py scripts/bench_batch.py scripts/
+COPY scripts/bench_train.py scripts/bench_ort.py scripts/bench_batch.py scripts/bench_preprocess.py scripts/
 COPY src src
 RUN cargo build --release --locked
 
