@@ -609,6 +609,9 @@ mod tests {
         let whole = jpeg(mozjpeg::ColorSpace::JCS_RGB, 3);
         for (min, size) in [(0, (64, 48)), (6, (8, 6)), (12, (16, 12)), (13, (32, 24)), (25, (64, 48))] {
             assert_eq!(decode_reduced(&whole, &limits, min).unwrap().dimensions(), size, "at least {min}");
+            // Shrunk or not, a truncated file is refused.
+            let cut = decode_reduced(&whole[..whole.len() - 2], &limits, min).unwrap_err();
+            assert_eq!(cut.code, ErrorCode::UndecodableImage, "at least {min}: {}", cut.message);
         }
         // A smooth picture looks the same shrunk by the decoder or after it.
         let (w, h) = (512u32, 384u32);
