@@ -189,10 +189,9 @@ impl ModelHandle {
     /// Decodes and transforms one image for this model (a large JPEG shrunk while it is decoded,
     /// per `jpeg_reducing_gap`).
     pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>> {
-        let gap = self.config.jpeg_reducing_gap;
-        let min_shorter = (f64::from(self.info.transform.resize) * gap).ceil() as u32;
-        let img = decode_reduced(bytes, &self.config.decode, min_shorter)?;
-        Ok(self.info.transform.apply(&img))
+        let t = &self.info.transform;
+        let img = decode_reduced(bytes, &self.config.decode, t.min_decoded_shorter(self.config.jpeg_reducing_gap))?;
+        Ok(t.apply(&img))
     }
 
     /// Admits one request of `images` images, or refuses it with 429 when `queue_capacity`

@@ -426,6 +426,13 @@ impl EvalTransform {
         }
     }
 
+    /// The shorter side a JPEG may be shrunk to while it is decoded for this transform, with
+    /// `reducing_gap` (`inference.engine.jpeg_reducing_gap`) times the resize kept: the
+    /// `min_shorter` of `decode_reduced`; 0 (never shrink) when the gap is 0.
+    pub fn min_decoded_shorter(&self, reducing_gap: f64) -> u32 {
+        (f64::from(self.resize) * reducing_gap).ceil() as u32
+    }
+
     /// Resizes so the shorter side is `resize`. Its cost is that of the resized image: use it
     /// only where that is bounded (shrinking); `resize_crop` computes just the centre crop.
     pub fn resize_shorter(&self, img: &RgbImage) -> RgbImage {
@@ -590,10 +597,24 @@ mod tests {
     fn jpeg(color_space: mozjpeg::ColorSpace, components: usize) -> Vec<u8> {
         let (w, h) = (64, 48);
         let pixels: Vec<u8> = (0..w * h * components).map(|i| ((i * 7) ^ (i / 97)) as u8).collect();
+        encode(color_space, (w, h), &pixels, None)
+    }
+
+    /// `pixels` (`w`×`h`, the colour space's components each) as a JPEG, at libjpeg's default
+    /// quality unless one is given.
+    fn encode(
+        color_space: mozjpeg::ColorSpace,
+        (w, h): (usize, usize),
+        pixels: &[u8],
+        quality: Option<f32>,
+    ) -> Vec<u8> {
         let mut c = mozjpeg::Compress::new(color_space);
         c.set_size(w, h);
+        if let Some(q) = quality {
+            c.set_quality(q);
+        }
         let mut c = c.start_compress(Vec::new()).unwrap();
-        c.write_scanlines(&pixels).unwrap();
+        c.write_scanlines(pixels).unwrap();
         c.finish().unwrap()
     }
 
@@ -617,14 +638,11 @@ mod tests {
         let (w, h) = (512u32, 384u32);
         let smooth: Vec<u8> =
             (0..w * h).flat_map(|i| [(i % w / 2) as u8, (i / w / 2) as u8, ((i % w + i / w) / 4) as u8]).collect();
-        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
-        c.set_size(w as usize, h as usize);
-        c.set_quality(95.0);
-        let mut c = c.start_compress(Vec::new()).unwrap();
-        c.write_scanlines(&smooth).unwrap();
-        let file = c.finish().unwrap();
+        let file = encode(mozjpeg::ColorSpace::JCS_RGB, (w as usize, h as usize), &smooth, Some(95.0));
         let t = EvalTransform { resize: 96, crop: 96, ..EvalTransform::default() };
-        let reduced = decode_reduced(&file, &limits, 192).unwrap();
+        assert_eq!(t.min_decoded_shorter(2.0), 192);
+        assert_eq!(t.min_decoded_shorter(0.0), 0, "gap 0: never shrunk");
+        let reduced = decode_reduced(&file, &limits, t.min_decoded_shorter(2.0)).unwrap();
         assert_eq!(reduced.dimensions(), (256, 192));
         let (a, b) = (t.apply(&reduced), t.apply(&decode(&file, &limits).unwrap()));
         let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;

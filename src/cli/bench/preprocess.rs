@@ -11,7 +11,7 @@ use crate::cli::bench::python_reference;
 use crate::config::{DecodeLimits, EngineConfig};
 use crate::error::{Error, Result};
 use crate::foundation::files;
-use crate::vision::{decode, decode_reduced, EvalTransform};
+use crate::vision::{decode_reduced, probe, EvalTransform};
 
 const PY_BENCH: &str = include_str!("../../../scripts/bench_preprocess.py");
 
@@ -84,14 +84,14 @@ fn steps(seconds: f64, bytes: &[u8], limits: &DecodeLimits, t: &EvalTransform, m
 pub fn preprocess(images: &[PathBuf], seconds: f64, python: &Path) -> Result<PreprocessReport> {
     let engine = EngineConfig::default();
     let t = EvalTransform::default();
-    let served_min = (f64::from(t.resize) * engine.jpeg_reducing_gap).ceil() as u32;
+    let served_min = t.min_decoded_shorter(engine.jpeg_reducing_gap);
     let dir = files::temp_dir()?;
     let args = std::iter::once(seconds.to_string().into()).chain(images.iter().map(|p| p.clone().into_os_string()));
     let py = python_reference(python, dir.path(), "bench_preprocess.py", PY_BENCH, args)?;
     let mut rows = Vec::new();
     for (i, path) in images.iter().enumerate() {
         let bytes = files::read(path)?;
-        let (width, height) = decode(&bytes, &engine.decode)?.dimensions();
+        let (width, height) = probe(&bytes, &engine.decode)?;
         let r = &py["images"][i];
         let get = |k: &str| r[k].as_f64().ok_or_else(|| Error::internal(format!("the reference gave no {k}")));
         rows.push(ImageRow {
