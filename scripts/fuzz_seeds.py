@@ -43,6 +43,9 @@ put("image", "rgb.jpg", encoded(shape(1), "JPEG", quality=80))
 put("image", "progressive.jpg", encoded(shape(2), "JPEG", quality=70, progressive=True))
 put("image", "gray.jpg", encoded(shape(0, mode="L"), "JPEG"))
 put("image", "cmyk.jpg", encoded(shape(1, mode="CMYK"), "JPEG"))
+# Large enough (shorter side over 4 x the target's resize of 32) to be shrunk while decoded.
+put("image", "large.jpg", encoded(shape(0, size=136), "JPEG", quality=80))
+put("image", "large-progressive.jpg", encoded(shape(2, size=136), "JPEG", quality=70, progressive=True))
 put("image", "lossy.webp", encoded(shape(2), "WEBP", quality=60))
 put("image", "lossless.webp", encoded(shape(0, mode="RGBA"), "WEBP", lossless=True))
 frames = [shape(k) for k in range(3)]

@@ -41,11 +41,15 @@ pub fn ingest(data: &[u8]) {
 pub fn image(data: &[u8]) {
     // No aspect-ratio limit: the transform of any shape must cost what its crop costs.
     let limits = DecodeLimits { max_pixels: 1 << 22, max_side: 8192, max_aspect_ratio: 0 };
-    if let Ok(img) = petal::vision::decode(data, &limits) {
-        let eval = small_eval();
-        let out = eval.apply(&img);
-        assert_eq!(out.len(), 3 * 24 * 24);
-        assert!(out.iter().all(|x| x.is_finite()));
+    let eval = small_eval();
+    // At full size, and as the server decodes it (a JPEG over 4 × 32 px on its shorter side
+    // shrunk while decoded, the default reducing gap of 2).
+    for min_shorter in [0, eval.min_decoded_shorter(2.0)] {
+        if let Ok(img) = petal::vision::decode_reduced(data, &limits, min_shorter) {
+            let out = eval.apply(&img);
+            assert_eq!(out.len(), 3 * 24 * 24);
+            assert!(out.iter().all(|x| x.is_finite()));
+        }
     }
 }
 

@@ -59,6 +59,13 @@ fn image() {
             continue;
         }
         let img = decoded.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if path.file_name().unwrap().to_string_lossy().starts_with("large") {
+            // The seeds that take the target's shrunk-while-decoded path: 136 px, halved to 68.
+            assert_eq!(img.dimensions(), (136, 136), "{}", path.display());
+            let shrunk = petal::vision::decode_reduced(&data, &Default::default(), 64).unwrap();
+            assert_eq!(shrunk.dimensions(), (68, 68), "{}", path.display());
+            continue;
+        }
         assert_eq!(img.dimensions(), (16, 16), "{}", path.display());
     }
 }
