@@ -4,7 +4,8 @@
 //! 2. force-links `libtorch_cuda.so` when it exists, because `--as-needed` would otherwise drop it
 //!    and `tch::Cuda::is_available()` would be false even on a GPU host (tch-rs #907, #980);
 //! 3. records the libtorch version and git commit for `petal doctor` and provenance records;
-//! 4. compiles csrc/optim.cpp (fused Adam and AMP kernels, which tch does not bind).
+//! 4. compiles csrc/: optim.cpp (fused Adam and AMP kernels, which tch does not bind) and
+//!    tensor_cache.cpp (the caching CPU allocator training uses).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -51,20 +52,21 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=PETAL_LIBTORCH_BUILD_VERSION={version}");
 
-    // The multi-tensor Adam / AMP shim (csrc/optim.cpp), compiled against the same libtorch's
-    // headers with its C++ ABI.
+    // The C++ shims (csrc/), compiled against the same libtorch's headers with its C++ ABI.
     println!("cargo:rerun-if-changed=csrc/optim.cpp");
+    println!("cargo:rerun-if-changed=csrc/tensor_cache.cpp");
     let abi = cxx11_abi().unwrap_or(1);
     cc::Build::new()
         .cpp(true)
         .file("csrc/optim.cpp")
+        .file("csrc/tensor_cache.cpp")
         .include(dir.join("include"))
         .include(dir.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag_if_supported("-Wno-unused-parameter")
         .warnings(false)
-        .compile("petal_optim");
+        .compile("petal_csrc");
 
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])

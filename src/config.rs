@@ -90,6 +90,12 @@ pub struct JobsConfig {
     /// that time gets the job the first request created (then `petal registry gc` and the
     /// server's retention task remove the record).
     pub idempotency_ttl_s: u64,
+    /// Bytes of freed tensors (of 256 KiB and more) training keeps to reuse in the next step
+    /// instead of returning them to the kernel and faulting them in again. Never more held plus
+    /// in use than 1.5× what the run itself had in use at once; everything is freed when the
+    /// run ends.
+    /// 0: off (libtorch's default allocator behaviour).
+    pub tensor_cache_bytes: u64,
 }
 
 impl Default for JobsConfig {
@@ -114,6 +120,7 @@ impl Default for JobsConfig {
             max_check_bytes: 16 << 30,
             checkpoint_max_bytes: 1 << 30,
             idempotency_ttl_s: 86_400,
+            tensor_cache_bytes: crate::train::tensor_cache::DEFAULT_BYTES,
         }
     }
 }

@@ -94,6 +94,7 @@ impl Cli {
             }
         };
         crate::telemetry::init(&config.log);
+        crate::train::tensor_cache::set_limit(config.jobs.tensor_cache_bytes);
         self.command.run(config)
     }
 }

@@ -10,5 +10,6 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod recipe;
+pub mod tensor_cache;
 pub mod trainer;
 pub mod weights;

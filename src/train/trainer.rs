@@ -27,6 +27,7 @@ use crate::train::loader::{batch_slices, load_batches, mix};
 use crate::train::model::Model;
 use crate::train::optim::{Adam, LossScaler};
 use crate::train::recipe::{self, EarlyStop, Recipe};
+use crate::train::tensor_cache;
 
 /// Progress, as it happens.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -204,6 +205,8 @@ pub fn train(
         return Err(Error::invalid_request("batch_size must be at least 1"));
     }
     let started = Instant::now();
+    // Freed tensors kept for the next step instead of faulted in again (bounded; freed at the end).
+    let _cache = tensor_cache::session();
     let device = ctx.device;
     let cuda = device.is_cuda();
     if cuda {
@@ -986,6 +989,7 @@ pub fn bare_step_rate(
     mixed: bool,
     channels_last: bool,
 ) -> Result<BareStep> {
+    let _cache = tensor_cache::session();
     tch::manual_seed(0);
     let model = Model::new(arch.network(classes), device);
     if channels_last {

@@ -92,7 +92,7 @@ fn bench_infer_measures_every_column() {
 }
 
 /// `petal bench train` measures every row against the reference stack, for each run, with the
-/// bare step's parts on both sides.
+/// bare step's parts on both sides and how petal's tensor cache served its steps.
 #[test]
 fn bench_train_measures_every_row_for_each_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,6 +118,9 @@ fn bench_train_measures_every_row_for_each_run() {
             positive(&r["petal_step_parts"][i], "a part of petal's step");
             positive(&r["reference"]["step_parts"][i], "a part of the reference's step");
         }
+        // The steps after the first reuse the tensors the one before freed.
+        let cache = &r["petal_tensor_cache"];
+        assert!(cache[0].as_u64().unwrap() > 0 && cache[3].as_u64().unwrap() > 0, "tensor cache: {cache}");
     }
 }
 

@@ -17,6 +17,7 @@ use crate::foundation::files;
 use crate::train::arch::Arch;
 use crate::train::augment;
 use crate::train::recipe::Recipe;
+use crate::train::tensor_cache;
 use crate::train::trainer::{self, Context};
 
 const PY_BENCH: &str = include_str!("../../../scripts/bench_train.py");
@@ -66,6 +67,8 @@ pub struct TrainReport {
     pub petal_bare_step: f64,
     /// Seconds per bare step in forward (with the loss), backward and the optimiser.
     pub petal_step_parts: [f64; 3],
+    /// The tensor cache over the bare steps: hits, misses, evictions, most bytes in use at once.
+    pub petal_tensor_cache: [u64; 4],
     /// A steady epoch (the second) of phase 2 through petal's trainer.
     pub petal_end_to_end: f64,
 }
@@ -124,6 +127,7 @@ fn train_once(b: &TrainBench) -> Result<TrainReport> {
     let petal_pipeline_all_threads = trainer::pipeline_rate(&recipe, &data.train[..n])?;
 
     let size = i64::from(eval.crop);
+    let cache_before = tensor_cache::stats();
     let step = trainer::bare_step_rate(
         b.arch,
         classes as i64,
@@ -134,6 +138,7 @@ fn train_once(b: &TrainBench) -> Result<TrainReport> {
         b.mixed,
         b.channels_last,
     )?;
+    let cache_after = tensor_cache::stats();
     let cancel = AtomicBool::new(false);
     let mut quiet = |_: &trainer::Event| {};
     let mut ctx = Context::new(b.device, &cancel, &mut quiet);
@@ -152,6 +157,12 @@ fn train_once(b: &TrainBench) -> Result<TrainReport> {
         petal_pipeline_all_threads,
         petal_bare_step: step.images_per_s,
         petal_step_parts: [step.forward_s, step.backward_s, step.optimizer_s],
+        petal_tensor_cache: [
+            cache_after.hits - cache_before.hits,
+            cache_after.misses - cache_before.misses,
+            cache_after.evictions - cache_before.evictions,
+            cache_after.high_water_bytes,
+        ],
         petal_end_to_end,
     })
 }
@@ -210,6 +221,14 @@ impl TrainRuns {
         s += &format!(
             "bare step, ms (median): forward {:.1} / {:.1}, backward {:.1} / {:.1}, optimizer {:.1} / {:.1} (reference / petal)\n",
             reference[0], petal[0], reference[1], petal[1], reference[2], petal[2]
+        );
+        let cache = |i: usize| median(self.runs.iter().map(|r| r.petal_tensor_cache[i] as f64));
+        s += &format!(
+            "petal's tensor cache over the bare steps (median): {:.0} hits, {:.0} misses, {:.0} evictions, {:.0} MiB in use at most\n",
+            cache(0),
+            cache(1),
+            cache(2),
+            cache(3) / (1 << 20) as f64
         );
         s += &format!(
             "petal end-to-end / petal bare step: {:.2}×; reference end-to-end / its bare step: {:.2}×\n",
