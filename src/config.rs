@@ -120,7 +120,7 @@ impl Default for JobsConfig {
             max_check_bytes: 16 << 30,
             checkpoint_max_bytes: 1 << 30,
             idempotency_ttl_s: 86_400,
-            tensor_cache_bytes: crate::train::tensor_cache::DEFAULT_BYTES,
+            tensor_cache_bytes: 8 << 30,
         }
     }
 }

@@ -16,12 +16,11 @@ extern "C" {
     fn petal_tensor_cache_stats(out: *mut u64);
 }
 
-/// `jobs.tensor_cache_bytes`'s default.
-pub const DEFAULT_BYTES: u64 = 8 << 30;
 /// Smaller tensors go straight to malloc, which keeps them in its own heap without faults.
 const MIN_BYTES: u64 = 256 << 10;
 
-static LIMIT: AtomicU64 = AtomicU64::new(DEFAULT_BYTES);
+/// Until `set_limit` is called: 8 GiB, `jobs.tensor_cache_bytes`'s default.
+static LIMIT: AtomicU64 = AtomicU64::new(8 << 30);
 /// Training runs in progress.
 static ACTIVE: Mutex<usize> = Mutex::new(0);
 
@@ -184,7 +183,7 @@ mod tests {
         assert!(stats().held_bytes > 0, "one run still trains");
         drop(second);
         assert_eq!(stats().held_bytes, 0);
-        set_limit(DEFAULT_BYTES);
+        set_limit(8 << 30);
     }
 
     /// A few training steps of a real backbone; every variable after them.
@@ -214,7 +213,7 @@ mod tests {
             let _run = session();
             train_a_little()
         };
-        set_limit(DEFAULT_BYTES);
+        set_limit(8 << 30);
         let before = stats();
         let with = {
             let _run = session();
