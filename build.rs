@@ -4,8 +4,9 @@
 //! 2. force-links `libtorch_cuda.so` when it exists, because `--as-needed` would otherwise drop it
 //!    and `tch::Cuda::is_available()` would be false even on a GPU host (tch-rs #907, #980);
 //! 3. records the libtorch version and git commit for `petal doctor` and provenance records;
-//! 4. compiles csrc/: optim.cpp (fused Adam and AMP kernels, which tch does not bind) and
-//!    tensor_cache.cpp (the caching CPU allocator training uses).
+//! 4. compiles csrc/: optim.cpp (fused Adam and AMP kernels, which tch does not bind),
+//!    tensor_cache.cpp (the caching CPU allocator training uses) and cpu_autocast.cpp (bf16
+//!    autocast on the CPU, which tch's `autocast` leaves off).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -55,11 +56,13 @@ fn main() {
     // The C++ shims (csrc/), compiled against the same libtorch's headers with its C++ ABI.
     println!("cargo:rerun-if-changed=csrc/optim.cpp");
     println!("cargo:rerun-if-changed=csrc/tensor_cache.cpp");
+    println!("cargo:rerun-if-changed=csrc/cpu_autocast.cpp");
     let abi = cxx11_abi().unwrap_or(1);
     cc::Build::new()
         .cpp(true)
         .file("csrc/optim.cpp")
         .file("csrc/tensor_cache.cpp")
+        .file("csrc/cpu_autocast.cpp")
         .include(dir.join("include"))
         .include(dir.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

@@ -140,6 +140,7 @@ impl Report {
             t.cudnn_version.map(|v| format!(" (version {v})")).unwrap_or_default()
         );
         s += &format!("  cpu threads {}\n", t.cpu_threads);
+        s += &format!("  cpu amx-bf16 {} (CPU training of dense backbones in bfloat16)\n", yes(t.cpu_amx_bf16));
         let o = &self.onnxruntime;
         match (&o.version, &o.error) {
             (Some(v), _) => s += &format!("onnxruntime  {v} at {}\n", o.library.as_deref().unwrap_or("?")),

@@ -185,6 +185,18 @@ impl Network {
         out
     }
 
+    /// Whether any convolution is grouped (depthwise in MobileNetV2 and EfficientNet-B0).
+    pub fn has_grouped_convolutions(&self) -> bool {
+        fn any(ops: &[Op]) -> bool {
+            ops.iter().any(|op| match op {
+                Op::Conv { groups, .. } => *groups > 1,
+                Op::Residual { body, shortcut, .. } => any(body) || any(shortcut),
+                _ => false,
+            })
+        }
+        any(&self.body)
+    }
+
     /// Names of the layers that are new when pretrained weights are loaded (the head).
     pub fn new_layers(&self) -> Vec<String> {
         vec![self.head_name.clone()]

@@ -24,6 +24,9 @@ pub struct TorchInfo {
     pub cudnn_version: Option<i64>,
     /// Threads libtorch uses for CPU work.
     pub cpu_threads: i32,
+    /// The CPU has AMX-BF16 units this process may use: CPU training of dense backbones then
+    /// defaults to bfloat16 mixed precision (`train::precision`).
+    pub cpu_amx_bf16: bool,
 }
 
 /// Inspects the loaded libtorch. Cheap; safe on hosts without a GPU.
@@ -49,6 +52,7 @@ pub fn torch_info() -> TorchInfo {
         cudnn_available,
         cudnn_version: cudnn_available.then(tch::utils::version_cudnn),
         cpu_threads: tch::get_num_threads(),
+        cpu_amx_bf16: crate::train::precision::cpu_amx_bf16(),
     }
 }
 
@@ -74,6 +78,7 @@ pub fn hardware(device: tch::Device) -> serde_json::Value {
         "cudnn_version": info.cudnn_version,
         "libtorch": info.version,
         "torch_threads": info.cpu_threads,
+        "cpu_amx_bf16": info.cpu_amx_bf16,
     })
 }
 

@@ -19,6 +19,7 @@ use crate::train::arch::Arch;
 use crate::train::catalog::Catalog;
 use crate::train::checkpoint::CheckpointStore;
 use crate::train::plot;
+use crate::train::precision::Precision;
 use crate::train::recipe::Recipe;
 use crate::train::trainer::{self, Context, EpochMetrics, Event, PhaseEnd, Trained};
 use crate::train::weights::{self, store::WeightStore};
@@ -96,6 +97,10 @@ pub struct BackboneResult {
     /// How each phase ended: completed, or stopped early and why.
     #[serde(default)]
     pub phases: Vec<PhaseEnd>,
+    /// The number format it trained in: `float32`, or mixed precision (`float16` with loss
+    /// scaling on CUDA, `bfloat16` on the CPU); absent in runs recorded before petal said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// Files written for it, relative to the output folder.
     pub checkpoint: String,
     pub metrics: String,
@@ -241,6 +246,7 @@ fn write_backbone(
         seconds: t.seconds,
         epochs: t.epochs.clone(),
         phases: t.phases.clone(),
+        precision: Some(t.precision),
         checkpoint: format!("{name}/checkpoint.safetensors"),
         metrics: format!("{name}/metrics.json"),
         curves: format!("{name}/curves.png"),

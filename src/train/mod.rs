@@ -9,6 +9,7 @@ pub mod loader;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod precision;
 pub mod recipe;
 pub mod tensor_cache;
 pub mod trainer;

@@ -284,7 +284,10 @@ pub struct Recipe {
     pub eval_train: bool,
     /// Seeds weight init of the head, shuffling and augmentation.
     pub seed: u64,
-    /// Mixed precision (fp16 autocast with dynamic loss scaling) on CUDA; `None` = on when CUDA.
+    /// Mixed precision: float16 autocast with dynamic loss scaling on CUDA, bfloat16 autocast on
+    /// the CPU (float32 weights and optimiser either way). `None` = on with CUDA, and on the CPU
+    /// for backbones without grouped convolutions where the CPU has AMX-BF16 (ResNet50 trains 4×
+    /// faster there, MobileNetV2 slower: BENCHMARKS.md).
     pub mixed_precision: Option<bool>,
     /// channels_last memory format (NHWC strides for inputs and convolution weights); `None` = on,
     /// on the CPU too: oneDNN's NHWC convolutions made a training step 15–25 % faster for

@@ -26,6 +26,7 @@ use crate::train::checkpoint::{self, BestSoFar, CheckpointStore, EpochSums, Posi
 use crate::train::loader::{batch_slices, load_batches, mix};
 use crate::train::model::Model;
 use crate::train::optim::{Adam, LossScaler};
+use crate::train::precision::Precision;
 use crate::train::recipe::{self, EarlyStop, Recipe};
 use crate::train::tensor_cache;
 
@@ -122,6 +123,7 @@ pub struct Trained {
     pub epochs: Vec<EpochMetrics>,
     /// How each phase that ran ended.
     pub phases: Vec<PhaseEnd>,
+    pub precision: Precision,
     pub seconds: f64,
 }
 
@@ -235,7 +237,7 @@ pub fn train(
         recipe,
         dataset,
         step: StepOptions {
-            mixed: recipe.mixed_precision.unwrap_or(cuda) && cuda,
+            precision: Precision::choose(recipe.mixed_precision, device, arch),
             channels_last,
             class_weights,
             label_smoothing: recipe.label_smoothing,
@@ -280,6 +282,7 @@ pub fn train(
         best_epoch: best.at,
         epochs: run.epochs,
         phases: run.phases,
+        precision: run.step.precision,
         seconds,
     })
 }
@@ -779,12 +782,12 @@ impl Run<'_> {
     fn evaluate(&self, model: &Model, samples: &[Sample], ctx: &mut Context) -> Result<(f64, f64)> {
         let order: Vec<usize> = (0..samples.len()).collect();
         let (mut loss_sum, mut correct) = (0.0, 0i64);
-        let (mixed, channels_last) = (self.step.mixed, self.step.channels_last);
+        let (precision, channels_last) = (self.step.precision, self.step.channels_last);
         tch::no_grad(|| {
             load_batches(self.recipe, samples, (&order, 0), None, ctx.device, |_, x, y| {
                 ctx.check_cancel()?;
                 let x = if channels_last { nhwc(&x) } else { x };
-                let logits = tch::autocast(mixed, || model.forward(&x, false)).to_kind(Kind::Float);
+                let logits = precision.autocast(|| model.forward(&x, false)).to_kind(Kind::Float);
                 loss_sum +=
                     logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0).double_value(&[]);
                 correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
@@ -805,7 +808,7 @@ impl Run<'_> {
                 load_batches(self.recipe, samples, (&order, 0), None, ctx.device, |s, x, y| {
                     ctx.check_cancel()?;
                     let x = if self.step.channels_last { nhwc(&x) } else { x };
-                    feats.push(tch::autocast(self.step.mixed, || model.features(&x, false)).to_kind(Kind::Float));
+                    feats.push(self.step.precision.autocast(|| model.features(&x, false)).to_kind(Kind::Float));
                     labels.push(y);
                     ctx.done_images += x.size()[0] as f64;
                     emit_step(
@@ -896,9 +899,9 @@ fn balanced_draws(by_class: &[Vec<usize>], n: usize, rng: &mut impl rand::Rng) -
         .collect()
 }
 
-/// How training steps run: fp16 autocast with loss scaling, channels_last, per-class loss weights.
+/// How training steps run: mixed precision, channels_last, per-class loss weights.
 struct StepOptions {
-    mixed: bool,
+    precision: Precision,
     channels_last: bool,
     class_weights: Option<Tensor>,
     label_smoothing: f64,
@@ -910,7 +913,7 @@ fn cross_entropy(logits: &Tensor, y: &Tensor, weights: Option<&Tensor>, label_sm
     logits.cross_entropy_loss(y, weights, tch::Reduction::Mean, -100, label_smoothing)
 }
 
-/// One optimiser step on a batch (training mode; fp16 autocast with loss scaling when `mixed`).
+/// One optimiser step on a batch (training mode, in `how.precision`).
 /// Returns the loss (a detached scalar, float32) and the number of correct predictions, both on
 /// the device: nothing here waits for the device unless loss scaling must check for overflow.
 fn train_step(
@@ -929,10 +932,10 @@ fn train_step(
     mark(usize::MAX);
     let x = if how.channels_last { nhwc(x) } else { x.shallow_clone() };
     adam.zero_grad();
-    let logits = tch::autocast(how.mixed, || model.forward(&x, true)).to_kind(Kind::Float);
+    let logits = how.precision.autocast(|| model.forward(&x, true)).to_kind(Kind::Float);
     let loss = cross_entropy(&logits, y, how.class_weights.as_ref(), how.label_smoothing);
     mark(0);
-    if how.mixed {
+    if how.precision.scales_loss() {
         scaler.backward(&loss);
         mark(1);
         scaler.step(adam)?;
@@ -986,7 +989,7 @@ pub fn bare_step_rate(
     size: i64,
     (warmup, steps): (usize, usize),
     device: Device,
-    mixed: bool,
+    precision: Precision,
     channels_last: bool,
 ) -> Result<BareStep> {
     let _cache = tensor_cache::session();
@@ -1000,7 +1003,7 @@ pub fn bare_step_rate(
     let mut scaler = LossScaler::new(device);
     let x = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
     let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
-    let how = StepOptions { mixed, channels_last, class_weights: None, label_smoothing: 0.0 };
+    let how = StepOptions { precision, channels_last, class_weights: None, label_smoothing: 0.0 };
     let sync = || {
         if device.is_cuda() {
             tch::Cuda::synchronize(0)

@@ -19,6 +19,7 @@ use crate::config::{Config, ProviderMode};
 use crate::error::{Error, Result};
 use crate::train::arch::Arch;
 use crate::train::device::DeviceChoice;
+use crate::train::precision::Precision;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -57,9 +58,14 @@ pub enum BenchCommand {
         workers: usize,
         #[arg(long, value_enum, default_value_t)]
         device: DeviceChoice,
-        /// fp16 autocast + loss scaling (default: on with CUDA).
+        /// Mixed precision, for both stacks: float16 autocast with loss scaling on CUDA, bfloat16
+        /// autocast on the CPU (default: petal's choice for the backbone and device).
         #[arg(long)]
         mixed: Option<bool>,
+        /// The reference's mixed precision when it should differ from petal's (e.g. `false`: the
+        /// reference notebook's float32 against petal's default).
+        #[arg(long)]
+        reference_mixed: Option<bool>,
         /// channels_last memory format, for both stacks (default: on, petal's default).
         #[arg(long)]
         channels_last: Option<bool>,
@@ -194,6 +200,7 @@ pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
             workers,
             device,
             mixed,
+            reference_mixed,
             channels_last,
             python,
             json,
@@ -210,7 +217,8 @@ pub(super) fn run(config: &Config, args: BenchArgs) -> Result<()> {
                 workers,
                 steps,
                 warmup,
-                mixed: mixed.unwrap_or(device.is_cuda()),
+                precision: Precision::choose(mixed, device, backbone),
+                reference_precision: Precision::choose(reference_mixed.or(mixed), device, backbone),
                 channels_last: channels_last.unwrap_or(true),
                 runs,
             };

@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::foundation::files;
 use crate::train::arch::Arch;
 use crate::train::augment;
+use crate::train::precision::Precision;
 use crate::train::recipe::Recipe;
 use crate::train::tensor_cache;
 use crate::train::trainer::{self, Context};
@@ -36,7 +37,9 @@ pub struct TrainBench {
     pub workers: usize,
     pub steps: usize,
     pub warmup: usize,
-    pub mixed: bool,
+    /// petal's number format, and the reference's.
+    pub precision: Precision,
+    pub reference_precision: Precision,
     pub channels_last: bool,
     /// Whole measurements (reference and petal each time), for the spread.
     pub runs: usize,
@@ -53,7 +56,8 @@ pub struct TrainReport {
     pub arch: Arch,
     pub device: String,
     pub batch: usize,
-    pub mixed_precision: bool,
+    pub precision: Precision,
+    pub reference_precision: Precision,
     pub channels_last: bool,
     pub workers: usize,
     /// The reference's numbers (images/s), as its script printed them.
@@ -82,7 +86,7 @@ fn train_once(b: &TrainBench) -> Result<TrainReport> {
     let mut recipe = Recipe { batch_size: b.batch, loader_threads: b.workers, ..Default::default() };
     recipe.phase1.epochs = 0;
     recipe.phase2.epochs = 2;
-    recipe.mixed_precision = Some(b.mixed);
+    recipe.mixed_precision = Some(b.precision.is_mixed());
     recipe.channels_last = Some(b.channels_last);
     let mut data = dataset::load(&b.data, &IngestOptions::default(), &recipe.eval_transform)?;
     data.train.truncate(b.images.max(b.batch));
@@ -97,7 +101,7 @@ fn train_once(b: &TrainBench) -> Result<TrainReport> {
     let workers = if b.workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { b.workers };
     let args = serde_json::json!({
         "list": dir.path().join("list.tsv"), "arch": b.arch.name(), "batch": b.batch, "workers": workers,
-        "device": if b.device.is_cuda() { "cuda" } else { "cpu" }, "amp": b.mixed, "channels_last": b.channels_last,
+        "device": if b.device.is_cuda() { "cuda" } else { "cpu" }, "amp": b.reference_precision.is_mixed(), "channels_last": b.channels_last,
         "pipeline_images": b.pipeline_images, "steps": b.steps, "warmup_steps": b.warmup, "classes": classes,
         "threads": tch::get_num_threads(), "resize": recipe.eval_transform.resize, "crop": recipe.eval_transform.crop,
     });
@@ -135,7 +139,7 @@ fn train_once(b: &TrainBench) -> Result<TrainReport> {
         size,
         (b.warmup, b.steps),
         b.device,
-        b.mixed,
+        b.precision,
         b.channels_last,
     )?;
     let cache_after = tensor_cache::stats();
@@ -148,7 +152,8 @@ fn train_once(b: &TrainBench) -> Result<TrainReport> {
         arch: b.arch,
         device: format!("{:?}", b.device),
         batch: b.batch,
-        mixed_precision: b.mixed,
+        precision: b.precision,
+        reference_precision: b.reference_precision,
         channels_last: b.channels_last,
         workers,
         reference,
@@ -173,11 +178,15 @@ impl TrainRuns {
     pub fn to_text(&self) -> String {
         let first = &self.runs[0];
         let mut s = format!(
-            "{} on {:?}, batch {}, mixed precision {}, channels_last {}, {} workers, {} run(s)\n",
+            "{} on {:?}, batch {}, {}, channels_last {}, {} workers, {} run(s)\n",
             first.arch,
             first.device,
             first.batch,
-            first.mixed_precision,
+            if first.precision == first.reference_precision {
+                format!("{:?}", first.precision).to_lowercase()
+            } else {
+                format!("{:?} / {:?} (reference / petal)", first.reference_precision, first.precision).to_lowercase()
+            },
             first.channels_last,
             first.workers,
             self.runs.len()
