@@ -4,9 +4,9 @@
 //! - on CUDA, float16 with dynamic loss scaling (torch.amp's recipe);
 //! - on the CPU, bfloat16 (float32's exponent range, so no loss scaling), through the shim in
 //!   csrc/cpu_autocast.cpp. It pays where oneDNN runs it on AMX units and the network is made of
-//!   dense convolutions: ResNet50's step is 4× faster on a Xeon with AMX-BF16, ResNet18's 2×,
-//!   while MobileNetV2's and EfficientNet-B0's depthwise convolutions are slower in bfloat16
-//!   (BENCHMARKS.md). So by default it is on for dense networks on CPUs with AMX-BF16 only.
+//!   dense convolutions: the ResNets' steps are 2× faster on a Xeon with AMX-BF16, VGG16's 3×,
+//!   while MobileNetV2's and EfficientNet-B0's depthwise convolutions gain nothing or lose in
+//!   bfloat16 (BENCHMARKS.md). So by default it is on for dense networks on CPUs with AMX-BF16 only.
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};

@@ -286,8 +286,8 @@ pub struct Recipe {
     pub seed: u64,
     /// Mixed precision: float16 autocast with dynamic loss scaling on CUDA, bfloat16 autocast on
     /// the CPU (float32 weights and optimiser either way). `None` = on with CUDA, and on the CPU
-    /// for backbones without grouped convolutions where the CPU has AMX-BF16 (ResNet50 trains 4×
-    /// faster there, MobileNetV2 slower: BENCHMARKS.md).
+    /// for backbones without grouped convolutions where the CPU has AMX-BF16 (the ResNets train
+    /// 2× faster there, EfficientNet-B0 slower: BENCHMARKS.md).
     pub mixed_precision: Option<bool>,
     /// channels_last memory format (NHWC strides for inputs and convolution weights); `None` = on,
     /// on the CPU too: oneDNN's NHWC convolutions made a training step 15–25 % faster for
