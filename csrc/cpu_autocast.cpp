@@ -19,11 +19,11 @@ int petal_cpu_amx_bf16() {
   }
 }
 
-// Turns the CPU's autocast (to bfloat16) on or off for this thread; returns whether it was on.
-int petal_cpu_autocast_enter(int enabled) {
+// Turns the CPU's autocast (to bfloat16) on for this thread; returns whether it was on.
+int petal_cpu_autocast_enter() {
   int was = at::autocast::is_autocast_enabled(at::kCPU) ? 1 : 0;
   at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
-  at::autocast::set_autocast_enabled(at::kCPU, enabled != 0);
+  at::autocast::set_autocast_enabled(at::kCPU, true);
   at::autocast::increment_nesting();
   return was;
 }

@@ -16,7 +16,7 @@ use crate::train::arch::Arch;
 
 extern "C" {
     fn petal_cpu_amx_bf16() -> std::ffi::c_int;
-    fn petal_cpu_autocast_enter(enabled: std::ffi::c_int) -> std::ffi::c_int;
+    fn petal_cpu_autocast_enter() -> std::ffi::c_int;
     fn petal_cpu_autocast_exit(was: std::ffi::c_int);
 }
 
@@ -67,7 +67,7 @@ impl Precision {
                         unsafe { petal_cpu_autocast_exit(self.0) }
                     }
                 }
-                let _exit = Exit(unsafe { petal_cpu_autocast_enter(1) });
+                let _exit = Exit(unsafe { petal_cpu_autocast_enter() });
                 f()
             }
         }
