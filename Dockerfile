@@ -41,6 +41,8 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 RUN cargo fetch --locked
 COPY build.rs ./
+# console/: the web console's files, compiled in (include_bytes!).
+COPY console console
 COPY csrc csrc
 COPY proto proto
 # registry/catalog/*.json and scripts/bench_*.py are compiled in (include_str!).

@@ -50,6 +50,20 @@ if ! command -v nasm >/dev/null && ! [ -x "$TOOLS/bin/nasm" ]; then
   rm -rf "$tmp"
 fi
 
+# --- Chromium (Debian's package) for the web console's browser tests ------------------------------
+# Playwright (in the venv) drives this browser; it never downloads one of its own.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing Debian's chromium for the console's browser tests"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    log "installing Debian's chromium for the console's browser tests (sudo)"
+    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    log "chromium is missing and cannot be installed without root: the console's browser tests will fail (apt-get install chromium)"
+  fi
+fi
+
 # --- s3s-fs (a real S3-compatible server for the registry tests) ----------------------------------
 if ! stamp_ok "$TOOLS/.s3s-fs-stamp" "$S3S_FS_VERSION" || [ ! -x "$TOOLS/bin/s3s-fs" ]; then
   log "installing s3s-fs $S3S_FS_VERSION into tools/ (~2-3 min the first time)"
@@ -68,8 +82,8 @@ else
   log "cargo-deny up to date"
 fi
 
-# --- TypeScript compiler (the generated TypeScript client's test, tests/api/sdk.rs) ---------------
-TS_PACKAGES="typescript@5.9.3 @types/node@20.19.43"
+# --- TypeScript compiler (tests/api/sdk.rs) and axe-core (the console's accessibility checks) -------
+TS_PACKAGES="typescript@5.9.3 @types/node@20.19.43 axe-core@4.14.1"
 if ! stamp_ok "$TOOLS/node/.stamp" "$TS_PACKAGES" || [ ! -x "$TOOLS/node/node_modules/.bin/tsc" ]; then
   command -v npm >/dev/null || { echo "setup: npm (Node.js 18 or newer) is needed for the TypeScript client test" >&2; exit 1; }
   log "installing $TS_PACKAGES into tools/node"

@@ -1,8 +1,11 @@
 //! The HTTP API end to end on a real server: a dataset uploaded to `POST /finetune`, the job
 //! followed through server-sent events to a published version, promoted with If-Match, served on
 //! demand by alias; a restart in the middle of a job; bearer tokens; and every error code the
-//! training and model endpoints document.
+//! training and model endpoints document. The web console in a real browser (`console`), and SDKs
+//! generated from the OpenAPI document (`sdk`).
 mod common;
+#[path = "api/console.rs"]
+mod console;
 #[path = "api/sdk.rs"]
 mod sdk;
 

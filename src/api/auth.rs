@@ -1,7 +1,7 @@
 //! Bearer tokens with scopes (`auth.tokens`). Each route needs a scope (`admin` holds them all);
-//! probes, metrics and the API description are open. Without any token configured the API is
-//! open and `petal serve` binds to loopback only. Tokens are compared in constant time (as sha256
-//! digests, so lengths never leak) and never logged; logs name the holder.
+//! probes, metrics, the API description and the web console's files are open. Without any token
+//! configured the API is open and `petal serve` binds to loopback only. Tokens are compared in
+//! constant time (as sha256 digests, so lengths never leak) and never logged; logs name the holder.
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
@@ -31,11 +31,14 @@ impl Caller {
 
 /// Who may call `method path` — `path` decoded as the router decodes it. `None`: open to anyone;
 /// otherwise any one of the scopes (`admin` always). Paths no route serves need a valid token of any
-/// scope (then answer 404): only the probes, metrics and API description are open.
+/// scope (then answer 404): only the probes, metrics, API description and console files are open.
 pub fn required(method: &Method, path: &str) -> Option<&'static [Scope]> {
     const ANY: &[Scope] = &[Scope::Classify, Scope::Train, Scope::Admin];
     let open = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/v2/health/live", "/v2/health/ready"];
-    if open.contains(&path) || path == "/docs" || path.starts_with("/docs/") {
+    // The console's page and files hold no data (what it shows comes from the API, with the token
+    // the person gives it), so loading it needs none.
+    let console = path == "/" || path.starts_with("/console/");
+    if open.contains(&path) || console || path == "/docs" || path.starts_with("/docs/") {
         return None;
     }
     Some(if path == "/classify" || crate::api::oip::is_oip_path(path) {

@@ -13,6 +13,7 @@ use crate::error::{Error, ErrorBody, ErrorCode, ErrorDetail};
 pub mod auth;
 pub mod classify;
 pub mod connection;
+pub mod console;
 pub mod generators;
 pub mod health;
 pub mod jobs;
@@ -61,6 +62,18 @@ fn with_typed_value_code(e: Error) -> Error {
     } else {
         e
     }
+}
+
+/// Whether the request's `If-None-Match` names `etag` (unquoted) or is `*`: then the answer is 304.
+pub fn not_modified(req: &HttpRequest, etag: &str) -> bool {
+    req.headers()
+        .get_all(actix_web::http::header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag
+        })
 }
 
 /// Parses a JSON body. JSON Schema counts `5.0` as an integer, and so does petal: numbers with no
@@ -269,6 +282,7 @@ macro_rules! api {
                 (name = "inference", description = "Classifying images with the served models."),
                 (name = "training", description = "Fine-tuning jobs: upload a dataset, follow the job, get a published model."),
                 (name = "models", description = "The model registry: versions, provenance, cards, ONNX files, aliases."),
+                (name = "console", description = "The web console: a page for people, built on this API only."),
                 (name = "operations", description = "Probes, metrics and the API description."),
                 (name = "open-inference-protocol", description = "The Open Inference Protocol (KServe v2) REST API, as Triton, KServe, Seldon MLServer and OpenVINO Model Server speak it: `tritonclient` and the other clients of the field work unchanged. Errors answer `{\"error\": \"…\", \"code\"}`.")
             )
@@ -278,6 +292,8 @@ macro_rules! api {
 }
 
 api!(
+    console::console,
+    console::console_asset,
     classify::classify,
     jobs::finetune,
     jobs::check_finetune,
@@ -580,7 +596,8 @@ mod route_tests {
                 .replace("{model}", "m")
                 .replace("{version}", "1")
                 .replace("{alias}", "a")
-                .replace("{id}", "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10");
+                .replace("{id}", "0b6f3c1e-8d7a-4c1b-9e51-3f1f0c2a9d10")
+                .replace("{asset}", "app.js");
             assert!(!path.contains('{'), "a path parameter of {template} has no sample value");
             for (method, op) in item.as_object().unwrap() {
                 let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();

@@ -2,7 +2,7 @@
 //! cards, ONNX downloads, and aliases — promotion with `If-Match` and the audit history.
 use std::collections::BTreeMap;
 
-use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_DISPOSITION, ETAG, IF_MATCH, IF_NONE_MATCH};
+use actix_web::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_DISPOSITION, ETAG, IF_MATCH};
 use actix_web::{get, put, web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -359,21 +359,14 @@ pub struct IfNoneMatch {
 /// How long a client may keep a version's resources: a version never changes.
 const IMMUTABLE: &str = "private, max-age=31536000, immutable";
 
-/// Whether the request's `If-None-Match` names `etag` (a sha256, unquoted) or is `*`.
-fn not_modified(req: &HttpRequest, etag: &str) -> bool {
-    req.headers().get_all(IF_NONE_MATCH).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| {
-        let t = t.trim();
-        t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag
-    })
-}
-
 /// The answer for a version's resource with sha256 `etag`: 304 when the client has it, else the
 /// body `make` builds — both with the ETag and a year-long Cache-Control.
 async fn immutable<F>(req: &HttpRequest, etag: &str, make: F) -> Result<HttpResponse>
 where
     F: std::future::Future<Output = Result<HttpResponse>>,
 {
-    let mut response = if not_modified(req, etag) { HttpResponse::NotModified().finish() } else { make.await? };
+    let mut response =
+        if crate::api::not_modified(req, etag) { HttpResponse::NotModified().finish() } else { make.await? };
     let headers = response.headers_mut();
     headers.insert(ETAG, HeaderValue::from_str(&format!("\"{etag}\"")).expect("a sha256 is header-safe"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
