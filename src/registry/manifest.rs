@@ -256,7 +256,8 @@ impl Manifest {
         }
         for (component, l) in licences {
             s += &format!(
-                "- **{component}**: {}{} {}\n",
+                "- **{}**: {}{} {}\n",
+                md_text(&component),
                 l.spdx.as_deref().map(|x| format!("{x}. ")).unwrap_or_default(),
                 if l.commercial_use { "Commercial use allowed." } else { "Non-commercial use only." },
                 md_text(&l.terms)
@@ -397,5 +398,39 @@ mod tests {
         let card = m.card();
         assert!(card.contains("- [evaluation report (validation images)](/models/m/versions/1/evaluation)"), "{card}");
         assert!(card.contains("(/models/m/versions/1/confusion.png)") && !card.contains("curves.png"), "{card}");
+    }
+
+    /// A dataset's name reaches the licence lines as part of a component's name: it stays text
+    /// there too (no link, emphasis or markup of the uploader's).
+    #[test]
+    fn licence_lines_escape_the_dataset_name() {
+        let licence = Licence {
+            component: "images".into(),
+            spdx: Some("CC-BY-4.0".into()),
+            url: String::new(),
+            commercial_use: true,
+            terms: "CC BY 4.0".into(),
+        };
+        let dataset = DatasetRecord {
+            digest: "d".into(),
+            name: "x [link](http://evil.example) <b>b</b>".into(),
+            class_names: Vec::new(),
+            counts: BTreeMap::new(),
+            terms: None,
+            licences: vec![licence],
+        };
+        let m = Manifest {
+            format: 1,
+            model: "m".into(),
+            version: 1,
+            created_at: "2026-12-02T00:00:00Z".into(),
+            upload_id: "u".into(),
+            artifacts: Vec::new(),
+            provenance: Provenance { dataset: Some(dataset), ..Default::default() },
+        };
+        let card = m.card();
+        let line = card.lines().find(|l| l.starts_with("- **dataset")).expect("the dataset's licence line");
+        assert!(!line.contains("[link](") && !line.contains("<b>"), "{line}");
+        assert!(line.contains("\\[link\\]") && line.contains("&lt;b&gt;"), "{line}");
     }
 }
