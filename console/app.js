@@ -53,6 +53,12 @@
     main.replaceChildren();
     add(main, children);
   }
+  // Says something to screen readers without moving focus (a live region outside <main>).
+  function announce(text) {
+    const region = document.getElementById("announce");
+    region.textContent = "";
+    setTimeout(() => (region.textContent = text), 50);
+  }
   function objectUrl(blob) {
     const u = URL.createObjectURL(blob);
     objectUrls.push(u);
@@ -130,8 +136,13 @@
       xhr.onload = async () => {
         logCall(method, path, xhr.status, performance.now() - started);
         const hdrs = { get: (k) => xhr.getResponseHeader(k) };
-        if (xhr.status >= 200 && xhr.status < 300) resolve({ status: xhr.status, headers: hdrs, json: JSON.parse(xhr.responseText) });
-        else reject(await errorOf(xhr.status, xhr.statusText, hdrs, Promise.resolve(xhr.responseText)));
+        if (xhr.status >= 200 && xhr.status < 300) {
+          try {
+            resolve({ status: xhr.status, headers: hdrs, json: JSON.parse(xhr.responseText) });
+          } catch (e) {
+            reject(new ApiError(xhr.status, "unreadable_answer", `petal's answer is not JSON: ${e.message}`));
+          }
+        } else reject(await errorOf(xhr.status, xhr.statusText, hdrs, Promise.resolve(xhr.responseText)));
       };
       if (signal) signal.addEventListener("abort", () => xhr.abort());
       xhr.send(form);
@@ -190,6 +201,7 @@
   }
 
   function tokenPage(err) {
+    leave();
     const input = h("input", { type: "password", id: "token-input", name: "token", autocomplete: "off", required: true, spellcheck: "false" });
     const form = h(
       "form",
@@ -226,17 +238,21 @@
     [/^#\/models\/([^/?#]+)\/(\d+)$/, versionPage, "Version"],
   ];
 
-  async function render(moveFocus) {
+  // Leaves the current page: its requests and streams stop, its blob: URLs are released.
+  function leave() {
     if (pageAbort) pageAbort.abort();
     pageAbort = new AbortController();
-    const signal = pageAbort.signal;
     for (const u of objectUrls) URL.revokeObjectURL(u);
     objectUrls = [];
-    const hash = location.hash && location.hash !== "#" ? location.hash : "#/try";
+    return pageAbort.signal;
+  }
+
+  async function render(moveFocus) {
+    const signal = leave();
+    const hash = location.hash.startsWith("#/") ? location.hash : "#/try";
     let found = routes.find(([re]) => re.test(hash));
     if (!found) found = routes[0];
     const [re, page, title] = found;
-    const args = (hash.match(re) || []).slice(1).map((x) => (x === undefined ? x : decodeURIComponent(x)));
     const section = hash.split(/[/?]/)[1];
     for (const a of document.querySelectorAll("[data-nav]")) {
       if (a.dataset.nav === section || (section === "jobs" && a.dataset.nav === "train")) a.setAttribute("aria-current", "page");
@@ -245,10 +261,16 @@
     document.title = `${title} · petal console`;
     show(h("p", { class: "muted", text: "Loading…" }));
     try {
+      let args;
+      try {
+        args = (hash.match(re) || []).slice(1).map((x) => (x === undefined ? x : decodeURIComponent(x)));
+      } catch (_) {
+        throw new ApiError(0, "bad_address", `This page's address is malformed: ${hash}`);
+      }
       await page(signal, ...args);
-      if (moveFocus) main.focus();
+      if (moveFocus && !signal.aborted) main.focus();
     } catch (e) {
-      if (e.name === "AbortError") return;
+      if (e.name === "AbortError" || signal.aborted) return;
       if (e instanceof ApiError && e.status === 401) return tokenPage(e);
       show(h("h1", { text: title }), errorBox(e));
     }
@@ -297,11 +319,12 @@
     const results = h("section", { id: "try-results", "aria-live": "polite", "aria-label": "Results" });
     const fillRefs = () => {
       const m = models.find((x) => x.name === modelSel.value);
-      refSel.replaceChildren(
+      refSel.replaceChildren();
+      add(refSel, [
         h("option", { value: "", text: "default (served, else latest)" }),
         Object.entries(m.aliases).map(([a, v]) => h("option", { value: `alias:${a}`, text: `alias ${a} → version ${v}` })),
-        [...m.versions].reverse().map((v) => h("option", { value: `version:${v}`, text: `version ${v}` }))
-      );
+        [...m.versions].reverse().map((v) => h("option", { value: `version:${v}`, text: `version ${v}` })),
+      ]);
     };
     const preferred = params.get("model") || (models.find((m) => m.aliases.production) || models[0]).name;
     if (models.some((m) => m.name === preferred)) modelSel.value = preferred;
@@ -309,7 +332,17 @@
     if (params.get("ref")) refSel.value = params.get("ref");
     modelSel.addEventListener("change", fillRefs);
     let last = [];
-    const run = (files) => classify(files, { model: modelSel.value, ref: refSel.value, topK: topK.value }, results, signal);
+    // Each run supersedes the one before: an older answer arriving late is dropped, and the
+    // previous run's thumbnails are released once the new ones show.
+    let runs = 0;
+    let shown = [];
+    const run = async (files) => {
+      const ticket = ++runs;
+      const urls = await classify(files, { model: modelSel.value, ref: refSel.value, topK: topK.value }, results, signal, () => ticket === runs);
+      if (ticket !== runs) return urls.forEach((u) => URL.revokeObjectURL(u));
+      shown.forEach((u) => URL.revokeObjectURL(u));
+      shown = urls;
+    };
     const { zone } = dropZone("try-files", "Drop images here, paste them, or", "image/jpeg,image/png,image/webp", true, (f) => run((last = f)));
     main.append(
       h("p", { class: "muted", text: "Images go to POST /classify (JPEG, PNG or WebP; several at once). Nothing is stored." }),
@@ -328,11 +361,12 @@
     );
   }
 
-  async function classify(files, choice, results, signal) {
+  // Classifies `files` and shows the answers while `current()` holds; returns the blob: URLs made.
+  async function classify(files, choice, results, signal, current) {
     const images = files.filter((f) => /^image\//.test(f.type) || /\.(jpe?g|png|webp)$/i.test(f.name));
     if (!images.length) {
       results.replaceChildren(errorBox(new ApiError(0, "not_an_image", "Choose JPEG, PNG or WebP images.")));
-      return;
+      return [];
     }
     const q = new URLSearchParams({ model: choice.model, top_k: String(Math.min(100, Math.max(1, parseInt(choice.topK, 10) || 5))) });
     if (choice.ref) {
@@ -342,6 +376,7 @@
     results.replaceChildren(h("p", { class: "muted", text: `Classifying ${images.length} image${images.length > 1 ? "s" : ""}…` }));
     const cards = [];
     const summaries = [];
+    const urls = [];
     try {
       for (let start = 0; start < images.length; start += MAX_IMAGES) {
         const batch = images.slice(start, start + MAX_IMAGES);
@@ -357,17 +392,22 @@
             `${v.model} version ${v.version} on ${v.provider} · ${batch.length} image${batch.length > 1 ? "s" : ""}: decode and transform ${ms(v.timings.preprocess_ms)}, queue and model ${ms(v.timings.infer_ms)}, server total ${ms(v.timings.total_ms)}, round trip ${ms(roundTrip)}`
           )
         );
-        v.results.forEach((r, i) => cards.push(resultCard(batch[i], r.predictions)));
+        v.results.forEach((r, i) => {
+          urls.push(objectUrl(batch[i])); // released by the next run, or when the page is left
+          cards.push(resultCard(batch[i], urls[urls.length - 1], r.predictions));
+        });
       }
+      if (!current()) return urls;
       results.replaceChildren(...summaries, h("div", { class: "results" }, cards));
+      announce(`${images.length} image${images.length > 1 ? "s" : ""} classified; first: ${cards[0].querySelector(".top-class").textContent}`);
     } catch (e) {
-      if (e.name === "AbortError") return;
-      if (e.status === 401) return tokenPage(e);
-      results.replaceChildren(errorBox(e, "Classification failed"));
+      if (e.name !== "AbortError" && e.status === 401) tokenPage(e);
+      else if (e.name !== "AbortError" && current()) results.replaceChildren(errorBox(e, "Classification failed"));
     }
+    return urls;
   }
 
-  function resultCard(file, predictions) {
+  function resultCard(file, url, predictions) {
     const list = h("ol", { class: "preds", "aria-label": `Classes for ${file.name}` });
     predictions.forEach((p, j) => {
       const bar = h("span");
@@ -382,12 +422,15 @@
         )
       );
     });
-    return h("article", { class: "result" }, h("figure", {}, h("img", { src: objectUrl(file), alt: file.name }), h("figcaption", { text: file.name })), list);
+    return h("article", { class: "result" }, h("figure", {}, h("img", { src: url, alt: file.name }), h("figcaption", { text: file.name })), list);
   }
 
   // Train: a dataset archive and a spec, checked, then submitted and followed.
   async function trainPage(signal) {
-    const doc = await getJson("/openapi.json", { signal }).catch(() => null);
+    const doc = await getJson("/openapi.json", { signal }).catch((e) => {
+      if (e.name === "AbortError") throw e;
+      return null; // the form falls back to the common backbones
+    });
     const schema = (name) => (doc && doc.components && doc.components.schemas && doc.components.schemas[name]) || {};
     const archs = schema("Arch").enum || ["mobilenet_v2", "resnet18", "resnet50", "efficientnet_b0"];
     const field = (id, label, attrs) => h("label", { for: id }, label, h("input", Object.assign({ id, name: id }, attrs)));
@@ -490,15 +533,23 @@
           return;
         }
         report.replaceChildren(checkReport(r.json));
+        report.querySelector("h2").focus();
+        announce("The dataset passed every check.");
       } catch (e) {
         if (e.name === "AbortError") return;
         if (e.status === 401) return tokenPage(e);
         report.replaceChildren(errorBox(e, queue ? "The job was not queued" : "The dataset did not pass"));
+        report.querySelector(".error").setAttribute("tabindex", "-1");
+        report.querySelector(".error").focus();
       } finally {
         buttons.forEach((b) => (b.disabled = false));
       }
     }
-    jobs.replaceChildren(h("h2", { text: "Recent jobs" }), await jobsTable(signal));
+    const list = await jobsTable(signal).catch((e) => {
+      if (e.name === "AbortError") throw e;
+      return errorBox(e, "The jobs could not be listed");
+    });
+    jobs.replaceChildren(h("h2", { text: "Recent jobs" }), list);
   }
 
   function merge(into, extra) {
@@ -516,7 +567,7 @@
     return h(
       "div",
       { id: "check-ok" },
-      h("h2", { text: "What petal read" }),
+      h("h2", { text: "What petal read", tabindex: "-1" }),
       h("p", { class: "ok", text: "The dataset and the spec pass every check. Nothing was stored." }),
       h(
         "div",
@@ -588,12 +639,12 @@
   // A job, live: its state, progress and curves as the server-sent events arrive.
   async function jobPage(signal, id) {
     let job = await getJson(`/jobs/${id}`, { signal });
-    const badge = h("span", { id: "job-state", class: "badge", role: "status" });
-    const stage = h("p", { id: "job-stage" });
+    const badge = h("span", { id: "job-state", class: "badge" });
+    const stage = h("p", { id: "job-stage", tabindex: "-1" });
     const bar = h("progress", { id: "job-progress", max: "100", value: "0", "aria-label": "Training progress" });
     const stats = h("div", { class: "stats", id: "job-stats" });
     const cancel = h("button", { type: "button", class: "danger", id: "cancel-job" }, "Cancel the job");
-    const outcome = h("section", { id: "job-outcome", "aria-live": "polite" });
+    const outcome = h("section", { id: "job-outcome" });
     const charts = h("div", { class: "charts", id: "job-charts" });
     const table = h("details", { id: "job-epochs" });
     show(
@@ -608,18 +659,25 @@
       charts,
       table
     );
+    const terminal = () => ["succeeded", "failed", "canceled"].includes(job.state);
     cancel.addEventListener("click", async () => {
       cancel.disabled = true;
       try {
         job = await (await api("POST", `/jobs/${id}/cancel`, { signal })).json();
-        draw();
+        stage.focus();
+        announce(terminal() ? "The job is canceled." : "The job was asked to stop; it stops at its next step.");
+        drawAll();
       } catch (e) {
+        if (e.name === "AbortError") return;
         if (e.status === 401) return tokenPage(e);
         outcome.replaceChildren(errorBox(e, "Not canceled"));
         cancel.disabled = false;
       }
     });
-    function showProgress(p) {
+    // Progress comes several times a second: it changes only its own nodes; an epoch redraws the
+    // curves; a change of state the rest (and is announced).
+    function drawProgress() {
+      const p = job.progress;
       const where = [p.backbone, p.phase ? `phase ${p.phase}` : null, p.epoch ? `epoch ${p.epoch}${p.epochs ? ` of ${p.epochs}` : ""}` : null, p.step && p.steps ? `step ${p.step} of ${p.steps}` : null].filter(Boolean).join(" · ");
       stage.textContent = `Stage: ${p.stage}${where ? ` — ${where}` : ""}`;
       bar.value = p.percent || 0;
@@ -631,13 +689,19 @@
         stat("epochs finished", job.epochs.length, "job-epoch-count")
       );
     }
-    function draw() {
-      badge.textContent = job.state;
-      badge.className = `badge ${job.state}`;
-      cancel.hidden = ["succeeded", "failed", "canceled"].includes(job.state);
-      showProgress(job.progress);
+    function drawEpochs() {
+      const open = table.open;
       charts.replaceChildren(...curves(job.epochs, job.spec));
       table.replaceChildren(h("summary", { text: "Every epoch's numbers" }), epochTable(job.epochs));
+      table.open = open;
+    }
+    function drawState() {
+      if (badge.textContent !== job.state) {
+        if (badge.textContent) announce(`The job is ${job.state}.`);
+        badge.textContent = job.state;
+        badge.className = `badge ${job.state}`;
+      }
+      cancel.hidden = terminal();
       const parts = [];
       if (job.result) {
         const r = job.result;
@@ -658,28 +722,46 @@
       if (job.warnings && job.warnings.length) parts.push(h("ul", { class: "notice" }, job.warnings.map((w) => h("li", { text: w }))));
       outcome.replaceChildren(...parts);
     }
-    draw();
-    const terminal = () => ["succeeded", "failed", "canceled"].includes(job.state);
-    // Follow the events; after a dropped connection, look again and follow again.
-    while (!terminal() && !signal.aborted) {
-      try {
-        await follow(`/jobs/${id}/events`, signal, (name, data) => {
-          if (name === "state") job = data;
-          else if (name === "progress") job.progress = data;
-          else if (name === "epoch") job.epochs.push(data);
-          else return;
-          draw();
-        });
-      } catch (e) {
-        if (e.name === "AbortError") return;
-        if (e.status === 401) return tokenPage(e);
-      }
-      if (!terminal() && !signal.aborted) {
-        await new Promise((r) => setTimeout(r, 1500));
-        job = await getJson(`/jobs/${id}`, { signal });
-        draw();
-      }
+    function drawAll() {
+      drawState();
+      drawProgress();
+      drawEpochs();
     }
+    drawAll();
+    // Follow the events (in the background: the page is shown now); after a dropped connection,
+    // look again and follow again.
+    (async () => {
+      while (!terminal() && !signal.aborted) {
+        let lost = null;
+        try {
+          await follow(`/jobs/${id}/events`, signal, (name, data) => {
+            if (name === "state") {
+              job = data;
+              drawAll();
+            } else if (name === "progress") {
+              job.progress = data;
+              drawProgress();
+            } else if (name === "epoch") {
+              job.epochs.push(data);
+              drawEpochs();
+              drawProgress();
+            } else if (name === "resumed") {
+              // A run went on from a checkpoint: its backbone's epochs are those it restored.
+              job.epochs = job.epochs.filter((e) => e.backbone !== data.backbone).concat(data.epochs || []);
+              drawEpochs();
+            }
+          });
+          if (!terminal() && !signal.aborted) job = await getJson(`/jobs/${id}`, { signal });
+        } catch (e) {
+          if (e.name === "AbortError" || signal.aborted) return;
+          if (e.status === 401) return tokenPage(e);
+          lost = e;
+        }
+        drawAll();
+        if (lost) outcome.append(errorBox(lost, "Lost the job's events; trying again"));
+        if (!terminal()) await new Promise((r) => setTimeout(r, 1500));
+      }
+    })();
   }
 
   const PALETTE = ["#5b1f6b", "#1a5fd0", "#b3461a", "#1d6b2c", "#8a4b00", "#006d77", "#a1151b", "#444"];
@@ -895,8 +977,13 @@
               await api("PUT", `/models/${enc(m.name)}/aliases/${enc(name)}`, { signal, headers: { "If-Match": `"${ifMatch}"` }, json: { version: Number(versionSel.value), reason: reason.value.trim(), acknowledge_terms: ack.checked } })
             ).json();
             await render();
+            const said = `${name} now points to version ${entry.version} (seq ${entry.seq}).`;
             const done = document.getElementById("promote-status");
-            if (done) done.replaceChildren(h("p", { class: "ok", role: "status", text: `${name} now points to version ${entry.version} (seq ${entry.seq}).` }));
+            if (done) {
+              done.replaceChildren(h("p", { class: "ok", tabindex: "-1", text: said }));
+              done.firstChild.focus();
+            }
+            announce(said);
           } catch (err) {
             if (err.status === 401) return tokenPage(err);
             const hint = err.status === 412 ? " Someone moved it since this page was loaded: reload to see where it points now." : "";
@@ -923,30 +1010,55 @@
   async function versionPage(signal, name, version) {
     const base = `/models/${enc(name)}/versions/${version}`;
     const manifest = await getJson(base, { signal });
+    // The registry's own word on what forbids commercial use (licence records, and dataset terms
+    // given without one).
+    const summary = (await getJson(`/models/${enc(name)}`, { signal })).versions.find((v) => String(v.version) === String(version));
     const card = await (await api("GET", `${base}/card`, { signal })).text();
     const evaluation = await getJson(`${base}/evaluation`, { signal }).catch((e) => {
       if (e.status === 404) return null;
       throw e;
     });
     const p = manifest.provenance || {};
+    const restricted = summary ? summary.non_commercial : [];
     const licences = [...((p.base_weights && p.base_weights.licences) || []), ...((p.dataset && p.dataset.licences) || [])];
-    const restricted = licences.filter((l) => !l.commercial_use);
+    const downloadStatus = h("span", { id: "download-status", class: "muted" });
     const download = h("button", { type: "button", class: "secondary", id: "download-onnx" }, "Download the ONNX file");
     download.addEventListener("click", async () => {
-      const blob = await (await api("GET", `${base}/onnx`, { signal })).blob();
-      const a = h("a", { href: objectUrl(blob), download: `${name}-v${version}.onnx` });
-      document.body.append(a);
-      a.click();
-      a.remove();
+      // Fetched with the token (a plain link could not send it), then handed to the browser.
+      download.disabled = true;
+      downloadStatus.textContent = " downloading…";
+      try {
+        const blob = await (await api("GET", `${base}/onnx`, { signal })).blob();
+        const url = URL.createObjectURL(blob);
+        const a = h("a", { href: url, download: `${name}-v${version}.onnx` });
+        document.body.append(a);
+        a.click();
+        a.remove();
+        setTimeout(() => URL.revokeObjectURL(url), 10_000);
+        downloadStatus.textContent = ` ${bytes(blob.size)} downloaded.`;
+      } catch (e) {
+        if (e.name === "AbortError") return;
+        if (e.status === 401) return tokenPage(e);
+        downloadStatus.replaceChildren(errorBox(e, "Not downloaded"));
+      } finally {
+        download.disabled = false;
+        download.focus();
+      }
     });
     const pictures = h("div", { class: "pictures", id: "pictures" });
     show(
       h("h1", {}, h("a", { href: `#/models/${enc(name)}`, text: name }), ` version ${version}`),
       h("p", { class: "muted", text: `Published ${when(manifest.created_at)}` }),
       restricted.length
-        ? h("div", { class: "notice", id: "terms-notice" }, h("strong", { text: "Non-commercial use only. " }), restricted.map((l) => h("p", {}, h("strong", { text: `${l.component}: ` }), l.terms)))
+        ? h(
+            "div",
+            { class: "notice", id: "terms-notice" },
+            h("p", {}, h("strong", { text: "Non-commercial use only, " }), `because of the terms of: ${restricted.join("; ")}.`),
+            licences.filter((l) => !l.commercial_use).map((l) => h("p", {}, h("strong", { text: `${l.component}: ` }), l.terms)),
+            p.dataset && p.dataset.terms && !(p.dataset.licences || []).length ? h("p", {}, h("strong", { text: "Dataset terms given at upload: " }), p.dataset.terms) : null
+          )
         : h("p", { class: "ok", id: "terms-notice", text: "Every component's terms allow commercial use." }),
-      h("div", { class: "actions" }, h("a", { href: `#/try?model=${enc(name)}&ref=${enc(`version:${version}`)}` }, "Try this version"), download),
+      h("div", { class: "actions" }, h("a", { href: `#/try?model=${enc(name)}&ref=${enc(`version:${version}`)}` }, "Try this version"), download, downloadStatus),
       provenance(p),
       evaluation ? evaluationSection(evaluation) : h("p", { class: "muted", text: "No evaluation report (versions published from files have none)." }),
       (p.metrics && p.metrics.per_epoch && p.metrics.per_epoch.length) ? h("section", {}, h("h2", { text: "Training curves" }), h("div", { class: "charts" }, curves(p.metrics.per_epoch, null))) : null,
@@ -977,7 +1089,7 @@
     if (p.hardware && p.hardware.device) rows.push(["Trained on", `${p.hardware.device}${p.hardware.cpu ? ` · ${p.hardware.cpu}` : ""}`]);
     if (p.code) rows.push(["petal", `${p.code.petal_version || "?"}${p.code.git_commit ? ` (commit ${p.code.git_commit})` : ""}`]);
     if (!rows.length) return null;
-    return h("section", { id: "provenance" }, h("h2", { text: "Provenance" }), h("table", {}, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", { scope: "row", text: k }), h("td", { text: v }))))));
+    return h("section", { id: "provenance" }, h("h2", { text: "Provenance" }), h("div", { class: "scroll", tabindex: "0" }, h("table", {}, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", { scope: "row", text: k }), h("td", { text: v })))))));
   }
 
   function evaluationSection(ev) {
@@ -1034,7 +1146,7 @@
         out.append(h("pre", { tabindex: "0" }, h("code", { text: body.join("\n") })));
       } else if (/^#{1,6}\s/.test(line)) {
         const level = line.match(/^#+/)[0].length;
-        out.append(add(h(`h${Math.min(6, level + 1)}`), inline(line.replace(/^#+\s*/, ""))));
+        out.append(add(h(`h${Math.min(6, level + 2)}`), inline(line.replace(/^#+\s*/, ""))));
         i++;
       } else if (/^\s*([-*+]|\d+\.)\s/.test(line)) {
         const ordered = /^\s*\d+\./.test(line);
@@ -1080,6 +1192,10 @@
   const ENTITIES = { "&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"', "&#39;": "'" };
   function safeHref(url) {
     url = url.trim();
+    // A card links its version's report and pictures (API paths a plain link cannot send a token
+    // to): the console's page of that version shows them.
+    const own = url.match(/^\/models\/([^/?#]+)\/versions\/(\d+)(?:[/?#]|$)/);
+    if (own) return `#/models/${own[1]}/${own[2]}`;
     if (/^https?:\/\//i.test(url) || /^#/.test(url) || (/^\//.test(url) && !/^\/\//.test(url))) return url;
     return null;
   }
@@ -1129,7 +1245,12 @@
   }
 
   // --- start ------------------------------------------------------------------------------------
-  window.addEventListener("hashchange", () => render(true));
+  // Only "#/..." addresses are pages; the skip link moves focus without leaving the page.
+  window.addEventListener("hashchange", () => location.hash.startsWith("#/") && render(true));
+  document.querySelector(".skip").addEventListener("click", (e) => {
+    e.preventDefault();
+    main.focus();
+  });
   renderWho();
   render(false);
 })();

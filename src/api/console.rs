@@ -35,7 +35,7 @@ const INDEX: &str = include_str!("../../console/index.html");
 
 /// The console's pages may load only their own assets, call only their own origin, and be framed
 /// by nobody: no inline script or style, no plugin, no form posting elsewhere.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; \
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; \
                    connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Each asset's version: the first 16 hex digits of its sha256.
