@@ -31,7 +31,11 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         .bind((host.as_str(), config.server.port))
         .map_err(|e| anyhow::anyhow!("cannot bind {host}:{}: {e}", config.server.port))?;
     for addr in server.addrs() {
-        tracing::info!(addr = %addr, "listening on http://{addr}");
+        if role == Role::Worker {
+            tracing::info!(addr = %addr, "listening on http://{addr}");
+        } else {
+            tracing::info!(addr = %addr, "listening on http://{addr} (the web console: http://{addr}/)");
+        }
     }
     let server = server.run();
     let handle = server.handle();
