@@ -923,10 +923,100 @@
         )
       ),
       m.versions.some((v) => v.non_commercial.length) ? h("p", { class: "notice" }, h("strong", { text: "Non-commercial terms: " }), "versions marked non-commercial carry terms of their lineage that forbid commercial use (for instance ImageNet-pretrained weights, for non-commercial research). Open a version for its licences.") : null,
+      m.versions.length > 1 ? compareForm(m, signal) : null,
       promoteForm(m, histories, signal),
       h("h2", { text: "Aliases and their history" }),
       Object.keys(m.aliases).length ? Object.entries(histories).map(([alias, entries]) => aliasHistory(alias, entries)) : h("p", { class: "muted", text: "No alias yet." })
     );
+  }
+
+  // Two versions side by side: their metrics, their evaluations class by class, their curves.
+  function compareForm(m, signal) {
+    const newest = [...m.versions].reverse();
+    const pick = (id, label, value) =>
+      h("label", { for: id }, label, h("select", { id, name: id }, newest.map((v) => h("option", { value: v.version, text: `version ${v.version}`, selected: String(v.version) === String(value) }))));
+    const served = m.aliases.production;
+    const a = pick("compare-a", "Version A", served !== undefined && served !== newest[0].version ? served : newest[1].version);
+    const b = pick("compare-b", "Version B", newest[0].version);
+    const out = h("div", { id: "compare-result", "aria-live": "polite" });
+    const form = h(
+      "form",
+      {
+        id: "compare-form",
+        onsubmit: async (e) => {
+          e.preventDefault();
+          const [va, vb] = ["compare-a", "compare-b"].map((id) => document.getElementById(id).value);
+          out.replaceChildren(h("p", { class: "muted", text: "Reading both versions…" }));
+          try {
+            const read = async (v) => {
+              const base = `/models/${enc(m.name)}/versions/${v}`;
+              const manifest = await getJson(base, { signal });
+              const evaluation = await getJson(`${base}/evaluation`, { signal }).catch((err) => {
+                if (err.status === 404) return null;
+                throw err;
+              });
+              return { v, manifest, evaluation };
+            };
+            out.replaceChildren(comparison(await read(va), await read(vb)));
+          } catch (err) {
+            if (err.name === "AbortError") return;
+            if (err.status === 401) return tokenPage(err);
+            out.replaceChildren(errorBox(err, "Not compared"));
+          }
+        },
+      },
+      h("h2", { text: "Compare two versions" }),
+      h("div", { class: "fields" }, a, b),
+      h("div", { class: "actions" }, h("button", { type: "submit", class: "secondary", id: "compare-button" }, "Compare")),
+      out
+    );
+    return form;
+  }
+
+  function comparison(A, B) {
+    const metric = (x, key) => {
+      const e = x.evaluation;
+      const best = (x.manifest.provenance && x.manifest.provenance.metrics && x.manifest.provenance.metrics.best) || {};
+      if (e && key in { top1: 1, top5: 1, macro_f1: 1, ece: 1 }) return e[key];
+      return { top1: best.eval_top1 ?? best.val_top1, top5: best.eval_top5, macro_f1: best.eval_macro_f1, ece: best.eval_ece, val_loss: best.val_loss }[key];
+    };
+    const rows = [["top1", "Top-1", pct], ["top5", "Top-5", pct], ["macro_f1", "Macro F1", (x) => x.toFixed(4)], ["ece", "Calibration error (ECE, lower is better)", (x) => x.toFixed(4)], ["val_loss", "Validation loss (lower is better)", (x) => x.toFixed(4)]];
+    const num = (x) => typeof x === "number" && Number.isFinite(x);
+    const table = h(
+      "table",
+      { id: "compare-table" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Measure" }), h("th", { scope: "col", class: "num", text: `Version ${A.v}` }), h("th", { scope: "col", class: "num", text: `Version ${B.v}` }), h("th", { scope: "col", class: "num", text: "B − A" }))),
+      h(
+        "tbody",
+        {},
+        rows.map(([key, label, fmt]) => {
+          const [x, y] = [metric(A, key), metric(B, key)];
+          const delta = num(x) && num(y) ? y - x : null;
+          return h("tr", { "data-measure": key }, h("th", { scope: "row", text: label }), h("td", { class: "num", text: num(x) ? fmt(x) : "–" }), h("td", { class: "num", text: num(y) ? fmt(y) : "–" }), h("td", { class: "num", text: delta === null ? "–" : `${delta >= 0 ? "+" : "−"}${key === "top1" || key === "top5" ? pct(Math.abs(delta)) : Math.abs(delta).toFixed(4)}` }));
+        })
+      )
+    );
+    const parts = [h("div", { class: "scroll", tabindex: "0" }, table)];
+    if (A.evaluation && B.evaluation) {
+      const f1 = (e) => new Map(e.per_class.map((c) => [c.class, c.f1]));
+      const [fa, fb] = [f1(A.evaluation), f1(B.evaluation)];
+      const moved = [...fb.keys()].filter((c) => fa.has(c)).map((c) => [c, fa.get(c), fb.get(c)]).filter(([, x, y]) => x !== y).sort((p, q) => Math.abs(q[2] - q[1]) - Math.abs(p[2] - p[1])).slice(0, 10);
+      parts.push(
+        h("h3", { text: "Classes that changed most (F1 on each version's evaluation images)" }),
+        moved.length
+          ? h("div", { class: "scroll", tabindex: "0" }, h("table", { id: "compare-classes" }, h("thead", {}, h("tr", {}, ["Class", `Version ${A.v}`, `Version ${B.v}`, "B − A"].map((x, i) => h("th", { scope: "col", class: i ? "num" : null, text: x })))), h("tbody", {}, moved.map(([c, x, y]) => h("tr", {}, h("td", { text: c }), h("td", { class: "num", text: x.toFixed(3) }), h("td", { class: "num", text: y.toFixed(3) }), h("td", { class: "num", text: `${y >= x ? "+" : "−"}${Math.abs(y - x).toFixed(3)}` }))))))
+          : h("p", { class: "muted", text: "No class's F1 differs." })
+      );
+      if (A.evaluation.dataset_digest !== B.evaluation.dataset_digest) parts.push(h("p", { class: "notice", text: "The two versions were evaluated on different datasets: compare their numbers with care." }));
+    } else {
+      const missing = [A, B].filter((x) => !x.evaluation).map((x) => `version ${x.v}`);
+      parts.push(h("p", { class: "muted", text: `No evaluation report for ${missing.join(" and ")}: classes cannot be compared.` }));
+    }
+    // Both versions' validation accuracy per epoch, one line each.
+    const epochs = (x) => ((x.manifest.provenance && x.manifest.provenance.metrics && x.manifest.provenance.metrics.per_epoch) || []).filter((e) => !x.manifest.provenance.hyperparameters || !x.manifest.provenance.hyperparameters.winner || e.backbone === x.manifest.provenance.hyperparameters.winner);
+    const series = [A, B].map((x, i) => ({ name: `version ${x.v} validation`, color: PALETTE[i], dashed: i === 0, points: epochs(x).map((e, k) => [k + 1, e.val_accuracy]).filter((p) => Number.isFinite(p[1])) }));
+    if (series.some((x) => x.points.length)) parts.push(h("div", { class: "charts" }, lineChart("Validation accuracy", series, { yMax: 1 })));
+    return h("div", {}, parts);
   }
 
   function aliasHistory(alias, entries) {

@@ -183,6 +183,18 @@ with sync_playwright() as p:
     expect(page.locator("section.alias[data-alias=production] h3")).to_have_text(f"production → version {other}")
     expect(page.locator(f"tr[data-version='{other}'] [data-alias=production]")).to_be_visible()
     expect(page.locator("section.alias[data-alias=production] tbody tr").first).to_contain_text("moved by the console test")
+    # Compare the two versions: their measures side by side, with B − A.
+    page.select_option("#compare-a", str(current))
+    page.select_option("#compare-b", str(other))
+    page.click("#compare-button")
+    rows = page.locator("#compare-table tbody tr")
+    expect(rows).to_have_count(5)
+    expect(page.locator("#compare-table thead")).to_contain_text(f"Version {current}")
+    top1 = page.locator("#compare-table tr[data-measure=top1] td")
+    if all("val_top1" in v["metrics"] for v in bundled["versions"]):
+        expect(top1.nth(0)).to_contain_text("%")
+        expect(top1.nth(1)).to_contain_text("%")
+        expect(top1.nth(2)).to_have_text(re.compile(r"^[+−]\d"))
     accessible(page, "model")
     shot(page, "6-models")
     page.goto(job_url)
