@@ -852,6 +852,17 @@
   // Models: every model, its versions side by side, aliases and their history, promotion.
   async function modelsPage(signal) {
     const { models } = await getJson("/models", { signal });
+    // Each model's versions (metrics, terms) for the glance columns, at most 50 models at a time.
+    const details = new Map();
+    await Promise.all(
+      models.slice(0, 50).map(async (m) => {
+        if (m.versions.length) details.set(m.name, await getJson(`/models/${enc(m.name)}`, { signal }));
+      })
+    );
+    const latestOf = (m) => {
+      const d = details.get(m.name);
+      return d && d.versions.find((v) => v.version === m.latest);
+    };
     show(h("h1", { text: "Models" }));
     if (!models.length) {
       main.append(h("p", { class: "notice" }, "No model yet. ", h("a", { href: "#/train" }, "Train one"), "."));
@@ -864,7 +875,7 @@
         h(
           "table",
           { id: "models-table" },
-          h("thead", {}, h("tr", {}, ["Model", "Versions", "Latest", "Aliases"].map((x) => h("th", { scope: "col", text: x })))),
+          h("thead", {}, h("tr", {}, ["Model", "Versions", "Latest", "Latest's validation top-1", "Latest's terms", "Aliases"].map((x) => h("th", { scope: "col", text: x })))),
           h(
             "tbody",
             {},
@@ -875,6 +886,8 @@
                 h("td", {}, h("a", { href: `#/models/${enc(m.name)}`, text: m.name })),
                 h("td", { class: "num", text: m.versions.length }),
                 h("td", { class: "num", text: m.latest === null || m.latest === undefined ? "–" : m.latest }),
+                h("td", { class: "num", text: latestOf(m) && latestOf(m).metrics.val_top1 !== undefined ? pct(latestOf(m).metrics.val_top1) : "–" }),
+                h("td", {}, latestOf(m) ? termsBadge(latestOf(m)) : "–"),
                 h("td", {}, Object.entries(m.aliases).map(([a, v]) => h("span", { class: "chip", text: `${a} → ${v}` })))
               )
             )
@@ -892,6 +905,20 @@
     for (const alias of Object.keys(m.aliases)) {
       histories[alias] = (await getJson(`/models/${enc(name)}/aliases/${enc(alias)}/history`, { signal })).entries;
     }
+    // Where each version comes from (base weights, dataset), from the newest 50 manifests.
+    const manifests = new Map();
+    await Promise.all(
+      [...m.versions]
+        .reverse()
+        .slice(0, 50)
+        .map(async (v) => manifests.set(v.version, await getJson(`/models/${enc(name)}/versions/${v.version}`, { signal })))
+    );
+    const origin = (v) => {
+      const p = (manifests.get(v.version) || {}).provenance || {};
+      const b = p.base_weights;
+      const d = p.dataset;
+      return [b ? `${b.arch}${b.catalog ? ` (${b.catalog})` : ""}` : "–", d ? `${d.name || "unnamed"} · ${d.class_names ? d.class_names.length : "?"} classes` : "–"];
+    };
     const shown = METRICS.filter(([k]) => m.versions.some((v) => k in v.metrics));
     const aliasesOf = (v) => Object.entries(m.aliases).filter(([, x]) => x === v).map(([a]) => a);
     const best = Math.max(...m.versions.map((v) => v.metrics.val_top1 ?? -1));
@@ -904,7 +931,7 @@
         h(
           "table",
           { id: "versions-table" },
-          h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Version" }), h("th", { scope: "col", text: "Published" }), shown.map(([, label]) => h("th", { scope: "col", class: "num", text: label })), h("th", { scope: "col", text: "Aliases" }), h("th", { scope: "col", text: "Terms" }))),
+          h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Version" }), h("th", { scope: "col", text: "Published" }), h("th", { scope: "col", text: "Base model" }), h("th", { scope: "col", text: "Dataset" }), shown.map(([, label]) => h("th", { scope: "col", class: "num", text: label })), h("th", { scope: "col", text: "Aliases" }), h("th", { scope: "col", text: "Terms" }))),
           h(
             "tbody",
             {},
@@ -914,9 +941,10 @@
                 { "data-version": v.version },
                 h("td", {}, h("a", { href: `#/models/${enc(m.name)}/${v.version}`, text: `version ${v.version}` })),
                 h("td", { text: when(v.created_at) }),
+                origin(v).map((x) => h("td", { text: x })),
                 shown.map(([k]) => h("td", { class: "num" }, k in v.metrics ? (k.includes("loss") || k.includes("ece") ? v.metrics[k].toFixed(4) : pct(v.metrics[k])) : "–", k === "val_top1" && v.metrics[k] === best && m.versions.length > 1 ? " (best)" : "")),
                 h("td", { class: "aliases" }, aliasesOf(v.version).map((a) => h("span", { class: "chip", "data-alias": a, text: a }))),
-                h("td", {}, v.non_commercial.length ? h("span", { class: "badge nc", title: v.non_commercial.join("; "), text: "non-commercial" }) : h("span", { class: "badge succeeded", text: "commercial use allowed" }))
+                h("td", {}, termsBadge(v))
               )
             )
           )
@@ -928,6 +956,13 @@
       h("h2", { text: "Aliases and their history" }),
       Object.keys(m.aliases).length ? Object.entries(histories).map(([alias, entries]) => aliasHistory(alias, entries)) : h("p", { class: "muted", text: "No alias yet." })
     );
+  }
+
+  // A version's terms at a glance (VersionSummary.non_commercial: the registry's own reading).
+  function termsBadge(v) {
+    return v.non_commercial.length
+      ? h("span", { class: "badge nc", title: v.non_commercial.join("; "), text: "non-commercial" })
+      : h("span", { class: "badge succeeded", text: "commercial use allowed" });
   }
 
   // Two versions side by side: their metrics, their evaluations class by class, their curves.

@@ -160,7 +160,13 @@ with sync_playwright() as p:
     # production alias to its other version and see it move, with its history.
     page.click("a[data-nav=models]")
     expect(page.locator("#models-table")).to_contain_text("shapes")
+    # At a glance: the latest version's accuracy and terms per model, and each version's origin.
+    shapes_row = page.locator("#models-table tbody tr", has=page.locator("a:text-is('shapes')"))
+    expect(shapes_row.locator("td").nth(3)).to_have_text(re.compile(r"^\d+(\.\d+)? %$"))
+    expect(shapes_row).to_contain_text("non-commercial")
     page.click("#models-table a:text-is('shapes')")
+    expect(page.locator("#versions-table tr[data-version='1']")).to_contain_text("mobilenet_v2")
+    expect(page.locator("#versions-table tr[data-version='1']")).to_contain_text("3 classes")
     page.fill("#promote-alias", "production")
     page.fill("#promote-reason", "first shapes model")
     page.click("#promote-button")
