@@ -363,6 +363,19 @@ fn epoch_table(epochs: &[serde_json::Value]) -> String {
 mod tests {
     use super::*;
 
+    /// Version 1 of model `m`, with no artifacts and this provenance.
+    fn version_of(provenance: Provenance) -> Manifest {
+        Manifest {
+            format: 1,
+            model: "m".into(),
+            version: 1,
+            created_at: "2026-12-02T00:00:00Z".into(),
+            upload_id: "u".into(),
+            artifacts: Vec::new(),
+            provenance,
+        }
+    }
+
     #[test]
     fn the_card_shows_counts_as_integers_and_no_machine_paths() {
         assert_eq!(metric_text(6.0), "6");
@@ -371,15 +384,8 @@ mod tests {
             without_machine_paths("petal finetune --data /home/u/data/flowers --out runs/x --seed 0"),
             "petal finetune --data …/flowers --out runs/x --seed 0"
         );
-        let mut m = Manifest {
-            format: 1,
-            model: "m".into(),
-            version: 1,
-            created_at: "2026-12-02T00:00:00Z".into(),
-            upload_id: "u".into(),
-            artifacts: Vec::new(),
-            provenance: Provenance { command: Some("petal finetune --out /tmp/run".into()), ..Default::default() },
-        };
+        let mut m =
+            version_of(Provenance { command: Some("petal finetune --out /tmp/run".into()), ..Default::default() });
         m.provenance.metrics.best.insert("best_epoch".into(), 6.0);
         let card = m.card();
         assert!(card.contains("| best_epoch | 6 |") && card.contains("--out …/run"), "{card}");
@@ -419,15 +425,7 @@ mod tests {
             terms: None,
             licences: vec![licence],
         };
-        let m = Manifest {
-            format: 1,
-            model: "m".into(),
-            version: 1,
-            created_at: "2026-12-02T00:00:00Z".into(),
-            upload_id: "u".into(),
-            artifacts: Vec::new(),
-            provenance: Provenance { dataset: Some(dataset), ..Default::default() },
-        };
+        let m = version_of(Provenance { dataset: Some(dataset), ..Default::default() });
         let card = m.card();
         let line = card.lines().find(|l| l.starts_with("- **dataset")).expect("the dataset's licence line");
         assert!(!line.contains("[link](") && !line.contains("<b>"), "{line}");
