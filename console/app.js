@@ -188,6 +188,24 @@
     );
   }
 
+  // What every action's error handler does first: a request stopped because its page was left
+  // needs nothing; a refused token asks for another. True when the error was dealt with so.
+  function interrupted(e) {
+    if (e.name === "AbortError") return true;
+    if (e instanceof ApiError && e.status === 401) {
+      tokenPage(e);
+      return true;
+    }
+    return false;
+  }
+
+  // A version's evaluation report, or null when it has none (404).
+  const evaluationOf = (base, signal) =>
+    getJson(`${base}/evaluation`, { signal }).catch((e) => {
+      if (e.status === 404) return null;
+      throw e;
+    });
+
   function renderWho() {
     const who = document.getElementById("who");
     if (token()) {
@@ -270,8 +288,7 @@
       await page(signal, ...args);
       if (moveFocus && !signal.aborted) main.focus();
     } catch (e) {
-      if (e.name === "AbortError" || signal.aborted) return;
-      if (e instanceof ApiError && e.status === 401) return tokenPage(e);
+      if (signal.aborted || interrupted(e)) return;
       show(h("h1", { text: title }), errorBox(e));
     }
   }
@@ -401,8 +418,7 @@
       results.replaceChildren(...summaries, h("div", { class: "results" }, cards));
       announce(`${images.length} image${images.length > 1 ? "s" : ""} classified; first: ${cards[0].querySelector(".top-class").textContent}`);
     } catch (e) {
-      if (e.name !== "AbortError" && e.status === 401) tokenPage(e);
-      else if (e.name !== "AbortError" && current()) results.replaceChildren(errorBox(e, "Classification failed"));
+      if (!interrupted(e) && current()) results.replaceChildren(errorBox(e, "Classification failed"));
     }
     return urls;
   }
@@ -536,8 +552,7 @@
         report.querySelector("h2").focus();
         announce("The dataset passed every check.");
       } catch (e) {
-        if (e.name === "AbortError") return;
-        if (e.status === 401) return tokenPage(e);
+        if (interrupted(e)) return;
         report.replaceChildren(errorBox(e, queue ? "The job was not queued" : "The dataset did not pass"));
         report.querySelector(".error").setAttribute("tabindex", "-1");
         report.querySelector(".error").focus();
@@ -668,8 +683,7 @@
         announce(terminal() ? "The job is canceled." : "The job was asked to stop; it stops at its next step.");
         drawAll();
       } catch (e) {
-        if (e.name === "AbortError") return;
-        if (e.status === 401) return tokenPage(e);
+        if (interrupted(e)) return;
         outcome.replaceChildren(errorBox(e, "Not canceled"));
         cancel.disabled = false;
       }
@@ -753,8 +767,7 @@
           });
           if (!terminal() && !signal.aborted) job = await getJson(`/jobs/${id}`, { signal });
         } catch (e) {
-          if (e.name === "AbortError" || signal.aborted) return;
-          if (e.status === 401) return tokenPage(e);
+          if (signal.aborted || interrupted(e)) return;
           lost = e;
         }
         drawAll();
@@ -986,16 +999,11 @@
             const read = async (v) => {
               const base = `/models/${enc(m.name)}/versions/${v}`;
               const manifest = await getJson(base, { signal });
-              const evaluation = await getJson(`${base}/evaluation`, { signal }).catch((err) => {
-                if (err.status === 404) return null;
-                throw err;
-              });
-              return { v, manifest, evaluation };
+              return { v, manifest, evaluation: await evaluationOf(base, signal) };
             };
             out.replaceChildren(comparison(await read(va), await read(vb)));
           } catch (err) {
-            if (err.name === "AbortError") return;
-            if (err.status === 401) return tokenPage(err);
+            if (interrupted(err)) return;
             out.replaceChildren(errorBox(err, "Not compared"));
           }
         },
@@ -1110,7 +1118,7 @@
             }
             announce(said);
           } catch (err) {
-            if (err.status === 401) return tokenPage(err);
+            if (interrupted(err)) return;
             const hint = err.status === 412 ? " Someone moved it since this page was loaded: reload to see where it points now." : "";
             status.replaceChildren(errorBox(new ApiError(err.status, err.code, err.message + hint, err.requestId), "Not promoted"));
           }
@@ -1139,10 +1147,7 @@
     // given without one).
     const summary = (await getJson(`/models/${enc(name)}`, { signal })).versions.find((v) => String(v.version) === String(version));
     const card = await (await api("GET", `${base}/card`, { signal })).text();
-    const evaluation = await getJson(`${base}/evaluation`, { signal }).catch((e) => {
-      if (e.status === 404) return null;
-      throw e;
-    });
+    const evaluation = await evaluationOf(base, signal);
     const p = manifest.provenance || {};
     const restricted = summary ? summary.non_commercial : [];
     const licences = [...((p.base_weights && p.base_weights.licences) || []), ...((p.dataset && p.dataset.licences) || [])];
@@ -1162,8 +1167,7 @@
         setTimeout(() => URL.revokeObjectURL(url), 10_000);
         downloadStatus.textContent = ` ${bytes(blob.size)} downloaded.`;
       } catch (e) {
-        if (e.name === "AbortError") return;
-        if (e.status === 401) return tokenPage(e);
+        if (interrupted(e)) return;
         downloadStatus.replaceChildren(errorBox(e, "Not downloaded"));
       } finally {
         download.disabled = false;
