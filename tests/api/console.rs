@@ -70,10 +70,14 @@ fn the_console_page_and_assets_are_served_with_their_headers() {
         assert_eq!(stale.headers()["cache-control"], "no-cache", "{bare}");
         assert_eq!(client.get(server.url(bare)).header("if-none-match", &etag).send().unwrap().status(), 304);
     }
-    let missing = client.get(server.url("/console/nope.js")).send().unwrap();
-    assert_eq!(missing.status(), 404);
-    let v: serde_json::Value = missing.json().unwrap();
-    assert_eq!(v["error"]["code"], "route_not_found");
+    for name in ["nope.js", "..%2Fapp.js", "app.js%00", "index.html"] {
+        let missing = client.get(server.url(&format!("/console/{name}"))).send().unwrap();
+        assert_eq!(missing.status(), 404, "{name}");
+        let v: serde_json::Value = missing.json().unwrap();
+        assert_eq!(v["error"]["code"], "route_not_found", "{name}");
+    }
+    let long = client.get(server.url(&format!("/console/app.js?v={}", "f".repeat(4000)))).send().unwrap();
+    assert_eq!((long.status().as_u16(), long.headers()["cache-control"].to_str().unwrap()), (200, "no-cache"));
 
     // The page and its files need no token; the API behind them still does.
     let dir = tempfile::tempdir().unwrap();
